@@ -1,0 +1,46 @@
+# The two commands a user needs: `make demo` and `make test`. Both create or refresh .venv.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& { command -v $$p; break; }; done)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_FLAGS ?= --disable-pip-version-check --quiet
+
+.PHONY: demo test lint typecheck unit install install-dev up bench clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## Summarize the shipped sample documents on the embedded default (no services, no keys).
+demo: $(VENV)/.installed
+	$(BIN)/llmq demo
+
+## Lint, type-check and run the whole test suite.
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -q tests/unit
+
+## Run the stack (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
+up: $(VENV)/.installed
+	$(BIN)/llmq up
+
+clean:
+	rm -rf $(VENV) .llmq .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""Bearer API keys -> the caller's tenant. Lookups are cached briefly to keep the DB off the
+hot path; a revoked key stops working within AUTH_CACHE_S seconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from llmq import repository
+from llmq.repository import Principal
+
+from .errors import ApiError
+
+AUTH_CACHE_S = 10.0
+
+
+class Authenticator:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API key: send 'Authorization: Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        key = key.strip()
+        digest = repository.hash_key(key)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached is None or cached[0] < now:
+            principal = repository.authenticate(self._engine, key)
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[digest] = (now + AUTH_CACHE_S, principal)
+        else:
+            principal = cached[1]
+        if principal is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "invalid or revoked API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return principal

@@ -1,0 +1,28 @@
+"""What route handlers receive: the engine, settings and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from llmq.repository import Principal
+from llmq.settings import Settings
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def principal(request: Request) -> Principal:
+    return request.app.state.authenticator(request)  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[Engine, Depends(engine)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+PrincipalDep = Annotated[Principal, Depends(principal)]

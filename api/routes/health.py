@@ -1,0 +1,46 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from llmq.settings import QUEUES
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    ok = True
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["postgres"] = "ok"
+    except SQLAlchemyError as exc:
+        ok = False
+        checks["postgres"] = f"down: {type(exc).__name__}"
+    client: redis.Redis = request.app.state.redis
+    try:
+        client.ping()
+        checks["redis"] = "ok"
+        checks["queues"] = {name: int(client.llen(name)) for name in QUEUES}
+    except redis.RedisError as exc:
+        ok = False
+        checks["redis"] = f"down: {type(exc).__name__}"
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "checks": checks},
+        status_code=200 if ok else 503,
+        headers=None if ok else {"Retry-After": "5"},
+    )

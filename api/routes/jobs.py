@@ -1,0 +1,60 @@
+"""POST /v1/jobs and GET /v1/jobs/{id}."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+
+from llmq import repository
+from workers.dispatch import publish_jobs
+
+from ..deps import EngineDep, PrincipalDep, SettingsDep
+from ..errors import ApiError
+from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
+from .submit import publish_quietly, resolve_chain, resolve_template
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+
+
+@router.post("", status_code=202, response_model=JobAccepted, responses=ERRORS)
+def submit_job(
+    body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
+) -> JobAccepted:
+    template = resolve_template(body.template, [body.params])
+    job_id = repository.insert_job(
+        engine,
+        tenant_id=who.tenant_id,
+        template=template.name,
+        template_version=template.version,
+        priority=body.priority,
+        chain=resolve_chain(body.chain, settings),
+        item=repository.NewJob(
+            input=body.input,
+            custom_id=body.custom_id,
+            params=body.params.model_dump(exclude_none=True),
+            meta=body.metadata,
+        ),
+    )
+    if publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):
+        with engine.begin() as conn:
+            repository.mark_dispatched_in(conn, [str(job_id)])
+    return JobAccepted(id=str(job_id))
+
+
+def parse_id(value: str, kind: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ApiError(404, "not_found", f"{kind} {value} not found") from None
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
+    job = repository.get_job(engine, who.tenant_id, parse_id(job_id, "job"))
+    if job is None:
+        raise ApiError(404, "not_found", f"job {job_id} not found")
+    job["id"] = str(job["id"])
+    job["batch_id"] = str(job["batch_id"]) if job["batch_id"] else None
+    return JobOut.model_validate(job)

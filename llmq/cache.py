@@ -1,0 +1,64 @@
+"""Exact-match result cache in Redis. A cache outage never fails a job: it is logged and skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    text: str
+    provider: str
+    model: str
+
+
+def cache_key(
+    chain: list[str], template: str, version: int, rendered: Any, params: dict[str, Any]
+) -> str:
+    material = json.dumps(
+        {
+            "chain": chain,
+            "template": template,
+            "version": version,
+            "prompt": rendered,
+            "params": params,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return "llmq:cache:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+class ResultCache:
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self.errors = 0
+
+    def get(self, key: str) -> CachedResult | None:
+        try:
+            raw = self._client.get(key)
+        except redis.RedisError as exc:
+            self.errors += 1
+            log.warning("cache unavailable, continuing without it: %s", type(exc).__name__)
+            return None
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return CachedResult(text=data["text"], provider=data["provider"], model=data["model"])
+
+    def put(self, key: str, value: CachedResult) -> None:
+        try:
+            self._client.set(key, json.dumps(value.__dict__), ex=self._ttl_s)
+        except redis.RedisError as exc:
+            self.errors += 1
+            log.warning("cache unavailable, result not cached: %s", type(exc).__name__)

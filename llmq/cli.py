@@ -1,0 +1,345 @@
+"""The `llmq` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmq.services import ServiceConfigError, database_url, services
+from llmq.settings import QUEUES, Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
+app.add_typer(keys_app, name="keys")
+
+ApiUrl = Annotated[str, typer.Option(envvar="LLMQ_API_URL", help="llmq API base URL")]
+ApiKey = Annotated[str, typer.Option(envvar="LLMQ_API_KEY", help="API key (llmq keys create)")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+def _database_url(settings: Settings) -> str:
+    try:
+        return database_url(settings)
+    except ServiceConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _use_env(urls: dict[str, str]) -> None:
+    os.environ.update(urls)
+    get_settings.cache_clear()
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the parts
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic) at DATABASE_URL."""
+    from llmq.db.migrate import upgrade
+
+    upgrade(_database_url(get_settings()))
+    typer.echo("database is at the latest schema")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="bind address")] = "",
+    port: Annotated[int, typer.Option(help="port")] = 0,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API (needs DATABASE_URL and REDIS_URL)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="queues, highest priority first")] = ",".join(QUEUES),
+    concurrency: Annotated[int, typer.Option(help="concurrent jobs per process")] = 0,
+    pool: Annotated[str, typer.Option(help="threads (recommended) | gevent | prefork")] = "",
+    name: Annotated[str, typer.Option(help="node name (default worker@hostname)")] = "",
+    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+) -> None:
+    """Run a Celery worker that processes jobs (needs DATABASE_URL and REDIS_URL)."""
+    settings = get_settings()
+    if not settings.database_url or not settings.redis_url:
+        raise _fail("the worker needs DATABASE_URL and REDIS_URL")
+    for queue in queues.split(","):
+        if queue not in QUEUES:
+            raise _fail(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
+    import tasks.jobs  # noqa: F401  (registers the tasks)
+    from workers.celery_app import app as celery_app
+
+    argv = [
+        "worker",
+        "-Q",
+        queues,
+        "--pool",
+        pool or settings.worker_pool,
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    if name:
+        argv += ["--hostname", f"{name}@%h"]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def flower(port: Annotated[int, typer.Option(help="port")] = 0) -> None:
+    """Run Flower (queue and worker dashboard) against the broker, with basic auth."""
+    settings = get_settings()
+    if not settings.redis_url:
+        raise _fail("Flower needs REDIS_URL")
+    if settings.flower_password is None:
+        raise _fail("set LLMQ_FLOWER_PASSWORD: Flower is never served without auth")
+    from workers.celery_app import app as celery_app
+
+    auth = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    celery_app.start(
+        [
+            "flower",
+            f"--port={port or settings.flower_port}",
+            "--address=127.0.0.1",
+            f"--basic-auth={auth}",
+        ]
+    )
+
+
+@app.command("fake-provider")
+def fake_provider(
+    port: Annotated[int, typer.Option(help="port")] = 9000,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    latency_ms: Annotated[float | None, typer.Option(help="latency of every reply")] = None,
+    script: Annotated[str | None, typer.Option(help="JSON fault script")] = None,
+) -> None:
+    """Serve a FAKE OpenAI/Anthropic-compatible provider for load tests and fault drills."""
+    from llmq.fake_provider import load_script, serve
+
+    typer.echo(f"fake provider on http://{host}:{port} (OpenAI base_url http://{host}:{port}/v1)")
+    serve(host, port, load_script(script, latency_ms))
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    concurrency: Annotated[int, typer.Option(help="jobs per worker process")] = 0,
+    port: Annotated[int, typer.Option(help="API port")] = 0,
+    with_flower: Annotated[bool, typer.Option("--flower/--no-flower")] = False,
+) -> None:
+    """Run everything: embedded PostgreSQL and Redis (unless URLs are set), the schema, the API
+    and N workers. Ctrl-C stops it all cleanly."""
+    from llmq.db.migrate import upgrade
+    from llmq.stack import Stack
+
+    settings = get_settings()
+    _sigterm_as_interrupt()
+    with services(settings, settings.data_dir, durable=True) as urls:
+        _use_env(urls)
+        upgrade(urls["DATABASE_URL"])
+        stack = Stack(env=urls, log_dir=settings.data_dir.resolve() / "logs")
+        try:
+            api_port = port or settings.api_port
+            stack.start_api(settings.api_host, api_port)
+            for index in range(workers):
+                stack.start_worker(
+                    f"w{index + 1}",
+                    queues=",".join(QUEUES),
+                    concurrency=concurrency or settings.worker_concurrency,
+                    pool=settings.worker_pool,
+                )
+            if with_flower:
+                stack.start_flower(settings.flower_port)
+            typer.echo(f"API      http://{settings.api_host}:{api_port}  (docs at /docs)")
+            typer.echo(f"DATABASE_URL={urls['DATABASE_URL']}")
+            typer.echo(f"REDIS_URL={urls['REDIS_URL']}")
+            typer.echo(f"logs     {stack.log_dir}")
+            typer.echo("create a key in another shell: llmq keys create --tenant me")
+            while True:
+                stack.check_alive()
+                time.sleep(1)  # supervising children; Ctrl-C or a dead child ends the loop
+        except KeyboardInterrupt:
+            typer.echo("stopping ...", err=True)
+        finally:
+            stack.stop()
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+    concurrency: Annotated[int, typer.Option(help="jobs per worker process")] = 16,
+) -> None:
+    """Summarize the shipped sample documents end to end on a throwaway embedded stack."""
+    from llmq.demo import run_demo
+
+    _sigterm_as_interrupt()
+    raise typer.Exit(code=run_demo(workers=workers, concurrency=concurrency))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="tenant name (created if new)")],
+    admin: Annotated[bool, typer.Option(help="allow key management")] = False,
+) -> None:
+    """Create an API key. It is printed once, alone on the last line; only its hash is kept."""
+    from llmq import repository
+    from llmq.db.engine import get_engine
+
+    key = repository.create_api_key(get_engine(_database_url(get_settings())), tenant, admin=admin)
+    typer.echo(f"created key for tenant {tenant!r}; store it now, it is not shown again:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (prefix, tenant, created, revoked): never the keys themselves."""
+    from llmq import repository
+    from llmq.db.engine import get_engine
+
+    for row in repository.list_api_keys(get_engine(_database_url(get_settings()))):
+        revoked = f" revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else ""
+        typer.echo(
+            f"{row['id']}  {row['prefix']}...  {row['tenant']}"
+            f"{' admin' if row['is_admin'] else ''}{revoked}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
+    """Revoke a key by id or prefix."""
+    from llmq import repository
+    from llmq.db.engine import get_engine
+
+    count = repository.revoke_api_key(get_engine(_database_url(get_settings())), key_id)
+    if not count:
+        raise _fail(f"no active key matches {key_id!r}")
+    typer.echo(f"revoked {count} key(s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client commands (talk to the API over HTTP)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="JSONL: one {custom_id?, input} per line")],
+    api_key: ApiKey,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    template: Annotated[str, typer.Option(help="template")] = "summarize",
+    style: Annotated[str | None, typer.Option(help="summary style")] = None,
+    priority: Annotated[str, typer.Option(help="high | default | low")] = "default",
+    chain: Annotated[str | None, typer.Option(help="provider:model,... (fallback order)")] = None,
+) -> None:
+    """Submit a JSONL file as one batch; prints the batch id."""
+    from llmq.client import ApiError, Client
+
+    items = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _fail(f"{file}:{number}: not valid JSON ({exc.msg})") from exc
+        items.append(item if isinstance(item, dict) else {"input": str(item)})
+    fields: dict[str, Any] = {"template": template, "priority": priority}
+    if style:
+        fields["params"] = {"style": style}
+    if chain:
+        fields["chain"] = chain.split(",")
+    with Client(api_url, api_key) as client:
+        try:
+            accepted = client.submit_batch(items, **fields)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    typer.echo(accepted["id"])
+
+
+@app.command()
+def status(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    api_key: ApiKey,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    wait: Annotated[bool, typer.Option("--wait", "--watch", help="follow until done")] = False,
+) -> None:
+    """Show a batch's counts; with --wait, a progress bar until it completes."""
+    from llmq.client import ApiError, Client
+    from llmq.progress import follow_batch
+
+    with Client(api_url, api_key) as client:
+        try:
+            batch = follow_batch(client, batch_id) if wait else client.batch(batch_id)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    counts = " ".join(f"{k}={v}" for k, v in batch["counts"].items() if v)
+    typer.echo(
+        f"{batch['id']} {batch['status']} {batch['completed']}/{batch['item_count']} "
+        f"{counts} tokens={batch['input_tokens'] + batch['output_tokens']} "
+        f"cost=${batch['cost_usd']}"
+    )
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    api_key: ApiKey,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write JSONL here")] = None,
+) -> None:
+    """Download a batch's results as JSONL (stdout or -o FILE)."""
+    from llmq.client import ApiError, Client
+
+    with Client(api_url, api_key) as client:
+        sink = output.open("w") if output else sys.stdout
+        try:
+            for row in client.results(batch_id):
+                sink.write(json.dumps(row) + "\n")
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            if output:
+                sink.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

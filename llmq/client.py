@@ -1,0 +1,62 @@
+"""A small HTTP client for the llmq API (used by the CLI and the demo; handy in scripts)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else body
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        body = response.json() if response.content else None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    def submit_job(self, input: str, **fields: Any) -> dict[str, Any]:
+        return self._json(self._http.post("/v1/jobs", json={"input": input, **fields}))  # type: ignore[no-any-return]
+
+    def submit_batch(self, items: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        return self._json(self._http.post("/v1/batches", json={"items": items, **fields}))  # type: ignore[no-any-return]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self._http.get(f"/v1/batches/{batch_id}"))  # type: ignore[no-any-return]
+
+    def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)

@@ -1,0 +1,105 @@
+"""The one small interface every provider implements, and the errors it may raise."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+# HTTP statuses worth another try: timeouts, conflicts, rate limits, server errors, overload.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    user: str
+    system: str | None = None
+    max_tokens: int = 512
+    temperature: float | None = None
+    # The raw document behind a templated prompt, for providers that work on text directly.
+    document: str | None = None
+    style: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    usage: Usage
+    finish_reason: str  # "stop", "length" or "refusal"
+    http_status: int | None = 200
+
+
+class ProviderError(Exception):
+    """A failed call, classified for the retry policy. `code` is a stable machine name."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.usage = usage
+
+
+class Provider(Protocol):
+    name: str
+
+    def is_configured(self) -> bool: ...
+
+    def complete(self, request: CompletionRequest) -> Completion: ...
+
+
+def code_for_status(status: int) -> str:
+    if status == 429:
+        return "rate_limited"
+    if status == 529:
+        return "overloaded"
+    if status in (401, 403):
+        return "auth_error"
+    if status == 404:
+        return "not_found"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "server_error"
+    return "bad_request"
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))

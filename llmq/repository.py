@@ -1,0 +1,633 @@
+"""Every read and write of jobs, batches, attempts and keys: the only module that speaks SQL.
+
+State changes are conditional UPDATEs fenced by the lease owner, so a redelivered message, a
+second worker or a late finish from a worker whose lease expired is a harmless no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from llmq.db.models import TERMINAL_STATUSES
+
+KEY_PREFIX = "llmq_"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenants and API keys
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(engine: Engine, tenant_name: str, *, admin: bool = False) -> str:
+    """Create the tenant if needed and return a new key. The key is shown once, stored hashed."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        tenant_id = conn.execute(
+            text(
+                "INSERT INTO tenants (id, name) VALUES (:id, :name) "
+                "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id"
+            ),
+            {"id": uuid.uuid4(), "name": tenant_name},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, is_admin) "
+                "VALUES (:id, :tenant_id, :key_hash, :prefix, :admin)"
+            ),
+            {
+                "id": uuid.uuid4(),
+                "tenant_id": tenant_id,
+                "key_hash": hash_key(key),
+                "prefix": key[: len(KEY_PREFIX) + 6],
+                "admin": admin,
+            },
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: uuid.UUID
+    tenant_name: str
+    key_id: uuid.UUID
+    is_admin: bool
+
+
+def authenticate(engine: Engine, key: str) -> Principal | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT k.id, k.tenant_id, k.is_admin, t.name FROM api_keys k "
+                "JOIN tenants t ON t.id = k.tenant_id "
+                "WHERE k.key_hash = :h AND k.revoked_at IS NULL"
+            ),
+            {"h": hash_key(key)},
+        ).first()
+    if row is None:
+        return None
+    return Principal(
+        tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, is_admin=row.is_admin
+    )
+
+
+def list_api_keys(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT k.id, k.prefix, t.name AS tenant, k.is_admin, k.created_at, k.revoked_at "
+                "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id ORDER BY k.created_at"
+            )
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+def revoke_api_key(engine: Engine, key_id_or_prefix: str) -> int:
+    with engine.begin() as conn:
+        result = conn.execute(
+            text(
+                "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
+                "AND (id::text = :v OR prefix = :v)"
+            ),
+            {"v": key_id_or_prefix},
+        )
+        return result.rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# Submission
+
+
+@dataclass(frozen=True)
+class NewJob:
+    input: str
+    custom_id: str | None = None
+    params: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None
+
+
+def _copy_text(value: object) -> str:
+    """Escape one field for COPY ... FROM STDIN in text format."""
+    if value is None:
+        return "\\N"
+    s = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+_JOB_COPY_COLUMNS = (
+    "id",
+    "tenant_id",
+    "batch_id",
+    "seq",
+    "custom_id",
+    "status",
+    "priority",
+    "template",
+    "template_version",
+    "input",
+    "params",
+    "chain",
+    "metadata",
+)
+
+
+def _copy_jobs(conn: Connection, rows: Sequence[Sequence[object]]) -> None:
+    # COPY is the fast path for big batches: 10,000 rows in tens of milliseconds.
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write("\t".join(_copy_text(v) for v in row))
+        buffer.write("\n")
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY jobs ({', '.join(_JOB_COPY_COLUMNS)}) FROM STDIN") as copy,
+    ):
+        copy.write(buffer.getvalue())
+
+
+def insert_batch(
+    engine: Engine,
+    *,
+    tenant_id: uuid.UUID,
+    template: str,
+    template_version: int,
+    priority: str,
+    chain: list[str],
+    meta: dict[str, Any],
+    items: Sequence[NewJob],
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """Insert a batch and all its jobs in one transaction: all rows or none."""
+    batch_id = uuid.uuid4()
+    job_ids = [uuid.uuid4() for _ in items]
+    chain_json = json.dumps(chain)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
+                "item_count) VALUES (:id, :tenant_id, :template, :priority, "
+                "CAST(:chain AS jsonb), CAST(:meta AS jsonb), :n)"
+            ),
+            {
+                "id": batch_id,
+                "tenant_id": tenant_id,
+                "template": template,
+                "priority": priority,
+                "chain": chain_json,
+                "meta": json.dumps(meta),
+                "n": len(items),
+            },
+        )
+        _copy_jobs(
+            conn,
+            [
+                (
+                    str(job_id),
+                    str(tenant_id),
+                    str(batch_id),
+                    seq,
+                    item.custom_id,
+                    "queued",
+                    priority,
+                    template,
+                    template_version,
+                    item.input,
+                    item.params or {},
+                    chain,
+                    item.meta or {},
+                )
+                for seq, (job_id, item) in enumerate(zip(job_ids, items, strict=True))
+            ],
+        )
+    return batch_id, job_ids
+
+
+def insert_job(
+    engine: Engine,
+    *,
+    tenant_id: uuid.UUID,
+    template: str,
+    template_version: int,
+    priority: str,
+    chain: list[str],
+    item: NewJob,
+) -> uuid.UUID:
+    job_id = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
+                "template_version, input, params, chain, metadata) VALUES (:id, :tenant_id, "
+                ":custom_id, :priority, :template, :version, :input, CAST(:params AS jsonb), "
+                "CAST(:chain AS jsonb), CAST(:meta AS jsonb))"
+            ),
+            {
+                "id": job_id,
+                "tenant_id": tenant_id,
+                "custom_id": item.custom_id,
+                "priority": priority,
+                "template": template,
+                "version": template_version,
+                "input": item.input,
+                "params": json.dumps(item.params or {}),
+                "chain": json.dumps(chain),
+                "meta": json.dumps(item.meta or {}),
+            },
+        )
+    return job_id
+
+
+def batch_jobs_to_dispatch(engine: Engine, batch_id: uuid.UUID | str) -> list[tuple[str, str]]:
+    """(job id, priority) of a batch's jobs that still wait for their first message."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id::text, priority FROM jobs WHERE batch_id = :b AND status = 'queued' "
+                "AND dispatched_at IS NULL ORDER BY seq"
+            ),
+            {"b": str(batch_id)},
+        )
+        return [(row[0], row[1]) for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker's side: claim, record attempts, finish
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    batch_id: uuid.UUID | None
+    template: str
+    template_version: int
+    input: str
+    params: dict[str, Any]
+    chain: list[str]
+    attempts_made: int
+    deliveries: int
+    created_at: datetime
+
+
+def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
+    """Take the job for `owner` if it is waiting, or running under an expired lease."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'running', lease_owner = :owner, "
+                "lease_expires_at = now() + make_interval(secs => :lease), "
+                "deliveries = deliveries + 1, started_at = coalesce(started_at, now()), "
+                "not_before = NULL "
+                "WHERE id = :id AND (status IN ('queued', 'retrying') "
+                "OR (status = 'running' AND lease_expires_at < now())) "
+                "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
+                "chain, attempts_made, deliveries, created_at"
+            ),
+            {"id": job_id, "owner": owner, "lease": lease_s},
+        ).first()
+    if row is None:
+        return None
+    return ClaimedJob(**row._asdict())
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    provider: str
+    model: str
+    outcome: str  # "ok" or the error code
+    latency_ms: float
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: Decimal | None = None
+    worker: str | None = None
+
+
+def record_attempt(
+    engine: Engine, job_id: uuid.UUID, owner: str, lease_s: float, attempt: AttemptRecord
+) -> int | None:
+    """Insert the attempt if we still hold the job; returns its number (None if we lost it).
+
+    The attempt number comes from the same conditional UPDATE that renews the lease, so two
+    workers can never write the same attempt and a fenced-off worker writes none.
+    """
+    with engine.begin() as conn:
+        return conn.execute(
+            text(
+                "WITH j AS (UPDATE jobs SET attempts_made = attempts_made + 1, "
+                "lease_expires_at = now() + make_interval(secs => :lease) "
+                "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
+                "RETURNING tenant_id, attempts_made) "
+                "INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, outcome, "
+                "http_status, error_code, error_message, latency_ms, input_tokens, "
+                "output_tokens, cached_tokens, cost_usd, worker) "
+                "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
+                ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
+                ":output_tokens, :cached_tokens, :cost_usd, :worker FROM j "
+                "RETURNING attempt_no"
+            ),
+            {"id": job_id, "owner": owner, "lease": lease_s, **attempt.__dict__},
+        ).scalar_one_or_none()
+
+
+def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT attempt_no, provider, model, outcome FROM attempts WHERE job_id = :id "
+                "ORDER BY attempt_no"
+            ),
+            {"id": job_id},
+        ).mappings()
+        return [dict(row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    result: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    cache_hit: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+    route: list[dict[str, Any]] | None = None
+    guardrails: list[dict[str, Any]] | None = None
+
+
+def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) -> bool:
+    """Write the terminal state and roll the attempts up into the job's totals, once."""
+    assert outcome.status in TERMINAL_STATUSES
+    with engine.begin() as conn:
+        result = conn.execute(
+            text(
+                "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
+                "model = :model, cache_hit = :cache_hit, error_code = :error_code, "
+                "error_message = :error_message, route = CAST(:route AS jsonb), "
+                "guardrails = CAST(:guardrails AS jsonb), input_tokens = a.input_tokens, "
+                "output_tokens = a.output_tokens, cost_usd = a.cost_usd, finished_at = now(), "
+                "lease_owner = NULL, lease_expires_at = NULL "
+                "FROM (SELECT coalesce(sum(input_tokens), 0) AS input_tokens, "
+                "coalesce(sum(output_tokens), 0) AS output_tokens, "
+                # An unpriced model makes the total unknown (NULL), never silently low.
+                "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
+                "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd "
+                "FROM attempts WHERE job_id = :id) a "
+                "WHERE jobs.id = :id AND jobs.lease_owner = :owner AND jobs.status = 'running'"
+            ),
+            {
+                "id": job_id,
+                "owner": owner,
+                "status": outcome.status,
+                "result": outcome.result,
+                "provider": outcome.provider,
+                "model": outcome.model,
+                "cache_hit": outcome.cache_hit,
+                "error_code": outcome.error_code,
+                "error_message": outcome.error_message,
+                "route": json.dumps(outcome.route or []),
+                "guardrails": json.dumps(outcome.guardrails or []),
+            },
+        )
+        return result.rowcount == 1
+
+
+def defer_job(
+    engine: Engine, job_id: uuid.UUID, owner: str, delay_s: float, route: list[dict[str, Any]]
+) -> bool:
+    """Give the job back to wait `delay_s` (a long backoff) without holding a worker slot."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'retrying', "
+                "not_before = now() + make_interval(secs => :delay), dispatched_at = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, route = CAST(:route AS jsonb) "
+                "WHERE id = :id AND lease_owner = :owner AND status = 'running'"
+            ),
+            {"id": job_id, "owner": owner, "delay": delay_s, "route": json.dumps(route)},
+        )
+        return result.rowcount == 1
+
+
+def renew_leases(engine: Engine, owner_by_job: dict[str, str], lease_s: float) -> None:
+    if not owner_by_job:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease) "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:owners AS text[])) AS o(id, owner) "
+                "WHERE jobs.id = o.id AND jobs.lease_owner = o.owner AND jobs.status = 'running'"
+            ),
+            {"lease": lease_s, "ids": list(owner_by_job), "owners": list(owner_by_job.values())},
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads for the API (always filtered by tenant)
+
+JOB_COLUMNS = (
+    "id, batch_id, custom_id, status, priority, template, template_version, result, provider, "
+    "model, cache_hit, error_code, error_message, route, guardrails, input_tokens, "
+    "output_tokens, cost_usd, attempts_made, created_at, started_at, finished_at, metadata"
+)
+
+
+def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id AND tenant_id = :t"),
+                {"id": job_id, "t": tenant_id},
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        job = dict(row)
+        job["attempts"] = [
+            dict(a)
+            for a in conn.execute(
+                text(
+                    "SELECT attempt_no, provider, model, outcome, http_status, error_code, "
+                    "latency_ms, input_tokens, output_tokens, cached_tokens, cost_usd, worker, "
+                    "created_at FROM attempts WHERE job_id = :id ORDER BY attempt_no"
+                ),
+                {"id": job_id},
+            ).mappings()
+        ]
+        return job
+
+
+def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                text(
+                    "SELECT id, template, priority, chain, metadata, item_count, created_at "
+                    "FROM batches WHERE id = :id AND tenant_id = :t"
+                ),
+                {"id": batch_id, "t": tenant_id},
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        batch = dict(row)
+        counts = {
+            status: 0
+            for status in (
+                "queued",
+                "running",
+                "retrying",
+                "succeeded",
+                "failed",
+                "blocked",
+                "cancelled",
+            )
+        }
+        totals = conn.execute(
+            text(
+                "SELECT status, count(*) AS n, sum(input_tokens) AS input_tokens, "
+                "sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd, "
+                "max(finished_at) AS last_finished FROM jobs WHERE batch_id = :id "
+                "GROUP BY status"
+            ),
+            {"id": batch_id},
+        ).mappings()
+        input_tokens = output_tokens = 0
+        cost = Decimal(0)
+        last_finished: datetime | None = None
+        for t in totals:
+            counts[t["status"]] = t["n"]
+            input_tokens += t["input_tokens"] or 0
+            output_tokens += t["output_tokens"] or 0
+            cost += t["cost_usd"] or 0
+            if t["last_finished"] and (last_finished is None or t["last_finished"] > last_finished):
+                last_finished = t["last_finished"]
+        done = sum(counts[s] for s in TERMINAL_STATUSES)
+        batch.update(
+            counts=counts,
+            completed=done,
+            status="completed" if done == batch["item_count"] else "in_progress",
+            finished_at=last_finished if done == batch["item_count"] else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
+        )
+        return batch
+
+
+def get_batch_owner(engine: Engine, batch_id: uuid.UUID) -> uuid.UUID | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT tenant_id FROM batches WHERE id = :id"), {"id": batch_id}
+        ).scalar_one_or_none()
+
+
+def iter_batch_results(
+    engine: Engine, batch_id: uuid.UUID, chunk: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """Stream a batch's jobs in item order, a page at a time (keyset on seq): bounded memory."""
+    last_seq = -1
+    while True:
+        with engine.connect() as conn:
+            rows = [
+                dict(r)
+                for r in conn.execute(
+                    text(
+                        "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "
+                        "error_code, error_message, input_tokens, output_tokens, cost_usd "
+                        "FROM jobs WHERE batch_id = :b AND seq > :s ORDER BY seq LIMIT :n"
+                    ),
+                    {"b": batch_id, "s": last_seq, "n": chunk},
+                ).mappings()
+            ]
+        yield from rows
+        if len(rows) < chunk:
+            return
+        last_seq = rows[-1]["seq"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The reconciler's queries
+
+RECONCILE_LOCK_KEY = 0x6C6C6D71  # "llmq"
+
+
+def try_reconcile_lock(conn: Connection) -> bool:
+    """One reconciler at a time across all workers; released when the transaction ends."""
+    return bool(
+        conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": RECONCILE_LOCK_KEY}
+        ).scalar_one()
+    )
+
+
+def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str, str]]:
+    """Running jobs whose worker stopped renewing: back to queued, or failed after N tries."""
+    rows = conn.execute(
+        text(
+            "UPDATE jobs SET "
+            "status = CASE WHEN deliveries >= :max THEN 'failed' ELSE 'queued' END, "
+            "error_code = CASE WHEN deliveries >= :max THEN 'worker_lost' ELSE error_code END, "
+            "error_message = CASE WHEN deliveries >= :max THEN "
+            "'the job was interrupted ' || deliveries || ' times (worker died or timed out)' "
+            "ELSE error_message END, "
+            "finished_at = CASE WHEN deliveries >= :max THEN now() ELSE NULL END, "
+            "lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL "
+            "WHERE status = 'running' AND lease_expires_at < now() "
+            "RETURNING id::text, status, priority"
+        ),
+        {"max": max_deliveries},
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def jobs_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[tuple[str, str]]:
+    """Live jobs with no message on the queue: never published, or due after a backoff."""
+    rows = conn.execute(
+        text(
+            "SELECT id::text, priority FROM jobs WHERE status IN ('queued', 'retrying') "
+            "AND dispatched_at IS NULL AND (not_before IS NULL OR not_before <= now()) "
+            "AND (status = 'retrying' OR created_at < now() - make_interval(secs => :grace)) "
+            "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"grace": grace_s, "limit": limit},
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def forget_dispatches(conn: Connection) -> int:
+    """The broker lost its messages (restart or flush): every live job needs a new one."""
+    return conn.execute(
+        text(
+            "UPDATE jobs SET dispatched_at = NULL WHERE status IN ('queued', 'retrying') "
+            "AND dispatched_at IS NOT NULL"
+        )
+    ).rowcount
+
+
+def mark_dispatched_in(conn: Connection, job_ids: Sequence[str]) -> None:
+    conn.execute(
+        text("UPDATE jobs SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": list(job_ids)},
+    )

@@ -1,0 +1,37 @@
+"""Task bodies. Thin: the work is in llmq.pipeline; these only adapt Celery to it."""
+
+from __future__ import annotations
+
+import logging
+
+from llmq import repository
+from llmq.db.engine import get_engine
+from llmq.settings import get_settings
+from workers import signals as _signals  # noqa: F401  (connects the worker lifecycle hooks)
+from workers.celery_app import app
+from workers.dispatch import DISPATCH_BATCH, RUN_JOB, publish_jobs
+from workers.runtime import get_pipeline
+
+log = logging.getLogger(__name__)
+
+DISPATCH_CHUNK = 1000
+
+
+@app.task(name=RUN_JOB, ignore_result=True)
+def run_job(job_id: str) -> str:
+    return get_pipeline().run(job_id)
+
+
+@app.task(name=DISPATCH_BATCH, ignore_result=True)
+def dispatch_batch(batch_id: str) -> int:
+    """Fan a batch out into one message per job, off the API's request path."""
+    settings = get_settings()
+    assert settings.database_url
+    engine = get_engine(settings.database_url)
+    pending = repository.batch_jobs_to_dispatch(engine, batch_id)
+    for start in range(0, len(pending), DISPATCH_CHUNK):
+        chunk = pending[start : start + DISPATCH_CHUNK]
+        publish_jobs(chunk)
+        with engine.begin() as conn:
+            repository.mark_dispatched_in(conn, [job_id for job_id, _ in chunk])
+    return len(pending)

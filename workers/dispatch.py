@@ -1,0 +1,27 @@
+"""Publishing job messages. A message carries only the job id: Postgres holds the job."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmq.settings import PRIORITY_TO_QUEUE
+
+from .celery_app import app
+
+RUN_JOB = "llmq.run_job"
+DISPATCH_BATCH = "llmq.dispatch_batch"
+
+
+def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
+    """Publish (job_id, priority) pairs over one producer connection."""
+    if not jobs:
+        return
+    with app.producer_or_acquire() as producer:
+        for job_id, priority in jobs:
+            app.send_task(
+                RUN_JOB, args=[job_id], queue=PRIORITY_TO_QUEUE[priority], producer=producer
+            )
+
+
+def publish_batch_dispatch(batch_id: str, priority: str) -> None:
+    app.send_task(DISPATCH_BATCH, args=[batch_id], queue=PRIORITY_TO_QUEUE[priority])

@@ -1,0 +1,77 @@
+"""Puts lost work back: expired leases (dead workers), never-published jobs (crash between
+INSERT and publish), jobs due after a long backoff, and everything live after the broker lost its
+messages (Redis restart or FLUSHALL). Runs as a thread in every worker; a Postgres advisory lock
+lets one tick run at a time, so it needs no extra process and survives any worker dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from llmq import repository
+from llmq.settings import Settings
+
+from .dispatch import publish_jobs
+
+log = logging.getLogger(__name__)
+
+BROKER_EPOCH_KEY = "llmq:broker-epoch"
+DISPATCH_LIMIT = 5000
+
+
+def broker_lost_messages(client: redis.Redis) -> bool:
+    """True the first time we look after the broker's data vanished (or on its first use)."""
+    return bool(client.set(BROKER_EPOCH_KEY, uuid.uuid4().hex, nx=True))
+
+
+def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, int]:
+    with engine.begin() as conn:
+        if not repository.try_reconcile_lock(conn):
+            return {}
+        expired = repository.expire_leases(conn, settings.max_deliveries)
+        forgotten = repository.forget_dispatches(conn) if broker_lost_messages(client) else 0
+        due = repository.jobs_due_for_dispatch(conn, settings.dispatch_grace_s, DISPATCH_LIMIT)
+        # Publish inside the transaction: if Redis refuses, dispatched_at stays NULL and the
+        # next tick tries again (a duplicate message is harmless; a lost one is not).
+        publish_jobs(due)
+        repository.mark_dispatched_in(conn, [job_id for job_id, _ in due])
+    stats = {
+        "requeued": sum(1 for _, status, _ in expired if status == "queued"),
+        "failed": sum(1 for _, status, _ in expired if status == "failed"),
+        "forgotten": forgotten,
+        "published": len(due),
+    }
+    if any(stats.values()):
+        log.info("reconciler: %s", stats)
+    return stats
+
+
+class Reconciler:
+    def __init__(self, engine: Engine, client: redis.Redis, settings: Settings) -> None:
+        self._engine = engine
+        self._client = client
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llmq-reconciler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.reconcile_interval_s):
+            try:
+                tick(self._engine, self._client, self._settings)
+            except (SQLAlchemyError, redis.RedisError, OSError) as exc:
+                # Postgres or Redis is down: keep trying, that is the point of this loop.
+                log.warning("reconciler tick failed: %s: %s", type(exc).__name__, exc)
+            except Exception:
+                log.exception("reconciler tick crashed")

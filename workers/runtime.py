@@ -1,0 +1,68 @@
+"""Per-process worker state: one engine, one set of provider clients, one pipeline."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import redis
+
+from llmq.cache import ResultCache
+from llmq.db.engine import get_engine
+from llmq.leases import LeaseKeeper
+from llmq.pipeline import Pipeline, PipelineConfig
+from llmq.pricing import load_price_table
+from llmq.providers.registry import build_providers
+from llmq.retry import RetryPolicy
+from llmq.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_pipeline: Pipeline | None = None
+worker_name = f"{socket.gethostname()}"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url or "redis://127.0.0.1:6379/0",
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    engine = get_engine(settings.database_url, pool_size=20, max_overflow=80)
+    config = PipelineConfig(
+        lease_s=settings.job_lease_s,
+        max_deliveries=settings.max_deliveries,
+        max_output_tokens=settings.max_output_tokens,
+        input_guardrails=settings.input_guardrails,
+        output_guardrails=settings.output_guardrails,
+        banned_terms=settings.banned_terms,
+        retry=RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_s=settings.retry_base_s,
+            cap_s=settings.retry_cap_s,
+            inline_max_s=settings.retry_inline_max_s,
+        ),
+    )
+    return Pipeline(
+        engine,
+        build_providers(settings),
+        load_price_table(settings.pricing_file),
+        config,
+        cache=ResultCache(redis_client(settings), settings.cache_ttl_s),
+        leases=LeaseKeeper(engine, settings.job_lease_s),
+        worker_name=name or worker_name,
+    )
+
+
+def get_pipeline() -> Pipeline:
+    global _pipeline
+    if _pipeline is None:
+        with _lock:
+            if _pipeline is None:
+                _pipeline = build_pipeline(get_settings())
+    return _pipeline
