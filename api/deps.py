@@ -12,15 +12,15 @@ from llmq.settings import Settings
 
 
 def engine(request: Request) -> Engine:
-    return request.app.state.engine  # type: ignore[no-any-return]
+    return request.app.state.engine
 
 
 def settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def principal(request: Request) -> Principal:
-    return request.app.state.authenticator(request)  # type: ignore[no-any-return]
+    return request.app.state.authenticator(request)
 
 
 EngineDep = Annotated[Engine, Depends(engine)]

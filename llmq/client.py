@@ -41,16 +41,16 @@ class Client:
         return body
 
     def submit_job(self, input: str, **fields: Any) -> dict[str, Any]:
-        return self._json(self._http.post("/v1/jobs", json={"input": input, **fields}))  # type: ignore[no-any-return]
+        return self._json(self._http.post("/v1/jobs", json={"input": input, **fields}))
 
     def submit_batch(self, items: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-        return self._json(self._http.post("/v1/batches", json={"items": items, **fields}))  # type: ignore[no-any-return]
+        return self._json(self._http.post("/v1/batches", json={"items": items, **fields}))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/jobs/{job_id}"))  # type: ignore[no-any-return]
+        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
 
     def batch(self, batch_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/batches/{batch_id}"))  # type: ignore[no-any-return]
+        return self._json(self._http.get(f"/v1/batches/{batch_id}"))
 
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as response:

@@ -19,7 +19,11 @@ from .jobs import parse_id
 from .submit import publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
 
 
 @router.post("", status_code=202, response_model=BatchAccepted, responses=ERRORS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -15,7 +16,11 @@ from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
 from .submit import publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+    422: {"model": ErrorOut},
+}
 
 
 @router.post("", status_code=202, response_model=JobAccepted, responses=ERRORS)

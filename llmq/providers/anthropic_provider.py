@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-import httpx
 
 from .base import (
     RETRYABLE_STATUSES,
@@ -36,7 +35,7 @@ class AnthropicProvider:
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
-                timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+                timeout=anthropic.Timeout(read_timeout_s, connect=connect_timeout_s),
             )
 
     def is_configured(self) -> bool:

@@ -99,7 +99,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
-            return None
-        return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # an unparseable header is ignored: our own backoff applies
+    return max(0.0, parsed.timestamp() - (now if now is not None else time.time()))

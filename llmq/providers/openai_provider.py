@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import openai
 
 from .base import (
@@ -33,7 +32,7 @@ class OpenAIProvider:
         read_timeout_s: float,
     ) -> None:
         self._api_key = api_key
-        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._timeout = openai.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._client: openai.OpenAI | None = None
         if api_key:
             # Our retry policy owns every attempt, so the SDK must not retry behind our back.

@@ -1,0 +1,20 @@
+"""Blocks inputs larger than a token budget (estimated: see llmq.tokens)."""
+
+from __future__ import annotations
+
+from llmq.tokens import estimate_tokens
+
+from .base import Finding, Verdict
+
+
+class TokenLimitGuard:
+    name = "token_limit"
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+
+    def check(self, text: str) -> Verdict:
+        if estimate_tokens(text) > self.max_tokens:
+            return Verdict(text=text, findings=(Finding(self.name, "block"),),
+                           blocked_by=self.name)
+        return Verdict(text=text)

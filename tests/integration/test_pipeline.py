@@ -1,0 +1,210 @@
+"""The pipeline as plain Python: real Postgres and the fake provider through the real SDKs, no
+broker. Covers the chain's decisions and the fencing that makes redelivery harmless."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from llmq import repository
+from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq.pipeline import Pipeline, PipelineConfig
+from llmq.pricing import load_price_table
+from llmq.providers.anthropic_provider import AnthropicProvider
+from llmq.providers.local import LocalProvider
+from llmq.providers.openai_provider import OpenAIProvider
+from llmq.retry import RetryPolicy
+
+DOC = ("The harbour authority approved a new ferry terminal. It will cost 40 million euros. "
+       "Work starts in May. The old terminal closes next year. Ferries will run every hour.")
+
+
+@pytest.fixture()
+def tenant(engine: Engine) -> uuid.UUID:
+    key = repository.create_api_key(engine, f"pipe-{uuid.uuid4().hex[:8]}")
+    principal = repository.authenticate(engine, key)
+    assert principal is not None
+    return principal.tenant_id
+
+
+def _pipeline(engine: Engine, fake: FakeProviderServer, *, openai_key: str | None = "k",
+              sleeps: list[float] | None = None, inline_max_s: float = 2.0) -> Pipeline:
+    timeouts = {"connect_timeout_s": 2.0, "read_timeout_s": 2.0}
+    return Pipeline(
+        engine,
+        {
+            "openai": OpenAIProvider(openai_key, fake.openai_base_url, **timeouts),
+            "anthropic": AnthropicProvider("k", fake.anthropic_base_url, **timeouts),
+            "local": LocalProvider(),
+        },
+        load_price_table(),
+        PipelineConfig(lease_s=30, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05,
+                                                     inline_max_s=inline_max_s)),
+        sleep=(sleeps.append if sleeps is not None else lambda _: None),
+        rng=random.Random(0),
+        worker_name="test-worker",
+    )
+
+
+def _job(engine: Engine, tenant: uuid.UUID, chain: list[str], text_: str = DOC,
+         template: str = "summarize") -> str:
+    return str(repository.insert_job(
+        engine, tenant_id=tenant, template=template, template_version=1, priority="default",
+        chain=chain, item=repository.NewJob(input=text_),
+    ))
+
+
+def _row(engine: Engine, job_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one()
+
+
+def _attempts(engine: Engine, job_id: str) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(
+            "SELECT * FROM attempts WHERE job_id = :id ORDER BY attempt_no"), {"id": job_id}))
+
+
+def test_unconfigured_provider_is_skipped_with_a_recorded_reason(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider, openai_key=None)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "local:extractive"])
+    assert pipeline.run(job_id) == "succeeded"
+    row = _row(engine, job_id)
+    assert (row.provider, row.model) == ("local", "extractive")
+    assert row.route == [{"link": "openai:gpt-4o-mini", "skipped": "not_configured"},
+                         {"link": "local:extractive", "result": "ok"}]
+    assert [a.provider for a in _attempts(engine, job_id)] == ["local"]
+
+
+def test_redelivered_message_for_a_finished_job_is_a_no_op(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    before = fake_provider.stats()["requests"]
+    assert pipeline.run(job_id) == "succeeded"
+    assert pipeline.run(job_id) == "not_claimable"
+    assert fake_provider.stats()["requests"] == before + 1
+    assert len(_attempts(engine, job_id)) == 1
+
+
+def test_a_worker_that_lost_its_lease_cannot_write(
+    engine: Engine, tenant: uuid.UUID
+) -> None:
+    job_id = _job(engine, tenant, ["local:extractive"])
+    first = repository.claim_job(engine, job_id, "worker-a", lease_s=30)
+    assert first is not None
+    assert repository.claim_job(engine, job_id, "worker-b", lease_s=30) is None  # lease is live
+    with engine.begin() as conn:  # worker-a's lease runs out (it hung or died)
+        conn.execute(text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' "
+                          "WHERE id = :id"), {"id": job_id})
+    second = repository.claim_job(engine, job_id, "worker-b", lease_s=30)
+    assert second is not None and second.deliveries == 2
+    attempt = repository.AttemptRecord(provider="local", model="extractive", outcome="ok",
+                                       latency_ms=1.0)
+    assert repository.record_attempt(engine, first.id, "worker-a", 30, attempt) is None
+    assert repository.finish_job(engine, first.id, "worker-a",
+                                 repository.Outcome(status="succeeded", result="stale")) is False
+    assert repository.record_attempt(engine, second.id, "worker-b", 30, attempt) == 1
+    assert repository.finish_job(engine, second.id, "worker-b",
+                                 repository.Outcome(status="succeeded", result="fresh")) is True
+    row = _row(engine, job_id)
+    assert (row.status, row.result, row.attempts_made) == ("succeeded", "fresh", 1)
+
+
+def test_retry_after_is_honoured_then_the_call_succeeds(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript(rules=[
+        FaultRule(api="openai", fault="status", status=429, retry_after=1.5, first_n=1)]))
+    sleeps: list[float] = []
+    pipeline = _pipeline(engine, fake_provider, sleeps=sleeps)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    assert pipeline.run(job_id) == "succeeded"
+    assert sleeps == [1.5]
+    outcomes = [(a.outcome, a.http_status) for a in _attempts(engine, job_id)]
+    assert outcomes == [("rate_limited", 429), ("ok", 200)]
+
+
+def test_long_backoff_defers_the_job_instead_of_sleeping(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript(rules=[
+        FaultRule(api="openai", fault="status", status=429, retry_after=30, first_n=1)]))
+    sleeps: list[float] = []
+    pipeline = _pipeline(engine, fake_provider, sleeps=sleeps)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    assert pipeline.run(job_id) == "deferred"
+    row = _row(engine, job_id)
+    assert row.status == "retrying" and row.lease_owner is None and sleeps == []
+    with engine.connect() as conn:
+        wait = conn.execute(text("SELECT extract(epoch FROM not_before - now()) FROM jobs "
+                                 "WHERE id = :id"), {"id": job_id}).scalar_one()
+    assert 25 < wait <= 30
+    # When it comes back (the reconciler publishes it when due) it resumes, attempts kept.
+    assert pipeline.run(job_id) == "succeeded"
+    assert [a.attempt_no for a in _attempts(engine, job_id)] == [1, 2]
+
+
+def test_every_link_failing_ends_the_job_with_a_code_and_no_made_up_text(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript(rules=[
+        FaultRule(api="*", fault="status", status=503)]))
+    pipeline = _pipeline(engine, fake_provider)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
+    assert pipeline.run(job_id) == "failed"
+    row = _row(engine, job_id)
+    assert row.error_code == "all_providers_failed" and row.result is None
+    assert "openai:gpt-4o-mini (server_error)" in row.error_message
+    assert len(_attempts(engine, job_id)) == 6
+    fake_provider.set_script(FakeScript())
+
+
+def test_non_retryable_errors_move_on_at_once(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript(rules=[
+        FaultRule(api="openai", fault="status", status=400, context_length=True)]))
+    pipeline = _pipeline(engine, fake_provider)
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
+    assert pipeline.run(job_id) == "succeeded"
+    outcomes = [(a.provider, a.outcome) for a in _attempts(engine, job_id)]
+    assert outcomes == [("openai", "context_too_long"), ("anthropic", "ok")]
+    fake_provider.set_script(FakeScript())
+
+
+def test_input_too_long_for_a_model_skips_to_a_longer_context_link(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider)
+    long_doc = "A sentence about the ferry terminal budget. " * 30_000  # ~300k tokens
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "openai:gpt-4.1"], long_doc)
+    assert pipeline.run(job_id) == "succeeded"
+    row = _row(engine, job_id)
+    assert row.model == "gpt-4.1"
+    assert row.route[0] == {"link": "openai:gpt-4o-mini", "skipped": "context_too_small"}
+
+
+def test_unsafe_output_is_blocked(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider)
+    # The fake provider echoes its input, so the "model" answers with a destructive command.
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"], "DROP TABLE users; then relax",
+                  template="prompt")
+    assert pipeline.run(job_id) == "blocked"
+    row = _row(engine, job_id)
+    assert row.error_code == "output_blocked"
+    assert "unsafe_output.drop_table" in row.error_message
+    assert row.result is None
