@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from llmq.providers.registry import parse_link
 
 Priority = Literal["high", "default", "low"]
+# Money as an exact fixed-point string ("0.0000123000"), never a float or "0E-10".
+Usd = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 MAX_INPUT_CHARS = 2_000_000
 
 
@@ -100,7 +109,7 @@ class AttemptOut(BaseModel):
     input_tokens: int
     output_tokens: int
     cached_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: Usd | None
     worker: str | None
     created_at: datetime
 
@@ -123,7 +132,7 @@ class JobOut(BaseModel):
     guardrails: list[dict[str, Any]]
     input_tokens: int
     output_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: Usd | None
     attempts_made: int
     attempts: list[AttemptOut]
     metadata: dict[str, Any]
@@ -144,7 +153,7 @@ class BatchOut(BaseModel):
     counts: dict[str, int]
     input_tokens: int
     output_tokens: int
-    cost_usd: Decimal
+    cost_usd: Usd
     created_at: datetime
     finished_at: datetime | None
 

@@ -14,6 +14,7 @@ import textwrap
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from llmq import repository
 from llmq.client import Client
@@ -33,6 +34,12 @@ def sample_documents() -> list[tuple[str, str]]:
         if entry.name.endswith(".txt"):
             docs.append((entry.name.removesuffix(".txt"), entry.read_text(encoding="utf-8")))
     return docs
+
+
+def _route(route: list[dict[str, Any]]) -> str:
+    return " -> ".join(
+        f"{step['link']} {step.get('skipped') or step.get('result')}" for step in route
+    )
 
 
 def run_demo(*, workers: int = 1, concurrency: int = 16) -> int:
@@ -74,6 +81,7 @@ def _run(urls: dict[str, str], data_dir: Path, *, workers: int, concurrency: int
             )
             batch = follow_batch(client, accepted["id"], timeout_s=600)
             rows = list(client.results(accepted["id"]))
+            details = {row["job_id"]: client.job(row["job_id"]) for row in rows}
     except Exception:
         for child in stack.children:
             print(f"--- {child.name} log ---\n{child.tail()}")
@@ -93,6 +101,11 @@ def _run(urls: dict[str, str], data_dir: Path, *, workers: int, concurrency: int
             f"\n== {row['custom_id']} ({words.get(row['custom_id'], 0)} words) "
             f"[{row['status']}] via {where}, {tokens} tokens, ${row['cost_usd']}"
         )
+        job = details[row["job_id"]]
+        print(f"   chain: {_route(job['route'])}")
+        if job["guardrails"]:
+            fired = ", ".join(f"{g['rule']} x{g['count']}" for g in job["guardrails"])
+            print(f"   guardrails: {fired} (redacted before any provider saw the text)")
         body = row["result"] if row["status"] == "succeeded" else f"error: {row['error']}"
         print(
             textwrap.fill(

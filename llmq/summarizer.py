@@ -12,9 +12,46 @@ import re
 from collections import Counter
 
 _ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "inc", "ltd", "co", "corp",
-    "e.g", "i.e", "u.s", "u.k", "no", "fig", "approx", "dept", "est", "jan", "feb", "mar", "apr",
-    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mt", "ft", "gen", "gov", "sen",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "vs",
+    "etc",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "e.g",
+    "i.e",
+    "u.s",
+    "u.k",
+    "no",
+    "fig",
+    "approx",
+    "dept",
+    "est",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "mt",
+    "ft",
+    "gen",
+    "gov",
+    "sen",
 }
 _STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before
@@ -24,7 +61,7 @@ _STOPWORDS = frozenset(
     ourselves out over own same she should so some such than that the their theirs them
     themselves then there these they this those through to too under until up very was we were
     what when where which while who whom why will with would you your yours yourself yourselves
-    one two may might must shall said says also would could us upon new like""".split()
+    one two may might must shall said says also would could us upon new like""".split()  # noqa: SIM905
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]+|\d+(?:[.,]\d+)*%?")
 # A candidate boundary: terminal punctuation (optionally closed by quotes/brackets) + space.
@@ -123,14 +160,14 @@ def summarize_extractive(
     used_words = 0
     for _, index in scored:
         sentence = located[index][2]
-        words = set(_content_words(sentence))
-        if any(len(words & other) / len(words | other) > 0.6 for other in chosen_sets):
+        vocabulary = set(_content_words(sentence))
+        if any(len(vocabulary & other) / len(vocabulary | other) > 0.6 for other in chosen_sets):
             continue
         length = len(sentence.split())
         if chosen and used_words + length > max_words:
             continue
         chosen.append(index)
-        chosen_sets.append(words)
+        chosen_sets.append(vocabulary)
         used_words += length
         if len(chosen) >= max_sentences or used_words >= max_words:
             break

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.exc import OperationalError
+
 from llmq import repository
 from llmq.db.engine import get_engine
 from llmq.settings import get_settings
@@ -17,7 +19,17 @@ log = logging.getLogger(__name__)
 DISPATCH_CHUNK = 1000
 
 
-@app.task(name=RUN_JOB, ignore_result=True)
+@app.task(
+    name=RUN_JOB,
+    ignore_result=True,
+    # Postgres unreachable before the claim: publish the message again after a short, growing,
+    # jittered wait instead of acking it away. (After a claim, the lease covers the job.)
+    autoretry_for=(OperationalError,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=None,
+)
 def run_job(job_id: str) -> str:
     return get_pipeline().run(job_id)
 

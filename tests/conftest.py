@@ -92,8 +92,9 @@ def worker(stack_env: dict[str, str], services: Services) -> Iterator[Any]:
     from llmq.stack import Stack
 
     stack = Stack(env=stack_env, log_dir=services.data_dir / "logs")
-    stack.start_worker("shared", queues="llm.high,llm.default,llm.low", concurrency=20,
-                       pool="threads")
+    stack.start_worker(
+        "shared", queues="llm.high,llm.default,llm.low", concurrency=20, pool="threads"
+    )
     yield stack
     stack.stop()
 

@@ -19,9 +19,7 @@ class Services:
     embedded: Any
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float = 60.0, what: str = "condition"
-) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
     """Poll `probe` until it returns a truthy value; fail with `what` after `timeout`.
 
     The system under test is another process whose only observable signal is its state in

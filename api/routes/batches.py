@@ -92,7 +92,7 @@ def _result_line(row: dict[str, Any]) -> str:
                 "error": error,
                 "input_tokens": row["input_tokens"],
                 "output_tokens": row["output_tokens"],
-                "cost_usd": str(row["cost_usd"]) if row["cost_usd"] is not None else None,
+                "cost_usd": format(row["cost_usd"], "f") if row["cost_usd"] is not None else None,
             }
         )
         + "\n"

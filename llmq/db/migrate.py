@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
 
 from alembic import command
 from alembic.config import Config
@@ -14,7 +14,7 @@ from .engine import normalize_url
 
 def alembic_config(database_url: str) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("script_location", str(resources.files(migrations)))
     # ConfigParser interpolation treats % specially (URL-encoded passwords contain it).
     config.set_main_option("sqlalchemy.url", normalize_url(database_url).replace("%", "%%"))
     return config

@@ -10,11 +10,21 @@ from .output import EmptyOutputGuard, UnsafeOutputGuard
 from .pii import PIIRedactor
 
 GUARDRAIL_NAMES = (
-    "prompt_injection", "pii", "token_limit", "banned_terms", "unsafe_output", "empty_output",
+    "prompt_injection",
+    "pii",
+    "token_limit",
+    "banned_terms",
+    "unsafe_output",
+    "empty_output",
 )
 
 __all__ = [
-    "GUARDRAIL_NAMES", "ChainResult", "Finding", "Guardrail", "Verdict", "build_chain",
+    "GUARDRAIL_NAMES",
+    "ChainResult",
+    "Finding",
+    "Guardrail",
+    "Verdict",
+    "build_chain",
     "run_chain",
 ]
 

@@ -20,6 +20,5 @@ class BannedTermsGuard:
 
     def check(self, text: str) -> Verdict:
         if self._pattern is not None and self._pattern.search(text):
-            return Verdict(text=text, findings=(Finding(self.name, "block"),),
-                           blocked_by=self.name)
+            return Verdict(text=text, findings=(Finding(self.name, "block"),), blocked_by=self.name)
         return Verdict(text=text)

@@ -15,6 +15,5 @@ class TokenLimitGuard:
 
     def check(self, text: str) -> Verdict:
         if estimate_tokens(text) > self.max_tokens:
-            return Verdict(text=text, findings=(Finding(self.name, "block"),),
-                           blocked_by=self.name)
+            return Verdict(text=text, findings=(Finding(self.name, "block"),), blocked_by=self.name)
         return Verdict(text=text)

@@ -46,8 +46,12 @@ class PIIRedactor:
     def check(self, text: str) -> Verdict:
         findings: list[Finding] = []
 
-        def redact(pattern: re.Pattern[str], label: str, rule: str,
-                   valid: Callable[[str], bool] = lambda _: True) -> None:
+        def redact(
+            pattern: re.Pattern[str],
+            label: str,
+            rule: str,
+            valid: Callable[[str], bool] = lambda _: True,
+        ) -> None:
             nonlocal text
             count = 0
 
@@ -67,6 +71,5 @@ class PIIRedactor:
         redact(IBAN, "[IBAN]", "iban", iban_valid)
         redact(CARD, "[CARD]", "card", lambda s: luhn_valid(re.sub(r"[ \-]", "", s)))
         redact(SSN, "[SSN]", "ssn")
-        redact(PHONE, "[PHONE]", "phone",
-               lambda s: 10 <= sum(c.isdigit() for c in s) <= 15)
+        redact(PHONE, "[PHONE]", "phone", lambda s: 10 <= sum(c.isdigit() for c in s) <= 15)
         return Verdict(text=text, findings=tuple(findings))

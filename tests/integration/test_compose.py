@@ -32,14 +32,18 @@ def test_compose_file_describes_the_stack() -> None:
 
 def test_docker_compose_config_validates() -> None:
     docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"],
-                                        capture_output=True).returncode != 0:
+    if (
+        docker is None
+        or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0
+    ):
         # The structural test above still ran; this one needs the compose plugin.
         import pytest
 
         pytest.skip("docker compose plugin is not installed")
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True, text=True, env={"FLOWER_PASSWORD": "x", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        env={"FLOWER_PASSWORD": "x", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

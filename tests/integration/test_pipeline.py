@@ -19,8 +19,10 @@ from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.retry import RetryPolicy
 
-DOC = ("The harbour authority approved a new ferry terminal. It will cost 40 million euros. "
-       "Work starts in May. The old terminal closes next year. Ferries will run every hour.")
+DOC = (
+    "The harbour authority approved a new ferry terminal. It will cost 40 million euros. "
+    "Work starts in May. The old terminal closes next year. Ferries will run every hour."
+)
 
 
 @pytest.fixture()
@@ -31,8 +33,14 @@ def tenant(engine: Engine) -> uuid.UUID:
     return principal.tenant_id
 
 
-def _pipeline(engine: Engine, fake: FakeProviderServer, *, openai_key: str | None = "k",
-              sleeps: list[float] | None = None, inline_max_s: float = 2.0) -> Pipeline:
+def _pipeline(
+    engine: Engine,
+    fake: FakeProviderServer,
+    *,
+    openai_key: str | None = "k",
+    sleeps: list[float] | None = None,
+    inline_max_s: float = 2.0,
+) -> Pipeline:
     timeouts = {"connect_timeout_s": 2.0, "read_timeout_s": 2.0}
     return Pipeline(
         engine,
@@ -42,20 +50,34 @@ def _pipeline(engine: Engine, fake: FakeProviderServer, *, openai_key: str | Non
             "local": LocalProvider(),
         },
         load_price_table(),
-        PipelineConfig(lease_s=30, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05,
-                                                     inline_max_s=inline_max_s)),
+        PipelineConfig(
+            lease_s=30,
+            retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05, inline_max_s=inline_max_s),
+        ),
         sleep=(sleeps.append if sleeps is not None else lambda _: None),
         rng=random.Random(0),
         worker_name="test-worker",
     )
 
 
-def _job(engine: Engine, tenant: uuid.UUID, chain: list[str], text_: str = DOC,
-         template: str = "summarize") -> str:
-    return str(repository.insert_job(
-        engine, tenant_id=tenant, template=template, template_version=1, priority="default",
-        chain=chain, item=repository.NewJob(input=text_),
-    ))
+def _job(
+    engine: Engine,
+    tenant: uuid.UUID,
+    chain: list[str],
+    text_: str = DOC,
+    template: str = "summarize",
+) -> str:
+    return str(
+        repository.insert_job(
+            engine,
+            tenant_id=tenant,
+            template=template,
+            template_version=1,
+            priority="default",
+            chain=chain,
+            item=repository.NewJob(input=text_),
+        )
+    )
 
 
 def _row(engine: Engine, job_id: str) -> Any:
@@ -65,8 +87,12 @@ def _row(engine: Engine, job_id: str) -> Any:
 
 def _attempts(engine: Engine, job_id: str) -> list[Any]:
     with engine.connect() as conn:
-        return list(conn.execute(text(
-            "SELECT * FROM attempts WHERE job_id = :id ORDER BY attempt_no"), {"id": job_id}))
+        return list(
+            conn.execute(
+                text("SELECT * FROM attempts WHERE job_id = :id ORDER BY attempt_no"),
+                {"id": job_id},
+            )
+        )
 
 
 def test_unconfigured_provider_is_skipped_with_a_recorded_reason(
@@ -78,8 +104,10 @@ def test_unconfigured_provider_is_skipped_with_a_recorded_reason(
     assert pipeline.run(job_id) == "succeeded"
     row = _row(engine, job_id)
     assert (row.provider, row.model) == ("local", "extractive")
-    assert row.route == [{"link": "openai:gpt-4o-mini", "skipped": "not_configured"},
-                         {"link": "local:extractive", "result": "ok"}]
+    assert row.route == [
+        {"link": "openai:gpt-4o-mini", "skipped": "not_configured"},
+        {"link": "local:extractive", "result": "ok"},
+    ]
     assert [a.provider for a in _attempts(engine, job_id)] == ["local"]
 
 
@@ -96,26 +124,35 @@ def test_redelivered_message_for_a_finished_job_is_a_no_op(
     assert len(_attempts(engine, job_id)) == 1
 
 
-def test_a_worker_that_lost_its_lease_cannot_write(
-    engine: Engine, tenant: uuid.UUID
-) -> None:
+def test_a_worker_that_lost_its_lease_cannot_write(engine: Engine, tenant: uuid.UUID) -> None:
     job_id = _job(engine, tenant, ["local:extractive"])
     first = repository.claim_job(engine, job_id, "worker-a", lease_s=30)
     assert first is not None
     assert repository.claim_job(engine, job_id, "worker-b", lease_s=30) is None  # lease is live
     with engine.begin() as conn:  # worker-a's lease runs out (it hung or died)
-        conn.execute(text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' "
-                          "WHERE id = :id"), {"id": job_id})
+        conn.execute(
+            text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"),
+            {"id": job_id},
+        )
     second = repository.claim_job(engine, job_id, "worker-b", lease_s=30)
     assert second is not None and second.deliveries == 2
-    attempt = repository.AttemptRecord(provider="local", model="extractive", outcome="ok",
-                                       latency_ms=1.0)
+    attempt = repository.AttemptRecord(
+        provider="local", model="extractive", outcome="ok", latency_ms=1.0
+    )
     assert repository.record_attempt(engine, first.id, "worker-a", 30, attempt) is None
-    assert repository.finish_job(engine, first.id, "worker-a",
-                                 repository.Outcome(status="succeeded", result="stale")) is False
+    assert (
+        repository.finish_job(
+            engine, first.id, "worker-a", repository.Outcome(status="succeeded", result="stale")
+        )
+        is False
+    )
     assert repository.record_attempt(engine, second.id, "worker-b", 30, attempt) == 1
-    assert repository.finish_job(engine, second.id, "worker-b",
-                                 repository.Outcome(status="succeeded", result="fresh")) is True
+    assert (
+        repository.finish_job(
+            engine, second.id, "worker-b", repository.Outcome(status="succeeded", result="fresh")
+        )
+        is True
+    )
     row = _row(engine, job_id)
     assert (row.status, row.result, row.attempts_made) == ("succeeded", "fresh", 1)
 
@@ -123,8 +160,11 @@ def test_a_worker_that_lost_its_lease_cannot_write(
 def test_retry_after_is_honoured_then_the_call_succeeds(
     engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
 ) -> None:
-    fake_provider.set_script(FakeScript(rules=[
-        FaultRule(api="openai", fault="status", status=429, retry_after=1.5, first_n=1)]))
+    fake_provider.set_script(
+        FakeScript(
+            rules=[FaultRule(api="openai", fault="status", status=429, retry_after=1.5, first_n=1)]
+        )
+    )
     sleeps: list[float] = []
     pipeline = _pipeline(engine, fake_provider, sleeps=sleeps)
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
@@ -137,8 +177,11 @@ def test_retry_after_is_honoured_then_the_call_succeeds(
 def test_long_backoff_defers_the_job_instead_of_sleeping(
     engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
 ) -> None:
-    fake_provider.set_script(FakeScript(rules=[
-        FaultRule(api="openai", fault="status", status=429, retry_after=30, first_n=1)]))
+    fake_provider.set_script(
+        FakeScript(
+            rules=[FaultRule(api="openai", fault="status", status=429, retry_after=30, first_n=1)]
+        )
+    )
     sleeps: list[float] = []
     pipeline = _pipeline(engine, fake_provider, sleeps=sleeps)
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
@@ -146,8 +189,10 @@ def test_long_backoff_defers_the_job_instead_of_sleeping(
     row = _row(engine, job_id)
     assert row.status == "retrying" and row.lease_owner is None and sleeps == []
     with engine.connect() as conn:
-        wait = conn.execute(text("SELECT extract(epoch FROM not_before - now()) FROM jobs "
-                                 "WHERE id = :id"), {"id": job_id}).scalar_one()
+        wait = conn.execute(
+            text("SELECT extract(epoch FROM not_before - now()) FROM jobs WHERE id = :id"),
+            {"id": job_id},
+        ).scalar_one()
     assert 25 < wait <= 30
     # When it comes back (the reconciler publishes it when due) it resumes, attempts kept.
     assert pipeline.run(job_id) == "succeeded"
@@ -157,8 +202,7 @@ def test_long_backoff_defers_the_job_instead_of_sleeping(
 def test_every_link_failing_ends_the_job_with_a_code_and_no_made_up_text(
     engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
 ) -> None:
-    fake_provider.set_script(FakeScript(rules=[
-        FaultRule(api="*", fault="status", status=503)]))
+    fake_provider.set_script(FakeScript(rules=[FaultRule(api="*", fault="status", status=503)]))
     pipeline = _pipeline(engine, fake_provider)
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
     assert pipeline.run(job_id) == "failed"
@@ -172,8 +216,9 @@ def test_every_link_failing_ends_the_job_with_a_code_and_no_made_up_text(
 def test_non_retryable_errors_move_on_at_once(
     engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
 ) -> None:
-    fake_provider.set_script(FakeScript(rules=[
-        FaultRule(api="openai", fault="status", status=400, context_length=True)]))
+    fake_provider.set_script(
+        FakeScript(rules=[FaultRule(api="openai", fault="status", status=400, context_length=True)])
+    )
     pipeline = _pipeline(engine, fake_provider)
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5"])
     assert pipeline.run(job_id) == "succeeded"
@@ -201,8 +246,9 @@ def test_unsafe_output_is_blocked(
     fake_provider.set_script(FakeScript())
     pipeline = _pipeline(engine, fake_provider)
     # The fake provider echoes its input, so the "model" answers with a destructive command.
-    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"], "DROP TABLE users; then relax",
-                  template="prompt")
+    job_id = _job(
+        engine, tenant, ["openai:gpt-4o-mini"], "DROP TABLE users; then relax", template="prompt"
+    )
     assert pipeline.run(job_id) == "blocked"
     row = _row(engine, job_id)
     assert row.error_code == "output_blocked"

@@ -24,11 +24,17 @@ def test_high_priority_jobs_run_first(isolated_env: dict[str, str], services: An
 
     def add(priority: str, n: int) -> list[str]:
         return [
-            str(repository.insert_job(
-                engine, tenant_id=principal.tenant_id, template="summarize",
-                template_version=1, priority=priority, chain=["local:extractive"],
-                item=repository.NewJob(input=f"A {priority} priority document number {i}."),
-            ))
+            str(
+                repository.insert_job(
+                    engine,
+                    tenant_id=principal.tenant_id,
+                    template="summarize",
+                    template_version=1,
+                    priority=priority,
+                    chain=["local:extractive"],
+                    item=repository.NewJob(input=f"A {priority} priority document number {i}."),
+                )
+            )
             for i in range(n)
         ]
 
@@ -42,14 +48,21 @@ def test_high_priority_jobs_run_first(isolated_env: dict[str, str], services: An
             repository.mark_dispatched_in(conn, ids)
 
     stack = Stack(env=isolated_env, log_dir=services.data_dir / "logs-prio")
-    stack.start_worker("prio", queues="llm.high,llm.default,llm.low", concurrency=1,
-                       pool="threads")
+    stack.start_worker("prio", queues="llm.high,llm.default,llm.low", concurrency=1, pool="threads")
     try:
+
         def finished() -> list[str] | None:
             with engine.connect() as conn:
-                rows = conn.execute(text(
-                    "SELECT priority FROM jobs WHERE status = 'succeeded' ORDER BY started_at"
-                )).scalars().all()
+                rows = (
+                    conn.execute(
+                        text(
+                            "SELECT priority FROM jobs WHERE status = 'succeeded' "
+                            "ORDER BY started_at"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
             return list(rows) if len(rows) == 25 else None
 
         started = wait_for(finished, 90, "all 25 jobs")

@@ -20,7 +20,14 @@ def test_attempt_numbers_are_unique_per_job(engine: Any) -> None:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        constraints = conn.execute(text(
-            "SELECT conname FROM pg_constraint WHERE conrelid = 'attempts'::regclass "
-            "AND contype = 'u'")).scalars().all()
+        constraints = (
+            conn.execute(
+                text(
+                    "SELECT conname FROM pg_constraint WHERE conrelid = 'attempts'::regclass "
+                    "AND contype = 'u'"
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert "uq_attempts_job_attempt" in constraints

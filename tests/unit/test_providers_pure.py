@@ -40,8 +40,14 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
 
 def test_status_codes_map_to_stable_names() -> None:
     assert [code_for_status(s) for s in (429, 529, 401, 404, 500, 503, 400, 408)] == [
-        "rate_limited", "overloaded", "auth_error", "not_found", "server_error",
-        "server_error", "bad_request", "timeout",
+        "rate_limited",
+        "overloaded",
+        "auth_error",
+        "not_found",
+        "server_error",
+        "server_error",
+        "bad_request",
+        "timeout",
     ]
 
 
@@ -50,7 +56,8 @@ def test_cost_is_exact_and_charges_cached_tokens_at_the_cached_rate() -> None:
     # gpt-4o-mini: 0.15 in, 0.60 out, 0.075 cached, per 1M tokens.
     assert table.cost("openai:gpt-4o-mini", 1_000_000, 0) == Decimal("0.15")
     assert table.cost("openai:gpt-4o-mini", 1000, 500, cached_tokens=400) == (
-        Decimal(600) * Decimal("0.15") + Decimal(400) * Decimal("0.075")
+        Decimal(600) * Decimal("0.15")
+        + Decimal(400) * Decimal("0.075")
         + Decimal(500) * Decimal("0.60")
     ) / Decimal(1_000_000)
     assert table.cost("local:extractive", 10_000, 100) == 0
@@ -59,8 +66,10 @@ def test_cost_is_exact_and_charges_cached_tokens_at_the_cached_rate() -> None:
 
 def test_override_table_replaces_and_adds_models(tmp_path) -> None:  # type: ignore[no-untyped-def]
     override = tmp_path / "prices.json"
-    override.write_text('{"version": "mine", "models": {"openai:gpt-4o-mini": '
-                        '{"input": 1, "output": 2}, "openai:my-ft": {"input": 3, "output": 4}}}')
+    override.write_text(
+        '{"version": "mine", "models": {"openai:gpt-4o-mini": '
+        '{"input": 1, "output": 2}, "openai:my-ft": {"input": 3, "output": 4}}}'
+    )
     table = load_price_table(override)
     assert table.cost("openai:gpt-4o-mini", 1_000_000, 0) == 1
     assert table.cost("openai:my-ft", 0, 1_000_000) == 4
