@@ -69,6 +69,25 @@ _BOUNDARY = re.compile(r"([.!?]+[\"')\]]*)\s+")
 
 
 def _split_paragraph(paragraph: str) -> list[str]:
+    # A short line without terminal punctuation is a heading or label: a sentence of its own.
+    sentences: list[str] = []
+    pending: list[str] = []
+    for line in paragraph.splitlines():
+        stripped = line.strip()
+        if _is_heading(stripped):
+            sentences += _split_text(" ".join(pending))
+            pending = []
+            sentences.append(stripped)
+        elif stripped:
+            pending.append(stripped)
+    return sentences + _split_text(" ".join(pending))
+
+
+def _is_heading(line: str) -> bool:
+    return bool(line) and len(line.split()) <= 10 and not line.endswith((".", "!", "?", ":", ","))
+
+
+def _split_text(paragraph: str) -> list[str]:
     text = " ".join(paragraph.split())
     sentences: list[str] = []
     start = 0
@@ -113,7 +132,7 @@ def _is_prose(sentence: str) -> bool:
 def _title_and_body(text: str) -> tuple[str | None, str]:
     lines = text.strip().split("\n", 1)
     first = lines[0].strip()
-    if len(lines) == 2 and first and not first.endswith((".", "!", "?", ":")) and len(first) < 150:
+    if len(lines) == 2 and first and not first.endswith((".", "!", "?", ":")) and len(first) < 300:
         return first, lines[1]
     return None, text
 
@@ -145,7 +164,8 @@ def summarize_extractive(
     scored: list[tuple[float, int]] = []
     for index, leads, sentence in located:
         words = _content_words(sentence)
-        if len(words) < 3 or not _is_prose(sentence):
+        complete = sentence.rstrip("\"')]").endswith((".", "!", "?"))
+        if len(words) < 3 or not complete or not _is_prose(sentence):
             continue
         score = sum(frequencies[w] / top for w in set(words)) / (len(set(words)) ** 0.5 + 1)
         if index == 0:

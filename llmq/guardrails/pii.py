@@ -1,5 +1,9 @@
 """Redacts personal data before a provider (or anything else) sees it: emails, phone numbers,
-payment cards (Luhn-checked), US SSNs and IBANs (mod-97-checked). Findings carry counts only."""
+payment cards (Luhn-checked), US SSNs and IBANs (mod-97-checked). Findings carry counts only.
+
+Every numeric detector is deliberately shape-strict (and checksum-validated where a checksum
+exists) so that dates, order numbers, versions, prices and ISBNs in ordinary documents survive.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,133 @@ from collections.abc import Callable
 
 from .base import Finding, Verdict
 
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")
-# 13-19 digits, optionally grouped by single spaces or dashes.
-CARD = re.compile(r"(?<![\d\-])(?:\d[ \-]?){12,18}\d(?![\d\-])")
-SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
-IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-# International (+CC ...) or North American ((555) 555-0142, 555-555-0142, 555.555.0142).
-PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[ .\-]?(?:\(\d{1,4}\)[ .\-]?)?\d{1,4}(?:[ .\-]?\d{2,4}){2,4}"
-    r"|\(\d{3}\)[ .\-]?\d{3}[ .\-]\d{4}|\d{3}[.\-]\d{3}[.\-]\d{4})(?![\w\-])"
+EMAIL = re.compile(
+    r"(?<![\w.%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]*@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w\-])"
 )
+
+# Uppercase only: IBANs are printed that way, and lowercase words followed by digits are common.
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+
+# A run of digits joined by single spaces or dashes; which part (if any) is a card is decided in
+# code (grouping shape + Luhn), because a regex alone cannot prefer the right sub-run.
+_DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
+_SEPARATOR = re.compile(r"([ \-])")
+
+SSN = re.compile(r"(?<![\w\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w\-])")
+
+# International numbers must carry the +CC prefix; North-American ones need the 3-3-4 shape with
+# one consistent separator (or "(AAA) "), and NANP rules (area/exchange start 2-9). Bare digit runs
+# are never phones: they are too often order numbers or IDs.
+PHONE = re.compile(
+    r"(?<![\w+\-.])(?:"
+    r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?[ .\-]?\d{1,14}(?:[ .\-]\d{1,5}){0,5}"
+    r"|(?:1[ .\-]?)?\([2-9]\d{2}\)[ .\-]?[2-9]\d{2}[ .\-]\d{4}"
+    r"|(?:1[ .\-])?[2-9]\d{2}(?P<sep>[ .\-])[2-9]\d{2}(?P=sep)\d{4}"
+    r")(?![\w\-]|\.\d)"
+)
+_PHONE_GROUP = re.compile(r"\d+")
+
+# IBAN lengths by country (SWIFT IBAN registry). Countries not listed fall back to the generic
+# 15-34 length so a newly added country is still caught; the mod-97 check does the real work.
+IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26,
+    "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20,
+    "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18,
+    "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+_IBAN_SHAPE = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}")
 
 
 def luhn_valid(digits: str) -> bool:
-    if not digits.isdigit() or not 13 <= len(digits) <= 19:
+    """True if `digits` (13-19 ASCII digits, nothing else) passes the Luhn checksum."""
+    if not 13 <= len(digits) <= 19 or not digits.isascii() or not digits.isdigit():
         return False
     total = 0
     for position, char in enumerate(reversed(digits)):
-        value = int(char)
+        value = ord(char) - 48
         if position % 2 == 1:
             value = value * 2 - 9 if value > 4 else value * 2
         total += value
     return total % 10 == 0
 
 
-def iban_valid(text: str) -> bool:
-    compact = text.replace(" ", "").upper()
-    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", compact):
+def iban_valid(s: str) -> bool:
+    """True if `s` (spaces allowed) is a well-formed IBAN whose mod-97 check equals 1."""
+    compact = s.replace(" ", "").upper()
+    if not compact.isascii() or not _IBAN_SHAPE.fullmatch(compact):
+        return False
+    expected = IBAN_LENGTHS.get(compact[:2])
+    if expected is not None and len(compact) != expected:
         return False
     rearranged = compact[4:] + compact[:4]
+    # int(c, 36) maps A..Z to 10..35 as ISO 13616 requires; digits map to themselves.
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _isbn13_valid(digits: str) -> bool:
+    # A Luhn-valid ISBN-13 is a coincidence, not a card: bibliographies must survive intact.
+    if len(digits) != 13 or not digits.startswith(("978", "979")):
+        return False
+    total = sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(digits))
+    return total % 10 == 0
+
+
+def _card_shape(lengths: list[int]) -> bool:
+    """Groupings cards are actually written in: one block, 4-4-4-4(-3), Amex 4-6-5, Diners 4-6-4."""
+    if len(lengths) == 1:
+        return True
+    if all(n == 4 for n in lengths[:-1]) and 1 <= lengths[-1] <= 4:
+        return True
+    return lengths in ([4, 6, 5], [4, 6, 4])
+
+
+def _redact_cards_in_run(run: str) -> tuple[str, int]:
+    parts = _SEPARATOR.split(run)
+    groups, seps = parts[0::2], parts[1::2]
+    out: list[str] = []
+    count = 0
+    i = 0
+    while i < len(groups):
+        best = -1
+        digits = ""
+        for j in range(i, len(groups)):
+            if j > i and seps[j - 1] != seps[i]:
+                break  # one card uses one separator style throughout
+            digits += groups[j]
+            if len(digits) > 19:
+                break
+            if (
+                len(digits) >= 13
+                and _card_shape([len(g) for g in groups[i : j + 1]])
+                and luhn_valid(digits)
+                and not _isbn13_valid(digits)
+            ):
+                best = j  # keep looking: prefer the longest valid card (19-digit PANs)
+        if best >= 0:
+            out.append("[CARD]")
+            count += 1
+            if best + 1 < len(groups):
+                out.append(seps[best])
+            i = best + 1
+        else:
+            out.append(groups[i])
+            if i < len(seps):
+                out.append(seps[i])
+            i += 1
+    return "".join(out), count
+
+
+def _phone_digits_ok(match: str) -> bool:
+    digits = sum(len(g) for g in _PHONE_GROUP.findall(match))
+    if match.startswith("+"):
+        return 10 <= digits <= 15  # E.164 allows at most 15 digits including the country code
+    return digits in (10, 11)
 
 
 class PIIRedactor:
@@ -66,10 +167,25 @@ class PIIRedactor:
             if count:
                 findings.append(Finding(f"pii.{rule}", "redact", count))
 
-        # Order matters: the most specific shapes first, so a card is not half-eaten as a phone.
+        def redact_cards() -> None:
+            nonlocal text
+            count = 0
+
+            def replace(match: re.Match[str]) -> str:
+                nonlocal count
+                redacted, found = _redact_cards_in_run(match.group(0))
+                count += found
+                return redacted
+
+            text = _DIGIT_RUN.sub(replace, text)
+            if count:
+                findings.append(Finding("pii.card", "redact", count))
+
+        # Order matters: emails and IBANs contain digit runs that would otherwise be mistaken for
+        # cards or phones; cards go before phones so a card is never half-eaten as a phone.
         redact(EMAIL, "[EMAIL]", "email")
         redact(IBAN, "[IBAN]", "iban", iban_valid)
-        redact(CARD, "[CARD]", "card", lambda s: luhn_valid(re.sub(r"[ \-]", "", s)))
+        redact_cards()
         redact(SSN, "[SSN]", "ssn")
-        redact(PHONE, "[PHONE]", "phone", lambda s: 10 <= sum(c.isdigit() for c in s) <= 15)
+        redact(PHONE, "[PHONE]", "phone", _phone_digits_ok)
         return Verdict(text=text, findings=tuple(findings))

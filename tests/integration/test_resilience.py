@@ -44,24 +44,39 @@ class Rig:
         from workers.dispatch import DISPATCH_BATCH
 
         batch_id, _ = repository.insert_batch(
-            self.engine, tenant_id=self.tenant_id, template="summarize", template_version=1,
-            priority="default", chain=["openai:gpt-4o-mini"], meta={},
-            items=[repository.NewJob(input=f"Report {i}: the river rose two metres overnight. "
-                                     "Crews built levees. Nobody was hurt.", custom_id=str(i))
-                   for i in range(n)],
+            self.engine,
+            tenant_id=self.tenant_id,
+            template="summarize",
+            template_version=1,
+            priority="default",
+            chain=["openai:gpt-4o-mini"],
+            meta={},
+            items=[
+                repository.NewJob(
+                    input=f"Report {i}: the river rose two metres overnight. "
+                    "Crews built levees. Nobody was hurt.",
+                    custom_id=str(i),
+                )
+                for i in range(n)
+            ],
         )
         make_celery(self.env["REDIS_URL"]).send_task(
-            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default")
+            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
+        )
         return batch_id
 
     def count(self, batch_id: uuid.UUID, status: str) -> int:
         with self.engine.connect() as conn:
-            return int(conn.execute(text(
-                "SELECT count(*) FROM jobs WHERE batch_id = :b AND status = :s"),
-                {"b": batch_id, "s": status}).scalar_one())
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM jobs WHERE batch_id = :b AND status = :s"),
+                    {"b": batch_id, "s": status},
+                ).scalar_one()
+            )
 
-    def wait_count(self, batch_id: uuid.UUID, status: str, at_least: int,
-                   timeout: float = 120) -> None:
+    def wait_count(
+        self, batch_id: uuid.UUID, status: str, at_least: int, timeout: float = 120
+    ) -> None:
         def reached() -> bool:
             try:
                 return self.count(batch_id, status) >= at_least
@@ -72,28 +87,43 @@ class Rig:
 
     def assert_exactly_once(self, batch_id: uuid.UUID) -> dict[str, int]:
         with self.engine.connect() as conn:
-            statuses = dict(conn.execute(text(
-                "SELECT status, count(*) FROM jobs WHERE batch_id = :b GROUP BY status"),
-                {"b": batch_id}).all())
-            mismatched = conn.execute(text(
-                "SELECT count(*) FROM jobs j WHERE j.batch_id = :b AND ("
-                " j.attempts_made <> (SELECT count(*) FROM attempts a WHERE a.job_id = j.id)"
-                " OR j.input_tokens <> (SELECT coalesce(sum(input_tokens), 0) FROM attempts a"
-                "   WHERE a.job_id = j.id)"
-                " OR j.cost_usd IS DISTINCT FROM (SELECT sum(cost_usd) FROM attempts a"
-                "   WHERE a.job_id = j.id))"), {"b": batch_id}).scalar_one()
-            ok_attempts = dict(conn.execute(text(
-                "SELECT j.id, count(*) FROM jobs j JOIN attempts a ON a.job_id = j.id "
-                "WHERE j.batch_id = :b AND a.outcome = 'ok' GROUP BY j.id"),
-                {"b": batch_id}).all())
-            redelivered = conn.execute(text(
-                "SELECT count(*) FROM jobs WHERE batch_id = :b AND deliveries > 1"),
-                {"b": batch_id}).scalar_one()
+            statuses = dict(
+                conn.execute(
+                    text("SELECT status, count(*) FROM jobs WHERE batch_id = :b GROUP BY status"),
+                    {"b": batch_id},
+                ).all()
+            )
+            mismatched = conn.execute(
+                text(
+                    "SELECT count(*) FROM jobs j WHERE j.batch_id = :b AND ("
+                    " j.attempts_made <> (SELECT count(*) FROM attempts a WHERE a.job_id = j.id)"
+                    " OR j.input_tokens <> (SELECT coalesce(sum(input_tokens), 0) FROM attempts a"
+                    "   WHERE a.job_id = j.id)"
+                    " OR j.cost_usd IS DISTINCT FROM (SELECT sum(cost_usd) FROM attempts a"
+                    "   WHERE a.job_id = j.id))"
+                ),
+                {"b": batch_id},
+            ).scalar_one()
+            ok_attempts = dict(
+                conn.execute(
+                    text(
+                        "SELECT j.id, count(*) FROM jobs j JOIN attempts a ON a.job_id = j.id "
+                        "WHERE j.batch_id = :b AND a.outcome = 'ok' GROUP BY j.id"
+                    ),
+                    {"b": batch_id},
+                ).all()
+            )
+            redelivered = conn.execute(
+                text("SELECT count(*) FROM jobs WHERE batch_id = :b AND deliveries > 1"),
+                {"b": batch_id},
+            ).scalar_one()
         assert statuses == {"succeeded": JOBS}
         assert mismatched == 0
         assert len(ok_attempts) == JOBS
-        return {"redelivered": int(redelivered),
-                "extra_ok_attempts": sum(ok_attempts.values()) - JOBS}
+        return {
+            "redelivered": int(redelivered),
+            "extra_ok_attempts": sum(ok_attempts.values()) - JOBS,
+        }
 
 
 @pytest.fixture()
@@ -128,8 +158,9 @@ def rig(fake_provider: FakeProviderServer) -> Iterator[Rig]:
 
 
 def _worker(rig: Rig, name: str) -> Any:
-    return rig.stack.start_worker(name, queues="llm.high,llm.default,llm.low", concurrency=6,
-                                  pool="threads")
+    return rig.stack.start_worker(
+        name, queues="llm.high,llm.default,llm.low", concurrency=6, pool="threads"
+    )
 
 
 def test_kill_9_a_worker_mid_batch(rig: Rig) -> None:
