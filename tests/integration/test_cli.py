@@ -45,7 +45,7 @@ def test_keys_submit_status_results(stack_env: dict[str, str], worker: Any, tmp_
                 json.dumps(
                     {
                         "custom_id": f"d{i}",
-                        "input": f"Document {i}. The library reopened after repairs. Visitors returned.",
+                        "input": f"Document {i}. The library reopened. Visitors returned.",
                     }
                 )
                 for i in range(3)
