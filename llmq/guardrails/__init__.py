@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from .banned import BannedTermsGuard
-from .base import ChainResult, Finding, Guardrail, Verdict, run_chain
+from .base import Action, ChainResult, Finding, Guardrail, Verdict, run_chain
 from .injection import PromptInjectionGuard
 from .limits import TokenLimitGuard
 from .output import EmptyOutputGuard, UnsafeOutputGuard
-from .pii import PIIRedactor
+from .pii import PIIRedactor, iban_valid, luhn_valid
 
-GUARDRAIL_NAMES = (
-    "prompt_injection",
-    "pii",
-    "token_limit",
-    "banned_terms",
-    "unsafe_output",
-    "empty_output",
-)
 
-__all__ = [
-    "GUARDRAIL_NAMES",
-    "ChainResult",
-    "Finding",
-    "Guardrail",
-    "Verdict",
-    "build_chain",
-    "run_chain",
-]
+@dataclass(frozen=True)
+class ChainOptions:
+    """Settings some guardrails need; the others ignore them."""
+
+    max_input_tokens: int | None = None
+    banned_terms: tuple[str, ...] = ()
+
+
+GuardrailFactory = Callable[[ChainOptions], Guardrail]
+
+
+def _token_limit(options: ChainOptions) -> Guardrail:
+    if options.max_input_tokens is None:
+        # Silently skipping a configured limit would let oversized inputs through unnoticed.
+        raise ValueError("guardrail token_limit needs max_input_tokens")
+    return TokenLimitGuard(options.max_input_tokens)
+
+
+INPUT_GUARDRAILS: dict[str, GuardrailFactory] = {
+    "prompt_injection": lambda _: PromptInjectionGuard(),
+    "pii": lambda _: PIIRedactor(),
+    "token_limit": _token_limit,
+    "banned_terms": lambda options: BannedTermsGuard(list(options.banned_terms)),
+}
+OUTPUT_GUARDRAILS: dict[str, GuardrailFactory] = {
+    "unsafe_output": lambda _: UnsafeOutputGuard(),
+    "empty_output": lambda _: EmptyOutputGuard(),
+}
+GUARDRAIL_NAMES: tuple[str, ...] = (*INPUT_GUARDRAILS, *OUTPUT_GUARDRAILS)
 
 
 def build_chain(
@@ -35,21 +50,37 @@ def build_chain(
     max_input_tokens: int | None = None,
     banned_terms: list[str] | None = None,
 ) -> list[Guardrail]:
+    """Guardrails for `names`, in order. Any registered name may appear in either chain (e.g.
+    "pii" on output); the two registries only document where each is meant to run."""
+    options = ChainOptions(max_input_tokens, tuple(banned_terms or ()))
     chain: list[Guardrail] = []
     for name in names:
-        if name == "prompt_injection":
-            chain.append(PromptInjectionGuard())
-        elif name == "pii":
-            chain.append(PIIRedactor())
-        elif name == "token_limit":
-            if max_input_tokens is not None:
-                chain.append(TokenLimitGuard(max_input_tokens))
-        elif name == "banned_terms":
-            chain.append(BannedTermsGuard(banned_terms or []))
-        elif name == "unsafe_output":
-            chain.append(UnsafeOutputGuard())
-        elif name == "empty_output":
-            chain.append(EmptyOutputGuard())
-        else:
+        factory = INPUT_GUARDRAILS.get(name) or OUTPUT_GUARDRAILS.get(name)
+        if factory is None:
             raise ValueError(f"unknown guardrail: {name}")
+        chain.append(factory(options))
     return chain
+
+
+__all__ = [
+    "GUARDRAIL_NAMES",
+    "INPUT_GUARDRAILS",
+    "OUTPUT_GUARDRAILS",
+    "Action",
+    "BannedTermsGuard",
+    "ChainOptions",
+    "ChainResult",
+    "EmptyOutputGuard",
+    "Finding",
+    "Guardrail",
+    "GuardrailFactory",
+    "PIIRedactor",
+    "PromptInjectionGuard",
+    "TokenLimitGuard",
+    "UnsafeOutputGuard",
+    "Verdict",
+    "build_chain",
+    "iban_valid",
+    "luhn_valid",
+    "run_chain",
+]

@@ -11,6 +11,9 @@ class TokenLimitGuard:
     name = "token_limit"
 
     def __init__(self, max_tokens: int) -> None:
+        if max_tokens < 1:
+            # A budget of zero would block every job: almost certainly a configuration mistake.
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         self.max_tokens = max_tokens
 
     def check(self, text: str) -> Verdict:

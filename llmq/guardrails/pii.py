@@ -18,26 +18,30 @@ EMAIL = re.compile(
 )
 
 # Uppercase only: IBANs are printed that way, and lowercase words followed by digits are common.
-IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.ASCII)
 
 # A run of digits joined by single spaces or dashes; which part (if any) is a card is decided in
 # code (grouping shape + Luhn), because a regex alone cannot prefer the right sub-run.
-_DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
+# ASCII digits only (re.ASCII): a stray non-ASCII digit next to a card must not hide it.
+_DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*", re.ASCII)
 _SEPARATOR = re.compile(r"([ \-])")
 
-SSN = re.compile(r"(?<![\w\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w\-])")
+SSN = re.compile(r"(?<![\w\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w\-])", re.ASCII)
 
 # International numbers must carry the +CC prefix; North-American ones need the 3-3-4 shape with
 # one consistent separator (or "(AAA) "), and NANP rules (area/exchange start 2-9). Bare digit runs
 # are never phones: they are too often order numbers or IDs.
 PHONE = re.compile(
     r"(?<![\w+\-.])(?:"
-    r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?[ .\-]?\d{1,14}(?:[ .\-]\d{1,5}){0,5}"
+    r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?[ .\-]?\d{1,14}(?:[ .\-]\d{1,10}){0,5}"
     r"|(?:1[ .\-]?)?\([2-9]\d{2}\)[ .\-]?[2-9]\d{2}[ .\-]\d{4}"
     r"|(?:1[ .\-])?[2-9]\d{2}(?P<sep>[ .\-])[2-9]\d{2}(?P=sep)\d{4}"
-    r")(?![\w\-]|\.\d)"
+    r")(?![\w\-]|\.\d)",
+    re.ASCII,
 )
-_PHONE_GROUP = re.compile(r"\d+")
+_PHONE_GROUP = re.compile(r"\d+", re.ASCII)
+
+Replace = tuple[str, int]  # (replacement text, number of items redacted)
 
 # IBAN lengths by country (SWIFT IBAN registry). Countries not listed fall back to the generic
 # 15-34 length so a newly added country is still caught; the mod-97 check does the real work.
@@ -98,7 +102,24 @@ def _card_shape(lengths: list[int]) -> bool:
     return lengths in ([4, 6, 5], [4, 6, 4])
 
 
+# Major-network prefixes (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37, Diners 30/36/38,
+# Discover/UnionPay 6, JCB 35), required only for grouped sub-runs: a row of years or amounts
+# such as "2019 2020 2021 2022" is Luhn-valid one time in ten.
+_CARD_PREFIX = re.compile(r"4|5[1-5]|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)|3[04678]|35|6")
+
+
+def _is_card(groups: list[str], whole_run: bool) -> bool:
+    digits = "".join(groups)
+    if not 13 <= len(digits) <= 19 or not _card_shape([len(g) for g in groups]):
+        return False
+    if len(groups) > 1 and not whole_run and not _CARD_PREFIX.match(digits):
+        return False
+    return luhn_valid(digits) and not _isbn13_valid(digits)
+
+
 def _redact_cards_in_run(run: str) -> tuple[str, int]:
+    """Redact every card in a digit run: the whole run ("4111 1111 1111 1111"), or a part of it
+    ("4111 1111 1111 1111 12/27", where the expiry month joins the run)."""
     parts = _SEPARATOR.split(run)
     groups, seps = parts[0::2], parts[1::2]
     out: list[str] = []
@@ -106,39 +127,71 @@ def _redact_cards_in_run(run: str) -> tuple[str, int]:
     i = 0
     while i < len(groups):
         best = -1
-        digits = ""
+        length = 0
         for j in range(i, len(groups)):
-            if j > i and seps[j - 1] != seps[i]:
-                break  # one card uses one separator style throughout
-            digits += groups[j]
-            if len(digits) > 19:
-                break
-            if (
-                len(digits) >= 13
-                and _card_shape([len(g) for g in groups[i : j + 1]])
-                and luhn_valid(digits)
-                and not _isbn13_valid(digits)
+            if j > i and (
+                seps[j - 1] != seps[i]  # one card uses one separator style throughout
+                or len(groups[i]) != 4  # every grouped layout starts with 4 digits...
+                or len(groups[j - 1]) not in (4, 6)  # ...and has 4- or 6-digit inner groups
             ):
+                break
+            length += len(groups[j])
+            if length > 19:
+                break
+            whole = i == 0 and j == len(groups) - 1
+            if length >= 13 and _is_card(groups[i : j + 1], whole):
                 best = j  # keep looking: prefer the longest valid card (19-digit PANs)
         if best >= 0:
             out.append("[CARD]")
             count += 1
-            if best + 1 < len(groups):
-                out.append(seps[best])
             i = best + 1
         else:
             out.append(groups[i])
-            if i < len(seps):
-                out.append(seps[i])
             i += 1
+        if i - 1 < len(seps):
+            out.append(seps[i - 1])
     return "".join(out), count
 
 
-def _phone_digits_ok(match: str) -> bool:
-    digits = sum(len(g) for g in _PHONE_GROUP.findall(match))
-    if match.startswith("+"):
-        return 10 <= digits <= 15  # E.164 allows at most 15 digits including the country code
-    return digits in (10, 11)
+def _redact_phone(match: str) -> tuple[str, int]:
+    end = _phone_span(match)
+    return ("[PHONE]" + match[end:], 1) if end else (match, 0)
+
+
+def _phone_span(match: str) -> int:
+    """How much of a PHONE match is the number (0: none). A greedy international match can run
+    into a following figure ("+44 20 7946 0958 2024 ..."), so it is cut back to at most 15 digits
+    at a group boundary instead of being dropped."""
+    if not match.startswith("+"):
+        digits = sum(len(g) for g in _PHONE_GROUP.findall(match))
+        return len(match) if digits in (10, 11) else 0
+    total = 0
+    end = 0
+    for group in _PHONE_GROUP.finditer(match):
+        if total + len(group.group()) > 15:  # E.164: at most 15 digits including the country code
+            break
+        total += len(group.group())
+        end = group.end()
+    return end if total >= 10 else 0
+
+
+def _label(label: str, valid: Callable[[str], bool] | None = None) -> Callable[[str], Replace]:
+    def replace(match: str) -> Replace:
+        return (label, 1) if valid is None or valid(match) else (match, 0)
+
+    return replace
+
+
+# (rule, candidate pattern, match -> (replacement, items redacted)). Order matters: emails and IBANs
+# contain digit runs that would otherwise be read as cards or phones, and cards go before phones
+# so that a card is never half-eaten as a phone number.
+DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], Replace]], ...] = (
+    ("pii.email", EMAIL, _label("[EMAIL]")),
+    ("pii.iban", IBAN, _label("[IBAN]", iban_valid)),
+    ("pii.card", _DIGIT_RUN, _redact_cards_in_run),
+    ("pii.ssn", SSN, _label("[SSN]")),
+    ("pii.phone", PHONE, _redact_phone),
+)
 
 
 class PIIRedactor:
@@ -146,46 +199,16 @@ class PIIRedactor:
 
     def check(self, text: str) -> Verdict:
         findings: list[Finding] = []
-
-        def redact(
-            pattern: re.Pattern[str],
-            label: str,
-            rule: str,
-            valid: Callable[[str], bool] = lambda _: True,
-        ) -> None:
-            nonlocal text
+        for rule, pattern, redact in DETECTORS:
             count = 0
 
-            def replace(match: re.Match[str]) -> str:
+            def replace(match: re.Match[str], redact: Callable[[str], Replace] = redact) -> str:
                 nonlocal count
-                if not valid(match.group(0)):
-                    return match.group(0)
-                count += 1
-                return label
+                replacement, found = redact(match.group(0))
+                count += found
+                return replacement
 
             text = pattern.sub(replace, text)
             if count:
-                findings.append(Finding(f"pii.{rule}", "redact", count))
-
-        def redact_cards() -> None:
-            nonlocal text
-            count = 0
-
-            def replace(match: re.Match[str]) -> str:
-                nonlocal count
-                redacted, found = _redact_cards_in_run(match.group(0))
-                count += found
-                return redacted
-
-            text = _DIGIT_RUN.sub(replace, text)
-            if count:
-                findings.append(Finding("pii.card", "redact", count))
-
-        # Order matters: emails and IBANs contain digit runs that would otherwise be mistaken for
-        # cards or phones; cards go before phones so a card is never half-eaten as a phone.
-        redact(EMAIL, "[EMAIL]", "email")
-        redact(IBAN, "[IBAN]", "iban", iban_valid)
-        redact_cards()
-        redact(SSN, "[SSN]", "ssn")
-        redact(PHONE, "[PHONE]", "phone", _phone_digits_ok)
+                findings.append(Finding(rule, "redact", count))
         return Verdict(text=text, findings=tuple(findings))
