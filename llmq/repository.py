@@ -6,6 +6,7 @@ second worker or a late finish from a worker whose lease expired is a harmless n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,6 +23,14 @@ from sqlalchemy import Connection, Engine, text
 from llmq.db.models import TERMINAL_STATUSES
 
 KEY_PREFIX = "llmq_"
+
+
+@contextlib.contextmanager
+def _statement(engine: Engine) -> Iterator[Connection]:
+    """For writes that are one statement: run it in autocommit, which saves the BEGIN and
+    COMMIT round trips on the hot path (the statement is atomic on its own)."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,13 +235,13 @@ def insert_job(
     item: NewJob,
 ) -> uuid.UUID:
     job_id = uuid.uuid4()
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
-                "template_version, input, params, chain, metadata) VALUES (:id, :tenant_id, "
-                ":custom_id, :priority, :template, :version, :input, CAST(:params AS jsonb), "
-                "CAST(:chain AS jsonb), CAST(:meta AS jsonb))"
+                "template_version, input, params, chain, metadata, dispatched_at) VALUES (:id, "
+                ":tenant_id, :custom_id, :priority, :template, :version, :input, "
+                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now())"
             ),
             {
                 "id": job_id,
@@ -250,17 +259,37 @@ def insert_job(
     return job_id
 
 
-def batch_jobs_to_dispatch(engine: Engine, batch_id: uuid.UUID | str) -> list[tuple[str, str]]:
-    """(job id, priority) of a batch's jobs that still wait for their first message."""
-    with engine.connect() as conn:
+def take_batch_chunk_for_dispatch(
+    engine: Engine, batch_id: uuid.UUID | str, limit: int
+) -> list[tuple[str, str]]:
+    """Mark up to `limit` of a batch's unpublished jobs as dispatched and return them.
+
+    Marking first, in its own short transaction, keeps row locks off the jobs while their
+    messages are published (workers claim them at once). The caller publishes, and calls
+    `undo_dispatch` if publishing fails.
+    """
+    with _statement(engine) as conn:
         rows = conn.execute(
             text(
-                "SELECT id::text, priority FROM jobs WHERE batch_id = :b AND status = 'queued' "
-                "AND dispatched_at IS NULL ORDER BY seq"
+                "UPDATE jobs SET dispatched_at = now() WHERE id IN (SELECT id FROM jobs "
+                "WHERE batch_id = :b AND status = 'queued' AND dispatched_at IS NULL "
+                "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id::text, priority, seq"
             ),
-            {"b": str(batch_id)},
+            {"b": str(batch_id), "n": limit},
+        ).all()
+    return [(row[0], row[1]) for row in sorted(rows, key=lambda r: r[2])]
+
+
+def undo_dispatch(engine: Engine, job_ids: Sequence[str]) -> None:
+    """Publishing failed: leave these jobs for the reconciler."""
+    with _statement(engine) as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET dispatched_at = NULL WHERE id = ANY(CAST(:ids AS uuid[])) "
+                "AND status IN ('queued', 'retrying')"
+            ),
+            {"ids": list(job_ids)},
         )
-        return [(row[0], row[1]) for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +313,7 @@ class ClaimedJob:
 
 def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
     """Take the job for `owner` if it is waiting, or running under an expired lease."""
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         row = conn.execute(
             text(
                 "UPDATE jobs SET status = 'running', lease_owner = :owner, "
@@ -327,7 +356,7 @@ def record_attempt(
     The attempt number comes from the same conditional UPDATE that renews the lease, so two
     workers can never write the same attempt and a fenced-off worker writes none.
     """
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         return conn.execute(
             text(
                 "WITH j AS (UPDATE jobs SET attempts_made = attempts_made + 1, "
@@ -374,7 +403,7 @@ class Outcome:
 def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) -> bool:
     """Write the terminal state and roll the attempts up into the job's totals, once."""
     assert outcome.status in TERMINAL_STATUSES
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         result = conn.execute(
             text(
                 "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
@@ -412,7 +441,7 @@ def defer_job(
     engine: Engine, job_id: uuid.UUID, owner: str, delay_s: float, route: list[dict[str, Any]]
 ) -> bool:
     """Give the job back to wait `delay_s` (a long backoff) without holding a worker slot."""
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         result = conn.execute(
             text(
                 "UPDATE jobs SET status = 'retrying', "
@@ -428,7 +457,7 @@ def defer_job(
 def renew_leases(engine: Engine, owner_by_job: dict[str, str], lease_s: float) -> None:
     if not owner_by_job:
         return
-    with engine.begin() as conn:
+    with _statement(engine) as conn:
         conn.execute(
             text(
                 "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease) "
@@ -602,18 +631,37 @@ def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str,
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def jobs_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[tuple[str, str]]:
-    """Live jobs with no message on the queue: never published, or due after a backoff."""
+def take_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[tuple[str, str]]:
+    """Mark and return live jobs with no message on the queue: never published (past a grace
+    period, so the API's own publish is not raced), or due after a backoff."""
     rows = conn.execute(
         text(
-            "SELECT id::text, priority FROM jobs WHERE status IN ('queued', 'retrying') "
-            "AND dispatched_at IS NULL AND (not_before IS NULL OR not_before <= now()) "
+            "UPDATE jobs SET dispatched_at = now() WHERE id IN (SELECT id FROM jobs "
+            "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL "
+            "AND (not_before IS NULL OR not_before <= now()) "
             "AND (status = 'retrying' OR created_at < now() - make_interval(secs => :grace)) "
-            "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+            "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+            "RETURNING id::text, priority"
         ),
         {"grace": grace_s, "limit": limit},
     )
     return [(r[0], r[1]) for r in rows]
+
+
+def forget_stale_dispatches(
+    conn: Connection, priorities: Sequence[str], older_than_s: float
+) -> int:
+    """Jobs published long ago whose queue is now empty lost their message (a crash between
+    marking and publishing, or a broker that dropped it): publish them again."""
+    if not priorities:
+        return 0
+    return conn.execute(
+        text(
+            "UPDATE jobs SET dispatched_at = NULL WHERE status = 'queued' "
+            "AND priority = ANY(:p) AND dispatched_at < now() - make_interval(secs => :age)"
+        ),
+        {"p": list(priorities), "age": older_than_s},
+    ).rowcount
 
 
 def forget_dispatches(conn: Connection) -> int:
@@ -624,10 +672,3 @@ def forget_dispatches(conn: Connection) -> int:
             "AND dispatched_at IS NOT NULL"
         )
     ).rowcount
-
-
-def mark_dispatched_in(conn: Connection, job_ids: Sequence[str]) -> None:
-    conn.execute(
-        text("UPDATE jobs SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"),
-        {"ids": list(job_ids)},
-    )

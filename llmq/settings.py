@@ -74,8 +74,10 @@ class Settings(BaseSettings):
     max_deliveries: int = 3
     worker_concurrency: int = 100
     worker_pool: str = "threads"
+    task_events: bool = False
     reconcile_interval_s: float = 5.0
     dispatch_grace_s: float = 10.0
+    redispatch_after_s: float = 120.0
 
     # API.
     api_host: str = "127.0.0.1"

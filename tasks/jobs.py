@@ -40,10 +40,12 @@ def dispatch_batch(batch_id: str) -> int:
     settings = get_settings()
     assert settings.database_url
     engine = get_engine(settings.database_url)
-    pending = repository.batch_jobs_to_dispatch(engine, batch_id)
-    for start in range(0, len(pending), DISPATCH_CHUNK):
-        chunk = pending[start : start + DISPATCH_CHUNK]
-        publish_jobs(chunk)
-        with engine.begin() as conn:
-            repository.mark_dispatched_in(conn, [job_id for job_id, _ in chunk])
-    return len(pending)
+    published = 0
+    while chunk := repository.take_batch_chunk_for_dispatch(engine, batch_id, DISPATCH_CHUNK):
+        try:
+            publish_jobs(chunk)
+        except Exception:
+            repository.undo_dispatch(engine, [job_id for job_id, _ in chunk])
+            raise
+        published += len(chunk)
+    return published

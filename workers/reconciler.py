@@ -1,6 +1,7 @@
 """Puts lost work back: expired leases (dead workers), never-published jobs (crash between
-INSERT and publish), jobs due after a long backoff, and everything live after the broker lost its
-messages (Redis restart or FLUSHALL). Runs as a thread in every worker; a Postgres advisory lock
+INSERT and publish), jobs due after a long backoff, jobs whose queue is empty although their
+message was published long ago, and everything live after the broker lost its messages (Redis
+restart or FLUSHALL). Runs as a thread in every worker; a Postgres advisory lock
 lets one tick run at a time, so it needs no extra process and survives any worker dying.
 """
 
@@ -15,9 +16,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import repository
-from llmq.settings import Settings
+from llmq.settings import PRIORITY_TO_QUEUE, Settings
 
 from .dispatch import publish_jobs
+from .queues import queue_depths
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,21 @@ def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, i
             return {}
         expired = repository.expire_leases(conn, settings.max_deliveries)
         forgotten = repository.forget_dispatches(conn) if broker_lost_messages(client) else 0
-        due = repository.jobs_due_for_dispatch(conn, settings.dispatch_grace_s, DISPATCH_LIMIT)
-        # Publish inside the transaction: if Redis refuses, dispatched_at stays NULL and the
-        # next tick tries again (a duplicate message is harmless; a lost one is not).
+        depths = queue_depths(client)
+        empty = [p for p, queue in PRIORITY_TO_QUEUE.items() if depths[queue] == 0]
+        stale = repository.forget_stale_dispatches(conn, empty, settings.redispatch_after_s)
+        due = repository.take_due_for_dispatch(conn, settings.dispatch_grace_s, DISPATCH_LIMIT)
+    # Published after COMMIT so no row stays locked while Redis is busy; on failure the jobs
+    # are unmarked and the next tick tries again (a duplicate message is harmless).
+    try:
         publish_jobs(due)
-        repository.mark_dispatched_in(conn, [job_id for job_id, _ in due])
+    except Exception:
+        repository.undo_dispatch(engine, [job_id for job_id, _ in due])
+        raise
     stats = {
         "requeued": sum(1 for _, status, _ in expired if status == "queued"),
         "failed": sum(1 for _, status, _ in expired if status == "failed"),
-        "forgotten": forgotten,
+        "forgotten": forgotten + stale,
         "published": len(due),
     }
     if any(stats.values()):

@@ -33,7 +33,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
-    engine = get_engine(settings.database_url, pool_size=20, max_overflow=80)
+    engine = get_engine(settings.database_url)
     config = PipelineConfig(
         lease_s=settings.job_lease_s,
         max_deliveries=settings.max_deliveries,

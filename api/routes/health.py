@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from llmq.settings import QUEUES
+from workers.queues import queue_depths
 
 router = APIRouter(tags=["health"])
 
@@ -35,7 +35,7 @@ def readyz(request: Request) -> JSONResponse:
     try:
         client.ping()
         checks["redis"] = "ok"
-        checks["queues"] = {name: int(client.llen(name)) for name in QUEUES}
+        checks["queues"] = queue_depths(client)
     except redis.RedisError as exc:
         ok = False
         checks["redis"] = f"down: {type(exc).__name__}"

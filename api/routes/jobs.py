@@ -42,9 +42,9 @@ def submit_job(
             meta=body.metadata,
         ),
     )
-    if publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):
-        with engine.begin() as conn:
-            repository.mark_dispatched_in(conn, [str(job_id)])
+    # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
+    if not publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):
+        repository.undo_dispatch(engine, [str(job_id)])
     return JobAccepted(id=str(job_id))
 
 

@@ -19,7 +19,14 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def get_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+def get_engine(url: str) -> Engine:
+    """The process's engine for `url`. The pool holds one connection per worker thread (plus
+    the lease keeper and reconciler): overflow connections are opened and closed per use, and a
+    PostgreSQL backend per transaction costs more than the transaction itself. Connections are
+    opened lazily, so a process that needs few opens few."""
+    from llmq.settings import get_settings
+
+    pool_size = get_settings().worker_concurrency + 5
     key = normalize_url(url)
     with _lock:
         engine = _engines.get(key)
@@ -27,10 +34,13 @@ def get_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engi
             engine = create_engine(
                 key,
                 pool_size=pool_size,
-                max_overflow=max_overflow,
+                max_overflow=10,
                 pool_timeout=30,
-                # A pooled connection may have died with a Postgres restart; check it before use.
-                pool_pre_ping=True,
+                # No pre-ping (a round trip per checkout on the hot path): a connection that died
+                # with a Postgres restart fails its statement, SQLAlchemy then discards the
+                # whole pool, and the caller's retry (task autoretry, lease expiry, the API's
+                # 503 + Retry-After) gets fresh connections.
+                pool_pre_ping=False,
                 pool_recycle=1800,
                 connect_args={"connect_timeout": 5, "application_name": "llmq"},
             )

@@ -44,8 +44,6 @@ def test_high_priority_jobs_run_first(isolated_env: dict[str, str], services: An
     for priority, ids in order:
         for job_id in ids:
             celery.send_task(RUN_JOB, args=[job_id], queue=f"llm.{priority}")
-        with engine.begin() as conn:
-            repository.mark_dispatched_in(conn, ids)
 
     stack = Stack(env=isolated_env, log_dir=services.data_dir / "logs-prio")
     stack.start_worker("prio", queues="llm.high,llm.default,llm.low", concurrency=1, pool="threads")

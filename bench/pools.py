@@ -1,0 +1,264 @@
+"""Which Celery pool should llmq workers use? Jobs/s end to end at a fixed provider latency.
+
+    .venv/bin/python bench/pools.py [--jobs 2000] [--latency-ms 100] [--concurrency 100]
+
+Runs, in one go on the same embedded PostgreSQL + Redis and fake provider (a separate process):
+  raw-celery/threads  a task that only sleeps the latency (the engine's ceiling)
+  llmq/threads 1xC    the real pipeline (claim, guardrails, cache, SDK call, attempts, finish)
+  llmq/threads 2xC/2  the same concurrency split over two worker processes (one per core)
+  llmq/gevent         with --gevent (needs `pip install gevent`)
+  llmq/prefork-c2     the tutorial set-up: prefork pool, concurrency = cores
+Prints a table and writes bench/results/pools.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmq import repository  # noqa: E402
+from llmq.db.engine import get_engine  # noqa: E402
+from llmq.db.migrate import upgrade  # noqa: E402
+from llmq.embedded import embedded_services, free_port  # noqa: E402
+from llmq.stack import Stack, wait_http  # noqa: E402
+
+DOC = (
+    "The port authority approved a new container terminal on Tuesday. It will cost 240 "
+    "million euros and add 1,200 jobs. Construction begins next spring. Environmental groups "
+    "asked for a review of dredging plans; the authority agreed to publish one in June."
+)
+
+
+def _wait_until(predicate: Any, timeout: float) -> float:
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("benchmark run did not finish in time")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def run_llmq(
+    env: dict[str, str], log_dir: Path, pool: str, concurrency: int, jobs: int, timeout: float
+) -> float:
+    engine = get_engine(env["DATABASE_URL"])
+    key = repository.create_api_key(engine, f"bench-{pool}-{processes}x{concurrency}")
+    principal = repository.authenticate(engine, key)
+    assert principal is not None
+    stack = Stack(env=env, log_dir=log_dir)
+    stack.start_worker(
+        f"bench-{pool}", queues="llm.high,llm.default,llm.low", concurrency=concurrency, pool=pool
+    )
+    try:
+        time.sleep(3)  # let the worker connect before the clock starts
+        batch_id, _ = repository.insert_batch(
+            engine,
+            tenant_id=principal.tenant_id,
+            template="summarize",
+            template_version=1,
+            priority="default",
+            chain=["openai:gpt-4o-mini"],
+            meta={},
+            items=[
+                repository.NewJob(input=f"{DOC} ({i})", params={"no_cache": True})
+                for i in range(jobs)
+            ],
+        )
+        from workers.celery_app import make_celery
+        from workers.dispatch import DISPATCH_BATCH
+
+        start = time.perf_counter()
+        make_celery(env["REDIS_URL"]).send_task(
+            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
+        )
+
+        def done() -> bool:
+            stack.check_alive()
+            with engine.connect() as conn:
+                n = conn.execute(
+                    text("SELECT count(*) FROM jobs WHERE batch_id = :b AND status = 'succeeded'"),
+                    {"b": batch_id},
+                ).scalar_one()
+            return int(n) >= jobs
+
+        _wait_until(done, timeout)
+        return jobs / (time.perf_counter() - start)
+    finally:
+        stack.stop()
+
+
+def run_raw(
+    env: dict[str, str],
+    log_dir: Path,
+    concurrency: int,
+    jobs: int,
+    latency_s: float,
+    timeout: float,
+) -> float:
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    client.delete("raw:done")
+    log = open(log_dir / "raw.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.raw_celery",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            str(concurrency),
+            "-Q",
+            "raw",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        time.sleep(3)
+        sys.path.insert(0, str(ROOT / "bench"))
+        os.environ["REDIS_URL"] = env["REDIS_URL"]
+        from bench.raw_celery import app
+
+        start = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for _ in range(jobs):
+                app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
+        _wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, timeout)
+        return jobs / (time.perf_counter() - start)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=100)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--gevent", action="store_true", help="also try the gevent pool")
+    args = parser.parse_args()
+    latency_s = args.latency_ms / 1000
+    data_dir = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True)
+    fake_port = free_port()
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmq.cli",
+            "fake-provider",
+            "--port",
+            str(fake_port),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results: list[dict[str, Any]] = []
+    try:
+        wait_http(f"http://127.0.0.1:{fake_port}/_fake/health")
+        with embedded_services(data_dir, durable=False) as services:
+            upgrade(services.database_url)
+            env = {
+                "DATABASE_URL": services.database_url,
+                "REDIS_URL": services.redis_url,
+                "OPENAI_API_KEY": "bench",
+                "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+                "LLMQ_LOG_LEVEL": "WARNING",
+            }
+            os.environ.update(env)
+            timeout = 600.0
+            runs: list[tuple[str, Any]] = [
+                (
+                    "raw-celery/threads",
+                    lambda: run_raw(env, log_dir, args.concurrency, args.jobs, latency_s, timeout),
+                ),
+                (
+                    "llmq/threads",
+                    lambda: run_llmq(env, log_dir, "threads", args.concurrency, args.jobs, timeout),
+                ),
+            ]
+            try:
+                import gevent  # noqa: F401
+
+                runs.append(
+                    (
+                        "llmq/gevent",
+                        lambda: run_llmq(
+                            env, log_dir, "gevent", args.concurrency, args.jobs, timeout
+                        ),
+                    )
+                )
+            except ImportError:
+                print("gevent not installed: skipping the gevent pool", file=sys.stderr)
+            tutorial_jobs = max(40, args.jobs // 20)
+            runs.append(
+                (
+                    "llmq/prefork-c2 (tutorial)",
+                    lambda: run_llmq(env, log_dir, "prefork", 2, tutorial_jobs, timeout),
+                )
+            )
+            for name, run in runs:
+                try:
+                    rate = run()
+                except Exception as exc:
+                    print(f"{name}: failed: {exc}", file=sys.stderr)
+                    results.append({"setup": name, "jobs_per_s": None, "error": str(exc)})
+                    continue
+                results.append({"setup": name, "jobs_per_s": round(rate, 1)})
+                print(f"{name:30s} {rate:8.1f} jobs/s", flush=True)
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+    raw = next((r["jobs_per_s"] for r in results if r["setup"].startswith("raw")), None)
+    bound = args.concurrency / latency_s
+    print(f"\ntheoretical bound concurrency/latency = {bound:.0f} jobs/s")
+    for r in results:
+        if raw and r["jobs_per_s"]:
+            r["vs_raw_celery"] = round(r["jobs_per_s"] / raw, 3)
+            print(f"{r['setup']:30s} {r['vs_raw_celery']:.2f} x raw Celery")
+    out = ROOT / "bench" / "results" / "pools.json"
+    out.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                f"Python {platform.python_version()}",
+                "jobs": args.jobs,
+                "latency_ms": args.latency_ms,
+                "concurrency": args.concurrency,
+                "theoretical_bound_jobs_per_s": bound,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
