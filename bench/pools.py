@@ -53,16 +53,26 @@ def _wait_until(predicate: Any, timeout: float) -> float:
 
 
 def run_llmq(
-    env: dict[str, str], log_dir: Path, pool: str, concurrency: int, jobs: int, timeout: float
+    env: dict[str, str],
+    log_dir: Path,
+    pool: str,
+    concurrency: int,
+    jobs: int,
+    timeout: float,
+    processes: int = 1,
 ) -> float:
     engine = get_engine(env["DATABASE_URL"])
     key = repository.create_api_key(engine, f"bench-{pool}-{processes}x{concurrency}")
     principal = repository.authenticate(engine, key)
     assert principal is not None
     stack = Stack(env=env, log_dir=log_dir)
-    stack.start_worker(
-        f"bench-{pool}", queues="llm.high,llm.default,llm.low", concurrency=concurrency, pool=pool
-    )
+    for index in range(processes):
+        stack.start_worker(
+            f"bench-{pool}-{index}",
+            queues="llm.high,llm.default,llm.low",
+            concurrency=concurrency,
+            pool=pool,
+        )
     try:
         time.sleep(3)  # let the worker connect before the clock starts
         batch_id, _ = repository.insert_batch(
@@ -193,29 +203,28 @@ def main() -> None:
             }
             os.environ.update(env)
             timeout = 600.0
+            half = args.concurrency // 2
             runs: list[tuple[str, Any]] = [
                 (
-                    "raw-celery/threads",
+                    f"raw-celery/threads 1x{args.concurrency}",
                     lambda: run_raw(env, log_dir, args.concurrency, args.jobs, latency_s, timeout),
                 ),
                 (
-                    "llmq/threads",
+                    f"llmq/threads 1x{args.concurrency}",
                     lambda: run_llmq(env, log_dir, "threads", args.concurrency, args.jobs, timeout),
                 ),
+                (
+                    f"llmq/threads 2x{half}",
+                    lambda: run_llmq(env, log_dir, "threads", half, args.jobs, timeout, 2),
+                ),
             ]
-            try:
-                import gevent  # noqa: F401
-
+            if args.gevent:
                 runs.append(
                     (
-                        "llmq/gevent",
-                        lambda: run_llmq(
-                            env, log_dir, "gevent", args.concurrency, args.jobs, timeout
-                        ),
+                        f"llmq/gevent 1x{args.concurrency}",
+                        lambda: run_llmq(env, log_dir, "gevent", args.concurrency, args.jobs, 180),
                     )
                 )
-            except ImportError:
-                print("gevent not installed: skipping the gevent pool", file=sys.stderr)
             tutorial_jobs = max(40, args.jobs // 20)
             runs.append(
                 (
