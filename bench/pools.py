@@ -75,7 +75,7 @@ def run_llmq(
         )
     try:
         time.sleep(3)  # let the worker connect before the clock starts
-        batch_id, _ = repository.insert_batch(
+        batch_id = repository.insert_batch(
             engine,
             tenant_id=principal.tenant_id,
             template="summarize",

@@ -46,12 +46,6 @@ class Deferred:
     route: list[dict[str, Any]]
 
 
-class _Holder:
-    """Lease keeper interface the pipeline needs (a no-op one serves tests without a worker)."""
-
-    def hold(self, job_id: uuid.UUID, owner: str) -> Any: ...
-
-
 class Pipeline:
     def __init__(
         self,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
+import os
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
@@ -132,40 +132,56 @@ def _copy_text(value: object) -> str:
     """Escape one field for COPY ... FROM STDIN in text format."""
     if value is None:
         return "\\N"
+    if isinstance(value, int):
+        return str(value)
     s = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+# Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
-    "id",
-    "tenant_id",
-    "batch_id",
-    "seq",
-    "custom_id",
-    "status",
-    "priority",
-    "template",
-    "template_version",
-    "input",
-    "params",
-    "chain",
-    "metadata",
-)
+    "id", "seq", "custom_id", "input", "params", "metadata",
+    "tenant_id", "batch_id", "status", "priority", "template", "template_version", "chain",
+)  # fmt: skip
 
 
-def _copy_jobs(conn: Connection, rows: Sequence[Sequence[object]]) -> None:
-    # COPY is the fast path for big batches: 10,000 rows in tens of milliseconds.
+def _copy_jobs(conn: Connection, shared: Sequence[object], items: Sequence[NewJob]) -> None:
+    """COPY is the fast path for big batches. Built as one text buffer; identical params or
+    metadata objects (the usual case: the batch's defaults) are serialized once."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    buffer = io.StringIO()
-    for row in rows:
-        buffer.write("\t".join(_copy_text(v) for v in row))
-        buffer.write("\n")
+    suffix = "\t".join(_copy_text(v) for v in shared) + "\n"
+    # Keyed by identity; the object is kept alive in the value so its id cannot be reused.
+    encoded: dict[int, tuple[object, str]] = {}
+
+    def cached(value: dict[str, Any] | None) -> str:
+        if not value:
+            return "{}"
+        hit = encoded.get(id(value))
+        if hit is None:
+            hit = encoded[id(value)] = (value, _copy_text(value))
+        return hit[1]
+
+    random = os.urandom
+    lines = [
+        "\t".join(
+            (
+                str(uuid.UUID(bytes=random(16), version=4)),
+                str(seq),
+                _copy_text(item.custom_id),
+                _copy_text(item.input),
+                cached(item.params),
+                cached(item.meta),
+                suffix,
+            )
+        )
+        for seq, item in enumerate(items)
+    ]
     with (
         raw.cursor() as cursor,
         cursor.copy(f"COPY jobs ({', '.join(_JOB_COPY_COLUMNS)}) FROM STDIN") as copy,
     ):
-        copy.write(buffer.getvalue())
+        copy.write("".join(lines))
 
 
 def insert_batch(
@@ -178,11 +194,9 @@ def insert_batch(
     chain: list[str],
     meta: dict[str, Any],
     items: Sequence[NewJob],
-) -> tuple[uuid.UUID, list[uuid.UUID]]:
+) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none."""
     batch_id = uuid.uuid4()
-    job_ids = [uuid.uuid4() for _ in items]
-    chain_json = json.dumps(chain)
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -195,33 +209,15 @@ def insert_batch(
                 "tenant_id": tenant_id,
                 "template": template,
                 "priority": priority,
-                "chain": chain_json,
+                "chain": json.dumps(chain),
                 "meta": json.dumps(meta),
                 "n": len(items),
             },
         )
-        _copy_jobs(
-            conn,
-            [
-                (
-                    str(job_id),
-                    str(tenant_id),
-                    str(batch_id),
-                    seq,
-                    item.custom_id,
-                    "queued",
-                    priority,
-                    template,
-                    template_version,
-                    item.input,
-                    item.params or {},
-                    chain,
-                    item.meta or {},
-                )
-                for seq, (job_id, item) in enumerate(zip(job_ids, items, strict=True))
-            ],
-        )
-    return batch_id, job_ids
+        shared = (str(tenant_id), str(batch_id), "queued", priority, template,
+                  template_version, chain)  # fmt: skip
+        _copy_jobs(conn, shared, items)
+    return batch_id
 
 
 def insert_job(

@@ -37,15 +37,16 @@ def submit_batch(
             f"a batch holds at most {settings.max_batch_items} items, got {len(body.items)}",
         )
     defaults = body.params.model_dump(exclude_none=True)
+    # Items without their own params share the defaults object (stored once, checked once).
     params = [
-        {**defaults, **(item.params.model_dump(exclude_none=True) if item.params else {})}
+        {**defaults, **item.params.model_dump(exclude_none=True)} if item.params else defaults
         for item in body.items
     ]
-    distinct = {json.dumps(p, sort_keys=True): p for p in params}
+    distinct = {json.dumps(p, sort_keys=True): p for p in {id(p): p for p in params}.values()}
     template = resolve_template(
         body.template, [body.params.model_validate(p) for p in distinct.values()]
     )
-    batch_id, _ = repository.insert_batch(
+    batch_id = repository.insert_batch(
         engine,
         tenant_id=who.tenant_id,
         template=template.name,

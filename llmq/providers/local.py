@@ -45,4 +45,5 @@ class LocalProvider:
                 output_tokens=estimate_tokens(summary),
             ),
             finish_reason="stop",
+            http_status=None,  # no HTTP involved
         )

@@ -254,3 +254,46 @@ def test_unsafe_output_is_blocked(
     assert row.error_code == "output_blocked"
     assert "unsafe_output.drop_table" in row.error_message
     assert row.result is None
+
+
+def test_batch_copy_round_trips_awkward_text(engine: Engine, tenant: uuid.UUID) -> None:
+    awkward = [
+        "tab\there",
+        "line\nbreak\r\nwindows",
+        "back\\slash \\N not null",
+        "emoji 🚀 ü",
+        "{json: 'like'}",
+        "\\.",
+    ]
+    shared_params = {"style": "short"}
+    batch_id = repository.insert_batch(
+        engine,
+        tenant_id=tenant,
+        template="summarize",
+        template_version=1,
+        priority="low",
+        chain=["local:extractive"],
+        meta={"k": "v"},
+        items=[
+            repository.NewJob(input=t, custom_id=f"c\t{i}", params=shared_params, meta={"n": i})
+            for i, t in enumerate(awkward)
+        ],
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT seq, custom_id, input, params, metadata, priority, "
+                "chain, status FROM jobs WHERE batch_id = :b ORDER BY seq"
+            ),
+            {"b": batch_id},
+        ).all()
+    assert [r.input for r in rows] == awkward
+    assert [r.custom_id for r in rows] == [f"c\t{i}" for i in range(len(awkward))]
+    assert [r.metadata for r in rows] == [{"n": i} for i in range(len(awkward))]
+    assert all(
+        r.params == shared_params
+        and r.priority == "low"
+        and r.status == "queued"
+        and r.chain == ["local:extractive"]
+        for r in rows
+    )

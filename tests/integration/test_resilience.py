@@ -43,7 +43,7 @@ class Rig:
         from workers.celery_app import make_celery
         from workers.dispatch import DISPATCH_BATCH
 
-        batch_id, _ = repository.insert_batch(
+        batch_id = repository.insert_batch(
             self.engine,
             tenant_id=self.tenant_id,
             template="summarize",
