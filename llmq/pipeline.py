@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from llmq import repository
 from llmq.cache import CachedResult, ResultCache, cache_key
+from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.guardrails import Guardrail, build_chain, run_chain
 from llmq.pricing import PriceTable
@@ -55,6 +56,7 @@ class Pipeline:
         config: PipelineConfig,
         *,
         cache: ResultCache | None = None,
+        breaker: CircuitBreaker | None = None,
         leases: Any = None,
         worker_name: str | None = None,
         sleep: Any = time.sleep,
@@ -65,6 +67,7 @@ class Pipeline:
         self.prices = prices
         self.config = config
         self.cache = cache
+        self.breaker = breaker
         self.leases = leases
         self.worker_name = worker_name
         self._sleep = sleep
@@ -206,6 +209,10 @@ class Pipeline:
                 route.append({"link": link_text, "skipped": "context_too_small"})
                 failure_codes.append("context_too_long")
                 continue
+            if self.breaker is not None and not self.breaker.allow(link_text):
+                route.append({"link": link_text, "skipped": "circuit_open"})
+                failure_codes.append("circuit_open")
+                continue
             tries = failures_before[link_text]
             if tries >= policy.max_attempts:
                 route.append({"link": link_text, "skipped": "exhausted_before_backoff"})
@@ -290,6 +297,10 @@ class Pipeline:
         except ProviderError as exc:
             error = exc
         latency_ms = (time.perf_counter() - started) * 1000
+        if self.breaker is not None:
+            self.breaker.record(
+                link_text, ok=completion is not None, error_code=error.code if error else None
+            )
         usage = completion.usage if completion is not None else error.usage if error else None
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0

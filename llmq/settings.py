@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     retry_cap_s: float = 20.0
     retry_inline_max_s: float = 2.0
 
+    # Circuit breaker per provider:model, shared through Redis (llmq/circuit.py).
+    circuit_failure_threshold: int = 5
+    circuit_window_s: float = 30.0
+    circuit_cooldown_s: float = 30.0
+
     # Guardrails, by name (llmq/guardrails/__init__.py).
     input_guardrails: list[str] = ["prompt_injection", "pii", "banned_terms"]
     output_guardrails: list[str] = ["empty_output", "unsafe_output"]

@@ -8,6 +8,7 @@ import threading
 import redis
 
 from llmq.cache import ResultCache
+from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
 from llmq.leases import LeaseKeeper
 from llmq.pipeline import Pipeline, PipelineConfig
@@ -30,6 +31,14 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+def circuit_policy(settings: Settings) -> CircuitPolicy:
+    return CircuitPolicy(
+        failure_threshold=settings.circuit_failure_threshold,
+        window_s=settings.circuit_window_s,
+        cooldown_s=settings.circuit_cooldown_s,
+    )
+
+
 def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
@@ -48,12 +57,14 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             inline_max_s=settings.retry_inline_max_s,
         ),
     )
+    client = redis_client(settings)
     return Pipeline(
         engine,
         build_providers(settings),
         load_price_table(settings.pricing_file),
         config,
-        cache=ResultCache(redis_client(settings), settings.cache_ttl_s),
+        cache=ResultCache(client, settings.cache_ttl_s),
+        breaker=CircuitBreaker(client, circuit_policy(settings)),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
     )

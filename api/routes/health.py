@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from llmq.circuit import CircuitBreaker
 from workers.queues import queue_depths
+from workers.runtime import circuit_policy
 
 router = APIRouter(tags=["health"])
 
@@ -36,6 +38,10 @@ def readyz(request: Request) -> JSONResponse:
         client.ping()
         checks["redis"] = "ok"
         checks["queues"] = queue_depths(client)
+        breaker = CircuitBreaker(client, circuit_policy(request.app.state.settings))
+        checks["circuits"] = {
+            link: breaker.state(link) for link in request.app.state.settings.default_chain
+        }
     except redis.RedisError as exc:
         ok = False
         checks["redis"] = f"down: {type(exc).__name__}"

@@ -297,3 +297,33 @@ def test_batch_copy_round_trips_awkward_text(engine: Engine, tenant: uuid.UUID) 
         and r.chain == ["local:extractive"]
         for r in rows
     )
+
+
+def test_dead_primary_opens_the_circuit_and_later_jobs_skip_it(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID, services: Any
+) -> None:
+    import redis
+
+    from llmq.circuit import CircuitBreaker, CircuitPolicy
+
+    fake_provider.set_script(
+        FakeScript(rules=[FaultRule(api="openai", model="dead-*", fault="status", status=500)])
+    )
+    model = f"dead-{uuid.uuid4().hex[:6]}"
+    breaker = CircuitBreaker(
+        redis.Redis.from_url(services.redis_url),
+        CircuitPolicy(failure_threshold=3, window_s=60, cooldown_s=60),
+    )
+    pipeline = _pipeline(engine, fake_provider)
+    pipeline.breaker = breaker
+    chain = [f"openai:{model}", "anthropic:claude-haiku-4-5"]
+    first = _job(engine, tenant, chain)
+    assert pipeline.run(first) == "succeeded"  # 3 failures on the primary open the circuit
+    assert breaker.state(f"openai:{model}") == "open"
+    calls_before = fake_provider.stats()["by_model"].get(model, 0)
+    assert calls_before == 3
+    later = [_job(engine, tenant, chain) for _ in range(5)]
+    assert all(pipeline.run(job_id) == "succeeded" for job_id in later)
+    assert fake_provider.stats()["by_model"].get(model, 0) == calls_before  # never called
+    assert _row(engine, later[0]).route[0] == {"link": f"openai:{model}", "skipped": "circuit_open"}
+    fake_provider.set_script(FakeScript())

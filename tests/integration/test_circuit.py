@@ -1,0 +1,87 @@
+"""The shared circuit breaker: its state machine on a real Redis with a controlled clock, and the
+pipeline skipping a dead provider without calling it, then probing it back."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from llmq.circuit import CircuitBreaker, CircuitPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def client(services: Any) -> redis.Redis:
+    return redis.Redis.from_url(services.redis_url)
+
+
+def _breaker(client: redis.Redis, clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker(
+        client, CircuitPolicy(failure_threshold=3, window_s=10, cooldown_s=5), clock=clock
+    )
+
+
+def test_opens_after_threshold_within_window_then_half_opens_and_closes(
+    client: redis.Redis,
+) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    breaker = _breaker(client, clock)
+    for _ in range(2):
+        breaker.record(link, ok=False, error_code="server_error")
+    assert breaker.allow(link) and breaker.state(link) == "closed"
+    breaker.record(link, ok=False, error_code="timeout")
+    assert breaker.state(link) == "open" and not breaker.allow(link)
+    clock.now += 5.1  # cooldown over: exactly one caller gets the probe
+    assert breaker.state(link) == "half_open"
+    assert breaker.allow(link) is True
+    assert breaker.allow(link) is False
+    assert _breaker(client, clock).allow(link) is False  # another worker agrees
+    breaker.record(link, ok=True)
+    assert breaker.state(link) == "closed" and breaker.allow(link)
+
+
+def test_failed_probe_reopens_for_a_full_cooldown(client: redis.Redis) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    breaker = _breaker(client, clock)
+    for _ in range(3):
+        breaker.record(link, ok=False, error_code="server_error")
+    clock.now += 6
+    assert breaker.allow(link)  # the probe
+    breaker.record(link, ok=False, error_code="server_error")
+    assert breaker.state(link) == "open"
+    clock.now += 4.9
+    assert not breaker.allow(link)
+    clock.now += 0.2
+    assert breaker.allow(link)
+
+
+def test_old_failures_fall_out_of_the_window_and_4xx_never_count(
+    client: redis.Redis,
+) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    breaker = _breaker(client, clock)
+    breaker.record(link, ok=False, error_code="server_error")
+    breaker.record(link, ok=False, error_code="server_error")
+    clock.now += 11
+    breaker.record(link, ok=False, error_code="server_error")
+    for code in ("bad_request", "auth_error", "context_too_long", "rate_limited"):
+        breaker.record(link, ok=False, error_code=code)
+    assert breaker.state(link) == "closed"
+
+
+def test_redis_down_lets_calls_through() -> None:
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2)
+    breaker = CircuitBreaker(dead, CircuitPolicy())
+    assert breaker.allow("openai:gpt-4o-mini") is True
+    breaker.record("openai:gpt-4o-mini", ok=False, error_code="server_error")
+    assert breaker.unavailable == 2
