@@ -9,6 +9,9 @@ from llmq.settings import PRIORITY_TO_QUEUE
 from .celery_app import app
 
 RUN_JOB = "llmq.run_job"
+# A dead broker must not hold an API request for long: the job is already durable and the
+# reconciler publishes whatever could not be published now.
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.3}
 DISPATCH_BATCH = "llmq.dispatch_batch"
 
 
@@ -19,9 +22,18 @@ def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
     with app.producer_or_acquire() as producer:
         for job_id, priority in jobs:
             app.send_task(
-                RUN_JOB, args=[job_id], queue=PRIORITY_TO_QUEUE[priority], producer=producer
+                RUN_JOB,
+                args=[job_id],
+                queue=PRIORITY_TO_QUEUE[priority],
+                producer=producer,
+                retry_policy=RETRY_POLICY,
             )
 
 
 def publish_batch_dispatch(batch_id: str, priority: str) -> None:
-    app.send_task(DISPATCH_BATCH, args=[batch_id], queue=PRIORITY_TO_QUEUE[priority])
+    app.send_task(
+        DISPATCH_BATCH,
+        args=[batch_id],
+        queue=PRIORITY_TO_QUEUE[priority],
+        retry_policy=RETRY_POLICY,
+    )

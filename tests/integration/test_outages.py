@@ -1,0 +1,71 @@
+"""The API when a dependency is down: Redis down at submit still accepts (the job is durable and
+the reconciler publishes it later); Postgres down answers 503 with Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from llmq.embedded import free_port
+from llmq.settings import Settings
+from llmq.stack import Stack
+
+from ..helpers import auth, wait_for
+
+
+def test_submit_with_redis_down_is_accepted_and_runs_later(
+    stack_env: dict[str, str], worker: Any, new_key: Any, tmp_path: Path
+) -> None:
+    import httpx
+
+    key = new_key()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    port = free_port()
+    api = Stack(env={**stack_env, "REDIS_URL": dead_redis}, log_dir=tmp_path)
+    api.start_api("127.0.0.1", port)
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers=auth(key), timeout=30
+        ) as client:
+            started = time.monotonic()
+            accepted = client.post(
+                "/v1/jobs",
+                json={
+                    "input": "The bridge reopened after repairs. Traffic is normal again.",
+                    "chain": ["local:extractive"],
+                },
+            )
+            assert accepted.status_code == 202
+            # The broker is refused quickly and only retried briefly: the request stays fast.
+            assert time.monotonic() - started < 5
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.headers["retry-after"] == "5"
+            assert ready.json()["checks"]["redis"].startswith("down")
+            job_id = accepted.json()["id"]
+
+            # The shared worker's reconciler (live Redis, same database) publishes it.
+            def done() -> dict[str, Any] | None:
+                job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+                return job if job["status"] == "succeeded" else None
+
+            job = wait_for(done, 60, "the unpublished job to run")
+            assert job["provider"] == "local"
+    finally:
+        api.stop()
+
+
+def test_postgres_down_gives_503_with_retry_after(stack_env: dict[str, str]) -> None:
+    from api.app import create_app
+
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/llmq"
+    app = create_app(Settings(database_url=dead, redis_url=stack_env["REDIS_URL"]))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/v1/jobs", json={"input": "hello"}, headers=auth("llmq_some-key"))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["error"]["code"] == "database_unavailable"
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
