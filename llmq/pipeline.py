@@ -35,6 +35,7 @@ class PipelineConfig:
     lease_s: float = 60.0
     max_deliveries: int = 3
     max_output_tokens: int = 512
+    deadline_s: float = 600.0
     input_guardrails: list[str] = field(default_factory=lambda: ["prompt_injection", "pii"])
     output_guardrails: list[str] = field(default_factory=lambda: ["empty_output", "unsafe_output"])
     banned_terms: list[str] = field(default_factory=list)
@@ -197,6 +198,7 @@ class Pipeline:
 
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
+        deadline = time.monotonic() + self.config.deadline_s - job.age_s
         for link_text in job.chain:
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
@@ -227,6 +229,13 @@ class Pipeline:
                 style=rendered.style,
             )
             while True:
+                if time.monotonic() >= deadline:
+                    route.append({"link": link_text, "skipped": "deadline_exceeded"})
+                    return repository.Outcome(
+                        status=JobStatus.FAILED, error_code="deadline_exceeded",
+                        error_message=f"the job ran out of its {self.config.deadline_s:g} s "
+                        "deadline", route=route, guardrails=findings,
+                    )  # fmt: skip
                 completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
                     verdict = self._check_output(completion)

@@ -305,6 +305,9 @@ class ClaimedJob:
     attempts_made: int
     deliveries: int
     created_at: datetime
+    # Seconds since the first delivery started: the job's deadline counts from there, across
+    # redeliveries and backoffs (Postgres' clock, so workers' clocks do not matter).
+    age_s: float
 
 
 def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
@@ -319,7 +322,8 @@ def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> Claime
                 "WHERE id = :id AND (status IN ('queued', 'retrying') "
                 "OR (status = 'running' AND lease_expires_at < now())) "
                 "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
-                "chain, attempts_made, deliveries, created_at"
+                "chain, attempts_made, deliveries, created_at, "
+                "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s"
             ),
             {"id": job_id, "owner": owner, "lease": lease_s},
         ).first()

@@ -47,6 +47,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         lease_s=settings.job_lease_s,
         max_deliveries=settings.max_deliveries,
         max_output_tokens=settings.max_output_tokens,
+        deadline_s=settings.job_deadline_s,
         input_guardrails=settings.input_guardrails,
         output_guardrails=settings.output_guardrails,
         banned_terms=settings.banned_terms,

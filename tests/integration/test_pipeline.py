@@ -327,3 +327,25 @@ def test_dead_primary_opens_the_circuit_and_later_jobs_skip_it(
     assert fake_provider.stats()["by_model"].get(model, 0) == calls_before  # never called
     assert _row(engine, later[0]).route[0] == {"link": f"openai:{model}", "skipped": "circuit_open"}
     fake_provider.set_script(FakeScript())
+
+
+def test_a_job_past_its_deadline_fails_instead_of_calling_again(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    pipeline = _pipeline(engine, fake_provider)
+    assert pipeline.config.deadline_s == 600
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    with engine.begin() as conn:  # first started 20 minutes ago, then backed off for long
+        conn.execute(
+            text(
+                "UPDATE jobs SET started_at = now() - interval '20 minutes', "
+                "status = 'retrying' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+    assert pipeline.run(job_id) == "failed"
+    row = _row(engine, job_id)
+    assert row.error_code == "deadline_exceeded" and "600 s" in row.error_message
+    assert _attempts(engine, job_id) == []
+    fresh = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    assert pipeline.run(fresh) == "succeeded"
