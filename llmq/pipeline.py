@@ -23,6 +23,7 @@ from llmq.guardrails import Guardrail, build_chain, run_chain
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
+from llmq.ratelimit import RateLimiter
 from llmq.retry import RetryPolicy
 from llmq.templates import Rendered, TemplateError, get_template
 from llmq.tokens import estimate_tokens
@@ -58,6 +59,7 @@ class Pipeline:
         *,
         cache: ResultCache | None = None,
         breaker: CircuitBreaker | None = None,
+        limiter: RateLimiter | None = None,
         leases: Any = None,
         worker_name: str | None = None,
         sleep: Any = time.sleep,
@@ -69,6 +71,7 @@ class Pipeline:
         self.config = config
         self.cache = cache
         self.breaker = breaker
+        self.limiter = limiter
         self.leases = leases
         self.worker_name = worker_name
         self._sleep = sleep
@@ -236,6 +239,16 @@ class Pipeline:
                         error_message=f"the job ran out of its {self.config.deadline_s:g} s "
                         "deadline", route=route, guardrails=findings,
                     )  # fmt: skip
+                if self.limiter is not None:
+                    wait = self.limiter.acquire(link_text, prompt_tokens + max_tokens)
+                    if wait > 0:
+                        # No capacity under the shared limit: wait briefly, or give the slot
+                        # back and let the job come back when there is room (never eat a 429).
+                        if policy.should_defer(wait):
+                            route.append({"link": link_text, "rate_limited_s": round(wait, 3)})
+                            return Deferred(wait, route)
+                        self._sleep(wait)
+                        continue
                 completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
                     verdict = self._check_output(completion)

@@ -440,11 +440,13 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
 def defer_job(
     engine: Engine, job_id: uuid.UUID, owner: str, delay_s: float, route: list[dict[str, Any]]
 ) -> bool:
-    """Give the job back to wait `delay_s` (a long backoff) without holding a worker slot."""
+    """Give the job back to wait `delay_s` (a long backoff) without holding a worker slot.
+
+    A planned hand-back is not a lost delivery, so it does not count towards max_deliveries."""
     with _statement(engine) as conn:
         result = conn.execute(
             text(
-                "UPDATE jobs SET status = 'retrying', "
+                "UPDATE jobs SET status = 'retrying', deliveries = deliveries - 1, "
                 "not_before = now() + make_interval(secs => :delay), dispatched_at = NULL, "
                 "lease_owner = NULL, lease_expires_at = NULL, route = CAST(:route AS jsonb) "
                 "WHERE id = :id AND lease_owner = :owner AND status = 'running'"

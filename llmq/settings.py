@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     circuit_window_s: float = 30.0
     circuit_cooldown_s: float = 30.0
 
+    # Shared provider limits per window: {"openai:gpt-4o-mini": {"requests": 500, "tokens": 2e5}}
+    rate_limits: dict[str, dict[str, int]] = {}
+    rate_window_s: float = 60.0
+
     # Guardrails, by name (llmq/guardrails/__init__.py).
     input_guardrails: list[str] = ["prompt_injection", "pii", "banned_terms"]
     output_guardrails: list[str] = ["empty_output", "unsafe_output"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from llmq.settings import QUEUES, get_settings
 
@@ -14,7 +14,9 @@ def make_celery(broker_url: str | None = None) -> Celery:
     app = Celery("llmq", broker=broker, include=["tasks.jobs"])
     visibility_timeout = max(3600, int(settings.job_deadline_s * 2))
     app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
+        ],
         task_default_queue="llm.default",
         broker_transport_options={
             # Unacked messages come back after this; longer than any job (celery #7651).

@@ -14,6 +14,7 @@ from llmq.leases import LeaseKeeper
 from llmq.pipeline import Pipeline, PipelineConfig
 from llmq.pricing import load_price_table
 from llmq.providers.registry import build_providers
+from llmq.ratelimit import Limit, RateLimiter
 from llmq.retry import RetryPolicy
 from llmq.settings import Settings, get_settings
 
@@ -66,6 +67,11 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         config,
         cache=ResultCache(client, settings.cache_ttl_s),
         breaker=CircuitBreaker(client, circuit_policy(settings)),
+        limiter=RateLimiter(
+            client,
+            {link: Limit(**limit) for link, limit in settings.rate_limits.items()},
+            settings.rate_window_s,
+        ),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
     )

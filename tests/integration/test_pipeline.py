@@ -197,6 +197,7 @@ def test_long_backoff_defers_the_job_instead_of_sleeping(
     # When it comes back (the reconciler publishes it when due) it resumes, attempts kept.
     assert pipeline.run(job_id) == "succeeded"
     assert [a.attempt_no for a in _attempts(engine, job_id)] == [1, 2]
+    assert _row(engine, job_id).deliveries == 1  # a planned hand-back is not a lost delivery
 
 
 def test_every_link_failing_ends_the_job_with_a_code_and_no_made_up_text(

@@ -1,0 +1,118 @@
+"""Shared provider rate limits: the sliding window on a real Redis with a controlled clock, and
+four worker processes that together never exceed the limit the fake provider sees."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import redis
+
+from llmq import repository
+from llmq.db.engine import get_engine
+from llmq.fake_provider import FakeProviderServer, FakeScript
+from llmq.ratelimit import Limit, RateLimiter
+from llmq.stack import Stack
+
+from ..helpers import wait_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requests_window_admits_the_limit_then_says_how_long_to_wait(services: Any) -> None:
+    clock, link = Clock(), f"openai:rl-{uuid.uuid4().hex[:6]}"
+    limiter = RateLimiter(
+        redis.Redis.from_url(services.redis_url),
+        {link: Limit(requests=3)},
+        window_s=10,
+        clock=clock,
+    )
+    assert [limiter.acquire(link, 1) for _ in range(3)] == [0.0, 0.0, 0.0]
+    clock.now += 4
+    assert limiter.acquire(link, 1) == 6.0  # the oldest call leaves the window in 6 s
+    clock.now += 6
+    assert limiter.acquire(link, 1) == 0.0
+    assert limiter.acquire("openai:unlimited", 10**9) == 0.0
+
+
+def test_tokens_window_counts_estimated_tokens(services: Any) -> None:
+    clock, link = Clock(), f"openai:rl-{uuid.uuid4().hex[:6]}"
+    limiter = RateLimiter(
+        redis.Redis.from_url(services.redis_url),
+        {link: Limit(tokens=100)},
+        window_s=60,
+        clock=clock,
+    )
+    assert limiter.acquire(link, 60) == 0.0
+    clock.now += 10
+    assert limiter.acquire(link, 30) == 0.0
+    assert limiter.acquire(link, 30) == 50.0  # must wait for the 60-token call to expire
+    clock.now += 50
+    assert limiter.acquire(link, 30) == 0.0
+
+
+def test_redis_down_lets_calls_through() -> None:
+    limiter = RateLimiter(
+        redis.Redis(port=1, socket_connect_timeout=0.2), {"openai:x": Limit(requests=1)}
+    )
+    assert limiter.acquire("openai:x", 1) == 0.0 and limiter.unavailable == 1
+
+
+def test_four_workers_share_one_limit(
+    isolated_env: dict[str, str], fake_provider: FakeProviderServer, services: Any
+) -> None:
+    limit, window, jobs = 5, 3.0, 25
+    model = f"limited-{uuid.uuid4().hex[:6]}"
+    env = {
+        **isolated_env,
+        "LLMQ_RATE_WINDOW_S": str(window),
+        "LLMQ_RATE_LIMITS": json.dumps({f"openai:{model}": {"requests": limit}}),
+    }
+    engine = get_engine(env["DATABASE_URL"])
+    principal = repository.authenticate(engine, repository.create_api_key(engine, "rl"))
+    assert principal is not None
+    fake_provider.set_script(FakeScript(latency_ms=20))
+    fake_provider.reset()
+    stack = Stack(env=env, log_dir=services.data_dir / "logs-rl")
+    for index in range(4):
+        stack.start_worker(
+            f"rl{index}", queues="llm.high,llm.default,llm.low", concurrency=8, pool="threads"
+        )
+    try:
+        from workers.celery_app import make_celery
+        from workers.dispatch import DISPATCH_BATCH
+
+        batch_id = repository.insert_batch(
+            engine,
+            tenant_id=principal.tenant_id,
+            template="prompt",
+            template_version=1,
+            priority="default",
+            chain=[f"openai:{model}"],
+            meta={},
+            items=[repository.NewJob(input=f"question {i}") for i in range(jobs)],
+        )
+        make_celery(env["REDIS_URL"]).send_task(
+            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
+        )
+
+        def all_done() -> bool:
+            batch = repository.get_batch(engine, principal.tenant_id, batch_id)
+            return batch is not None and batch["counts"]["succeeded"] == jobs
+
+        wait_for(all_done, 120, f"{jobs} rate-limited jobs")
+    finally:
+        stack.stop()
+    seen = sorted(fake_provider.stats()["timestamps"])
+    assert len(seen) == jobs  # not one call was wasted on a provider 429
+    # Admission is limited on the shared clock; arrival at the provider can lag by a few ms.
+    busiest = max(sum(1 for t in seen if start <= t < start + window - 0.2) for start in seen)
+    assert busiest <= limit
+    assert seen[-1] - seen[0] >= (jobs / limit - 1) * window - 0.5  # it really was throttled
