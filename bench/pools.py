@@ -52,6 +52,15 @@ def _wait_until(predicate: Any, timeout: float) -> float:
     return time.perf_counter() - start
 
 
+def _wait_workers(redis_url: str, count: int, app: Any = None) -> None:
+    """Until `count` workers answer a remote-control ping (i.e. are consuming)."""
+    if app is None:
+        from workers.celery_app import make_celery
+
+        app = make_celery(redis_url)
+    _wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= count, 60)
+
+
 def run_llmq(
     env: dict[str, str],
     log_dir: Path,
@@ -74,7 +83,7 @@ def run_llmq(
             pool=pool,
         )
     try:
-        time.sleep(3)  # let the worker connect before the clock starts
+        _wait_workers(env["REDIS_URL"], processes)  # the clock starts once all consume
         batch_id = repository.insert_batch(
             engine,
             tenant_id=principal.tenant_id,
@@ -147,15 +156,13 @@ def run_raw(
         stderr=log,
     )
     try:
-        time.sleep(3)
-        sys.path.insert(0, str(ROOT / "bench"))
-        os.environ["REDIS_URL"] = env["REDIS_URL"]
-        from bench.raw_celery import app
+        from bench.raw_celery import app as raw_app
 
+        _wait_workers(env["REDIS_URL"], 1, raw_app)
         start = time.perf_counter()
-        with app.producer_or_acquire() as producer:
+        with raw_app.producer_or_acquire() as producer:
             for _ in range(jobs):
-                app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
+                raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
         _wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, timeout)
         return jobs / (time.perf_counter() - start)
     finally:

@@ -4,6 +4,7 @@ output guardrails -> record. Plain Python: the Celery task is a thin wrapper aro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -99,7 +100,9 @@ class Pipeline:
             )
             repository.finish_job(self.engine, job.id, owner, outcome)
             return outcome.status
-        hold = self.leases.hold(job.id, owner) if self.leases is not None else _null_context()
+        hold = (
+            self.leases.hold(job.id, owner) if self.leases is not None else contextlib.nullcontext()
+        )
         with hold:
             try:
                 result = self._process(job, owner)
@@ -363,11 +366,3 @@ class Pipeline:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed
         return verdict.blocked_by
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from llmq.db.models import TERMINAL_STATUSES
+from llmq.db.models import TERMINAL_STATUSES, JobStatus
 
 KEY_PREFIX = "llmq_"
 
@@ -523,18 +523,7 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
         if row is None:
             return None
         batch = dict(row)
-        counts = {
-            status: 0
-            for status in (
-                "queued",
-                "running",
-                "retrying",
-                "succeeded",
-                "failed",
-                "blocked",
-                "cancelled",
-            )
-        }
+        counts = {status.value: 0 for status in JobStatus}
         totals = conn.execute(
             text(
                 "SELECT status, count(*) AS n, sum(input_tokens) AS input_tokens, "

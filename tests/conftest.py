@@ -54,9 +54,10 @@ def fake_provider() -> Iterator[FakeProviderServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str, str]:
-    """Environment of every llmq process in the tests (and of this one)."""
+    """Environment of every llmq process in the tests (and of this one). Autouse: the Celery
+    app binds its broker when `workers` is first imported, so this must come first."""
     env = {
         "DATABASE_URL": services.database_url,
         "REDIS_URL": services.redis_url,

@@ -39,3 +39,26 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 60.0, what: str = "
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def submit_batch(
+    engine: Any,
+    env: dict[str, str],
+    tenant_id: Any,
+    chain: list[str],
+    inputs: list[str],
+    template: str = "summarize",
+) -> Any:
+    """Insert a batch and publish its fan-out on `env`'s broker (not this process's default)."""
+    from llmq import repository
+    from workers.celery_app import make_celery
+    from workers.dispatch import DISPATCH_BATCH
+
+    batch_id = repository.insert_batch(
+        engine, tenant_id=tenant_id, template=template, template_version=1,
+        priority="default", chain=chain, meta={},
+        items=[repository.NewJob(input=text, custom_id=str(i)) for i, text in enumerate(inputs)],
+    )  # fmt: skip
+    make_celery(env["REDIS_URL"]).send_task(DISPATCH_BATCH, args=[str(batch_id)],
+                                            queue="llm.default")  # fmt: skip
+    return batch_id

@@ -15,7 +15,7 @@ from llmq.fake_provider import FakeProviderServer, FakeScript
 from llmq.ratelimit import Limit, RateLimiter
 from llmq.stack import Stack
 
-from ..helpers import wait_for
+from ..helpers import submit_batch, wait_for
 
 
 class Clock:
@@ -86,22 +86,10 @@ def test_four_workers_share_one_limit(
             f"rl{index}", queues="llm.high,llm.default,llm.low", concurrency=8, pool="threads"
         )
     try:
-        from workers.celery_app import make_celery
-        from workers.dispatch import DISPATCH_BATCH
-
-        batch_id = repository.insert_batch(
-            engine,
-            tenant_id=principal.tenant_id,
-            template="prompt",
-            template_version=1,
-            priority="default",
-            chain=[f"openai:{model}"],
-            meta={},
-            items=[repository.NewJob(input=f"question {i}") for i in range(jobs)],
-        )
-        make_celery(env["REDIS_URL"]).send_task(
-            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
-        )
+        batch_id = submit_batch(
+            engine, env, principal.tenant_id, [f"openai:{model}"],
+            [f"question {i}" for i in range(jobs)], template="prompt",
+        )  # fmt: skip
 
         def all_done() -> bool:
             batch = repository.get_batch(engine, principal.tenant_id, batch_id)

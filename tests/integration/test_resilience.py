@@ -25,7 +25,7 @@ from llmq.embedded import EmbeddedServices, embedded_services
 from llmq.fake_provider import FakeProviderServer, FakeScript
 from llmq.stack import Stack
 
-from ..helpers import wait_for
+from ..helpers import submit_batch, wait_for
 
 pytestmark = pytest.mark.slow
 JOBS = 60
@@ -40,28 +40,12 @@ class Rig:
     tenant_id: uuid.UUID
 
     def submit(self, n: int = JOBS) -> uuid.UUID:
-        from workers.celery_app import make_celery
-        from workers.dispatch import DISPATCH_BATCH
-
-        batch_id = repository.insert_batch(
-            self.engine,
-            tenant_id=self.tenant_id,
-            template="summarize",
-            template_version=1,
-            priority="default",
-            chain=["openai:gpt-4o-mini"],
-            meta={},
-            items=[
-                repository.NewJob(
-                    input=f"Report {i}: the river rose two metres overnight. "
-                    "Crews built levees. Nobody was hurt.",
-                    custom_id=str(i),
-                )
-                for i in range(n)
-            ],
-        )
-        make_celery(self.env["REDIS_URL"]).send_task(
-            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
+        inputs = [
+            f"Report {i}: the river rose two metres overnight. Crews built levees. Nobody was hurt."
+            for i in range(n)
+        ]
+        batch_id: uuid.UUID = submit_batch(
+            self.engine, self.env, self.tenant_id, ["openai:gpt-4o-mini"], inputs
         )
         return batch_id
 
