@@ -44,6 +44,15 @@ class PipelineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+class JobCancelled(Exception):
+    """The client cancelled the job while it ran; raised at the next step."""
+
+
+CANCELLED = repository.Outcome(
+    status=JobStatus.CANCELLED, error_code="cancelled", error_message="cancelled by the client"
+)
+
+
 @dataclass(frozen=True)
 class Deferred:
     delay_s: float
@@ -92,6 +101,9 @@ class Pipeline:
         job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
+        if job.cancel_requested:
+            repository.finish_job(self.engine, job.id, owner, CANCELLED)
+            return CANCELLED.status
         if job.deliveries > self.config.max_deliveries:
             outcome = repository.Outcome(
                 status=JobStatus.FAILED,
@@ -108,6 +120,8 @@ class Pipeline:
                 result = self._process(job, owner)
             except OperationalError:
                 raise
+            except JobCancelled:
+                result = CANCELLED
             except Exception as exc:  # a bug must end the job, not loop it through redelivery
                 log.exception("job %s failed with an internal error", job.id)
                 result = repository.Outcome(
@@ -330,7 +344,7 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
-        repository.record_attempt(
+        recorded = repository.record_attempt(
             self.engine,
             job.id,
             owner,
@@ -354,6 +368,8 @@ class Pipeline:
                 worker=self.worker_name,
             ),
         )
+        if completion is None and recorded is not None and recorded.cancel_requested:
+            raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error

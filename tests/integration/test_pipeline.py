@@ -146,7 +146,8 @@ def test_a_worker_that_lost_its_lease_cannot_write(engine: Engine, tenant: uuid.
         )
         is False
     )
-    assert repository.record_attempt(engine, second.id, "worker-b", 30, attempt) == 1
+    recorded = repository.record_attempt(engine, second.id, "worker-b", 30, attempt)
+    assert recorded is not None and recorded.attempt_no == 1
     assert (
         repository.finish_job(
             engine, second.id, "worker-b", repository.Outcome(status="succeeded", result="fresh")
