@@ -8,7 +8,8 @@ Each transition is one Lua script, so concurrent workers on many machines agree.
 that say the provider is unhealthy count (5xx, 529, timeouts, connection errors), never a 4xx
 caused by the request. The rate condition matters at volume: a provider failing 30% of calls
 is degraded, not down, and retries get through it; opening on a bare count would send all its
-traffic elsewhere every few seconds. If Redis is unreachable the breaker lets calls through (logged, counted).
+traffic elsewhere every few seconds. If Redis is unreachable the breaker lets calls through
+(logged, counted).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ UNHEALTHY = frozenset({"server_error", "overloaded", "timeout", "connection_erro
                        "malformed_response"})  # fmt: skip
 
 # KEYS: state hash, failures zset, successes zset.
-# ARGV: now, window, threshold, cooldown, probe_ttl, failure_rate.
+# ARGV: now, window, threshold, cooldown, probe_ttl, failure_rate, min_calls.
 _ALLOW = """
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 local now = tonumber(ARGV[1])
@@ -50,8 +51,9 @@ for i = 2, 3 do
 end
 local failures = redis.call('ZCARD', KEYS[2])
 local calls = failures + redis.call('ZCARD', KEYS[3])
-if open_until == 0 and failures >= tonumber(ARGV[3])
-    and failures >= tonumber(ARGV[6]) * calls then
+-- Few calls: open only if every one failed. Enough calls: open at the failure rate.
+if open_until == 0 and failures >= tonumber(ARGV[3]) and (failures == calls
+    or (calls >= tonumber(ARGV[7]) and failures >= tonumber(ARGV[6]) * calls)) then
   redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[4]))
   redis.call('DEL', KEYS[2], KEYS[3])
   return 'open'
@@ -82,6 +84,8 @@ class CircuitPolicy:
     window_s: float = 30.0
     cooldown_s: float = 30.0
     failure_rate: float = 0.5  # share of the window's calls that must have failed
+    # Below this many calls in the window the rate is noise: open only if all of them failed.
+    min_calls: int = 20
 
 
 class CircuitBreaker:
@@ -103,7 +107,7 @@ class CircuitBreaker:
         now = self._clock()  # type: ignore[operator]
         return [
             now, p.window_s, p.failure_threshold, p.cooldown_s, int(p.cooldown_s * 1000),
-            p.failure_rate,
+            p.failure_rate, p.min_calls,
         ]  # fmt: skip
 
     def allow(self, link: str) -> bool:
@@ -129,6 +133,14 @@ class CircuitBreaker:
         except redis.RedisError as exc:
             self.unavailable += 1
             log.warning("circuit store unavailable: %s", type(exc).__name__)
+
+    def reopens_in(self, link: str) -> float:
+        """Seconds until an open circuit lets a probe through (0 when it is not open)."""
+        try:
+            raw = self._client.hget(self._keys(link)[0], "open_until")
+        except redis.RedisError:
+            return 0.0
+        return 0.0 if raw is None else max(0.0, float(raw) - self._clock())  # type: ignore[operator]
 
     def state(self, link: str) -> str:
         """closed, open or half_open (for /readyz and metrics)."""

@@ -303,6 +303,13 @@ class Pipeline:
                     return Deferred(delay, route)
                 self._sleep(delay)
 
+        if set(failure_codes) == {"circuit_open"} and self.breaker is not None:
+            # Nothing was tried: every usable link is cooling down. Wait for the first probe
+            # rather than fail a job that a minute from now would succeed.
+            wait = min(self.breaker.reopens_in(r["link"]) for r in route if "skipped" in r
+                       and r["skipped"] == "circuit_open")  # fmt: skip
+            if time.monotonic() + wait < deadline:
+                return Deferred(max(wait, 0.5), route)
         if not failure_codes:
             code, message = "no_provider_available", "no link of the chain is configured"
         elif set(failure_codes) == {"context_too_long"}:
