@@ -44,6 +44,15 @@ class PipelineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+def _from_cache(
+    hit: CachedResult, route: list[dict[str, Any]], findings: list[dict[str, Any]]
+) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.SUCCEEDED, result=hit.text, provider=hit.provider, model=hit.model,
+        cache_hit=True, route=route, guardrails=findings,
+    )  # fmt: skip
+
+
 class JobCancelled(Exception):
     """The client cancelled the job while it ran; raised at the next step."""
 
@@ -173,30 +182,29 @@ class Pipeline:
                 guardrails=findings,
             )
 
-        key = cache_key(job.chain, template.name, template.version, asdict(rendered), job.params)
+        # no_cache asks for a fresh answer, not a different question: same key either way.
+        answer_params = {k: v for k, v in job.params.items() if k != "no_cache"}
+        key = cache_key(job.chain, template.name, template.version, asdict(rendered), answer_params)
         if self.cache is not None and not job.params.get("no_cache"):
             hit = self.cache.get(key)
             if hit is not None:
-                return repository.Outcome(
-                    status=JobStatus.SUCCEEDED,
-                    result=hit.text,
-                    provider=hit.provider,
-                    model=hit.model,
-                    cache_hit=True,
-                    guardrails=findings,
-                )
+                return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
         outcome = self._run_chain(job, owner, rendered, findings)
-        if (
-            isinstance(outcome, repository.Outcome)
-            and outcome.status == JobStatus.SUCCEEDED
-            and self.cache is not None
-            and outcome.result is not None
-        ):
+        if not isinstance(outcome, repository.Outcome) or self.cache is None:
+            return outcome
+        if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
             self.cache.put(
                 key,
                 CachedResult(outcome.result, outcome.provider or "", outcome.model or ""),
             )
+        elif outcome.error_code == "all_providers_failed":
+            # The cache is the chain's last link: an earlier answer beats none (cache_hit says
+            # which it is), even for a job that asked for a fresh one.
+            hit = self.cache.get(key)
+            if hit is not None:
+                route = [*(outcome.route or []), {"link": "cache", "result": "ok"}]
+                return _from_cache(hit, route, findings)
         return outcome
 
     def _run_chain(
