@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from llmq import repository
 from llmq.cache import CachedResult, ResultCache, cache_key
+from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.guardrails import Guardrail, build_chain, run_chain
@@ -155,7 +156,7 @@ class Pipeline:
             )
 
         try:
-            guarded = run_chain(self._input_guards, job.input)
+            guarded = input_guard(template.chat)(self._input_guards, job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -227,7 +228,7 @@ class Pipeline:
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
-        for link_text in job.chain:
+        for link_text in effective_chain(job.chain, job.params):
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
             if provider is None or not provider.is_configured():
@@ -255,6 +256,7 @@ class Pipeline:
                 temperature=job.params.get("temperature"),
                 document=rendered.document,
                 style=rendered.style,
+                messages=rendered.messages,
             )
             while True:
                 if time.monotonic() >= deadline:
