@@ -158,3 +158,11 @@ def list_batches(
         "data": data, "has_more": has_more,
         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
     }  # fmt: skip
+
+
+# Registered last: any other path under the prefix is a 404 in this API's own error shape.
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+def unknown_path(path: str) -> None:
+    raise CompatError(404, f"Invalid URL (/anthropic/v1/messages/batches/{path})")

@@ -305,3 +305,11 @@ def _wait_for_job(
             return None
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
+
+
+# Registered last: any other path under the prefix is a 404 in this API's own error shape.
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+def unknown_path(path: str) -> None:
+    raise CompatError(404, f"Invalid URL (/openai/v1/{path})")

@@ -291,3 +291,5 @@ def test_raw_http_error_shape(base_url: str, new_key: Any) -> None:
                           headers=auth(new_key()))  # fmt: skip
     assert response.status_code == 400
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    unknown = httpx.get(f"{base_url}/no-such-thing", headers=auth(new_key()))
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
