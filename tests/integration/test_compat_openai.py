@@ -223,10 +223,15 @@ def test_cancel_keeps_finished_results_and_is_idempotent(
 def test_cancel_of_an_ended_batch_is_a_conflict_not_retried(client_for: Any, new_key: Any) -> None:
     client = client_for(new_key())
     failed = _create(client, [])
-    retrying = openai.OpenAI(base_url=str(client.base_url), api_key=client.api_key, max_retries=3)
+    sent: list[httpx.Request] = []
+    retrying = openai.OpenAI(
+        base_url=str(client.base_url), api_key=client.api_key, max_retries=3,
+        http_client=httpx.Client(event_hooks={"request": [sent.append]}),
+    )  # fmt: skip
     with pytest.raises(openai.ConflictError) as conflict:
         retrying.batches.cancel(failed.id)
     assert conflict.value.response.headers["x-should-retry"] == "false"
+    assert len(sent) == 1  # the SDK retries a plain 409; this one it did not
 
 
 def test_list_pages_with_after_and_limit(client_for: Any, new_key: Any) -> None:
