@@ -221,9 +221,25 @@ class Pipeline:
         # A job resumed after a long backoff continues where it stopped, attempts included.
         failures_before: Counter[str] = Counter()
         if job.attempts_made:
-            for a in repository.prior_attempts(self.engine, job.id):
+            prior = repository.prior_attempts(self.engine, job.id)
+            for a in prior:
                 if a["outcome"] != "ok":
                     failures_before[f"{a['provider']}:{a['model']}"] += 1
+            last = prior[-1] if prior else None
+            # A previous delivery got (and paid for) an answer, then died before finishing the
+            # job: finish from that answer rather than buy it again.
+            if (
+                last is not None
+                and last["output"] is not None
+                and self._check_output_text(last["output"]) is None
+            ):
+                return repository.Outcome(
+                    status=JobStatus.SUCCEEDED, result=last["output"],
+                    provider=last["provider"], model=last["model"],
+                    route=[{"link": f"{last['provider']}:{last['model']}", "result": "ok",
+                            "recovered_attempt": last["attempt_no"]}],
+                    guardrails=findings,
+                )  # fmt: skip
 
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
@@ -383,6 +399,10 @@ class Pipeline:
                 cached_tokens=cached_tokens,
                 cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
                 worker=self.worker_name,
+                # Only a usable answer is kept for recovery (a refusal is not one).
+                output=completion.text
+                if completion is not None and completion.finish_reason != "refusal"
+                else None,
             ),
         )
         if completion is None and recorded is not None and recorded.cancel_requested:
@@ -393,8 +413,11 @@ class Pipeline:
 
     def _check_output(self, completion: Completion) -> str | None:
         """The rule that rejected the output, or None when it may be returned."""
+        return self._check_output_text(completion.text)
+
+    def _check_output_text(self, text: str) -> str | None:
         try:
-            verdict = run_chain(self._output_guards, completion.text)
+            verdict = run_chain(self._output_guards, text)
         except Exception:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed

@@ -354,6 +354,7 @@ class AttemptRecord:
     cached_tokens: int = 0
     cost_usd: Decimal | None = None
     worker: str | None = None
+    output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -380,10 +381,10 @@ def record_attempt(
                 "RETURNING tenant_id, attempts_made, cancel_requested_at), "
                 "ins AS (INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, "
                 "outcome, http_status, error_code, error_message, latency_ms, input_tokens, "
-                "output_tokens, cached_tokens, cost_usd, worker) "
+                "output_tokens, cached_tokens, cost_usd, worker, output) "
                 "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
                 ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
-                ":output_tokens, :cached_tokens, :cost_usd, :worker FROM j "
+                ":output_tokens, :cached_tokens, :cost_usd, :worker, :output FROM j "
                 "RETURNING attempt_no) "
                 "SELECT ins.attempt_no, j.cancel_requested_at IS NOT NULL FROM ins, j"
             ),
@@ -396,8 +397,8 @@ def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT attempt_no, provider, model, outcome FROM attempts WHERE job_id = :id "
-                "ORDER BY attempt_no"
+                "SELECT attempt_no, provider, model, outcome, output FROM attempts "
+                "WHERE job_id = :id ORDER BY attempt_no"
             ),
             {"id": job_id},
         ).mappings()

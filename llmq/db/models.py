@@ -168,6 +168,9 @@ class Attempt(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cached_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cost_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # The answer, kept so a worker that dies before finishing the job is not paid for twice:
+    # the next delivery finishes from it instead of calling the provider again.
+    output: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
