@@ -1,7 +1,7 @@
 """compat: OpenAI-compatible files and OpenAI/Anthropic-compatible batches
 
 Revision ID: 0005
-Revises: 0001
+Revises: 0010
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005"
-down_revision: str | None = "0001"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
