@@ -35,6 +35,12 @@ class Template:
     user: str
     styles: dict[str, str] = field(default_factory=dict)
     summarizes: bool = False
+    # Guardrail chains by name (llmq.guardrails); None means the settings' chains.
+    input_guardrails: tuple[str, ...] | None = None
+    output_guardrails: tuple[str, ...] | None = None
+    # Token budget of one input. Plain prompts over it are refused at submission (422);
+    # documents (summarizes=True) are never refused for size: long ones take the long path.
+    max_input_tokens: int | None = None
 
     def render(self, text: str, params: dict[str, object]) -> Rendered:
         style = str(params.get("style", "paragraph")) if self.styles else None
@@ -64,7 +70,9 @@ TEMPLATES: dict[str, Template] = {
         styles=SUMMARY_STYLES,
         summarizes=True,
     ),
-    "prompt": Template(name="prompt", version=1, system=None, user="{input}"),
+    "prompt": Template(
+        name="prompt", version=1, system=None, user="{input}", max_input_tokens=32_000
+    ),
 }
 
 
