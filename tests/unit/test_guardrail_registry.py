@@ -223,3 +223,24 @@ def test_the_fast_path_never_lets_an_over_budget_prompt_through(text: str, limit
             check_prompt_size(selection, template, [text], "body.input")
     else:
         check_prompt_size(selection, template, [text], "body.input")
+
+
+def _redact_without_shortcuts(text: str) -> str:
+    from llmq.guardrails.pii import DETECTORS
+
+    for _rule, pattern, redact_one in DETECTORS:
+        text = pattern.sub(lambda m, r=redact_one: r(m.group(0))[0], text)
+    return text
+
+
+PIECES = [
+    "jo@example.org", "4111 1111 1111 1111", "4111-1111-1111-1111", "123-45-6789",
+    "+44 20 7946 0958", "(212) 555-0147", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000",
+    "12", "2024-05-01", "v1.2.3", "ISBN 978-0-306-40615-7", "call", "-", "@", " ", "\n", "x",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=12))
+def test_the_redactors_shortcuts_never_change_its_result(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert PIIRedactor().check(text).text == _redact_without_shortcuts(text)
