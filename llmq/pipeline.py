@@ -272,7 +272,9 @@ class Pipeline:
                     # failed; then the JSON the job asked for is checked (llmq/output_review.py).
                     checked = self._check_output(completion, output_guards)
                     verdict = checked.blocked_by
-                    unsafe = verdict is not None and verdict.startswith("unsafe_output")
+                    # An empty answer is worth another call; any other output rule (built in
+                    # or a plugin) blocks the job.
+                    unsafe = verdict is not None and verdict != "empty_output"
                     step: output_review.Step | None = (
                         None if unsafe else review.truncation(completion, request)
                     )
