@@ -201,13 +201,17 @@ _CANDIDATE = re.compile(r"[@0-9]")
 # character set (which re scans for quickly; a leading lookbehind or repeat is tried at every
 # position). A detector whose candidate is absent from the original text is skipped: redactions
 # only insert brackets and letters, so they can split a candidate but never create one.
-_CANDIDATES: dict[str, re.Pattern[str]] = {
+_CANDIDATES: dict[str, re.Pattern[str] | None] = {
     "pii.email": re.compile(r"@"),
-    "pii.iban": re.compile(r"[A-Z][A-Z][0-9][0-9]"),
+    "pii.iban": re.compile(r"[0-9][0-9][0-9A-Z ]{11,}"),  # check digits, then 11+ of the BBAN
     "pii.card": re.compile(r"[0-9][0-9 \-]{11,}[0-9]"),  # 13+ digits joined by " " or "-"
     "pii.ssn": re.compile(r"[0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][0-9][0-9]"),
-    "pii.phone": re.compile(r"[0-9][0-9 ().\-]{8,}[0-9]"),  # 10+ digits and separators
+    "pii.phone": None,  # the digit span below is its candidate
 }
+# Cards, SSNs and phone numbers all contain a span of 10+ characters of digits and separators:
+# one scan rules out all three in the common case.
+_DIGIT_SPAN = re.compile(r"[0-9][0-9 ().\-]{8,}[0-9]")
+_NEEDS_DIGIT_SPAN = frozenset({"pii.card", "pii.ssn", "pii.phone"})
 
 
 class PIIRedactor:
@@ -218,9 +222,13 @@ class PIIRedactor:
         if _CANDIDATE.search(text) is None:
             return Verdict(text=text)
         original = text
+        has_span = _DIGIT_SPAN.search(original) is not None
         findings: list[Finding] = []
         for rule, pattern, redact in DETECTORS:
-            if _CANDIDATES[rule].search(original) is None:
+            if rule in _NEEDS_DIGIT_SPAN and not has_span:
+                continue
+            candidate = _CANDIDATES[rule]
+            if candidate is not None and candidate.search(original) is None:
                 continue
             count = 0
 
