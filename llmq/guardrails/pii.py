@@ -120,6 +120,8 @@ def _is_card(groups: list[str], whole_run: bool) -> bool:
 def _redact_cards_in_run(run: str) -> tuple[str, int]:
     """Redact every card in a digit run: the whole run ("4111 1111 1111 1111"), or a part of it
     ("4111 1111 1111 1111 12/27", where the expiry month joins the run)."""
+    if len(run) < 13:  # a card has 13+ digits: most runs (years, amounts) end here
+        return run, 0
     parts = _SEPARATOR.split(run)
     groups, seps = parts[0::2], parts[1::2]
     out: list[str] = []
