@@ -250,3 +250,17 @@ def test_the_redactors_shortcuts_never_change_its_result(pieces: list[str]) -> N
 @given(st.text(alphabet="0123456789 -().+@GBNOxe.\n", max_size=80))
 def test_the_shortcuts_hold_on_arbitrary_digit_soup(text: str) -> None:
     assert PIIRedactor().check(text).text == _redact_without_shortcuts(text)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 7, 50, 999, 32_000])
+def test_the_fast_path_holds_for_the_wordiest_text_of_any_length(limit: int) -> None:
+    # "a a a ...": one token-estimated word per two characters, the estimator's worst case.
+    template = Template(name="p", version=1, system=None, user="{input}", max_input_tokens=limit)
+    selection = GuardrailSelection([], [])
+    for length in range(max(0, (limit - 1) * 3 // 2 - 3), (limit - 1) * 3 // 2 + 4):
+        text = ("a " * length)[:length]
+        if estimate_tokens(text) > limit:
+            with pytest.raises(ApiError):
+                check_prompt_size(selection, template, [text], "body.input")
+        else:
+            check_prompt_size(selection, template, [text], "body.input")
