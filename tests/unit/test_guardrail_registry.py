@@ -264,3 +264,21 @@ def test_the_fast_path_holds_for_the_wordiest_text_of_any_length(limit: int) -> 
                 check_prompt_size(selection, template, [text], "body.input")
         else:
             check_prompt_size(selection, template, [text], "body.input")
+
+
+def test_guardrail_settings_accept_comma_lists_and_json_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmq.settings import Settings
+
+    monkeypatch.setenv("LLMQ_INPUT_GUARDRAILS", "pii, banned_terms")
+    monkeypatch.setenv("LLMQ_OUTPUT_GUARDRAILS", '["unsafe_output"]')
+    monkeypatch.setenv("LLMQ_GUARDRAIL_PLUGINS", "acme.guards,acme.more")
+    monkeypatch.setenv("LLMQ_TEMPLATE_MAX_INPUT_TOKENS", '{"prompt": 8000}')
+    monkeypatch.setenv("LLMQ_REDACT_PII_AT_INGEST", "false")
+    settings = Settings(database_url="postgresql://unused")
+    assert settings.input_guardrails == ["pii", "banned_terms"]
+    assert settings.output_guardrails == ["unsafe_output"]
+    assert settings.guardrail_plugins == ["acme.guards", "acme.more"]
+    assert settings.template_max_input_tokens == {"prompt": 8000}
+    assert settings.redact_pii_at_ingest is False
