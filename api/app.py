@@ -8,7 +8,7 @@ from llmq.db.engine import get_engine
 from llmq.settings import Settings, get_settings
 from workers.runtime import redis_client
 
-from . import errors
+from . import errors, ingest_guard
 from .auth import Authenticator
 from .routes import batches, compat_anthropic, compat_openai, health, jobs
 
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = get_engine(settings.database_url)
     app.state.redis = redis_client(settings)
     app.state.authenticator = Authenticator(app.state.engine)
+    app.state.guardrails = ingest_guard.build_selection(settings)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from llmq.output_review import check_schema
 from llmq.providers.registry import parse_link
 
 Priority = Literal["high", "default", "low"]
@@ -34,6 +35,17 @@ class Params(Strict):
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     no_cache: bool = False
+    # Structured output (llmq/output_review.py): the answer must be JSON, matching json_schema
+    # when one is given (json_schema alone implies "json").
+    response_format: Literal["text", "json"] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and (problem := check_schema(schema)) is not None:
+            raise ValueError(problem)
+        return schema
 
 
 def _check_chain(chain: list[str] | None) -> list[str] | None:

@@ -16,18 +16,19 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from llmq import repository
+from llmq import output_review, repository
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
-from llmq.guardrails import Guardrail, build_chain, run_chain
+from llmq.guardrails import ChainResult, Guardrail, run_chain
+from llmq.guardrails.selection import GuardrailSelection
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
 from llmq.ratelimit import RateLimiter
 from llmq.retry import RetryPolicy
-from llmq.templates import Rendered, TemplateError, get_template
+from llmq.templates import TEMPLATES, Rendered, TemplateError, get_template
 from llmq.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class PipelineConfig:
     output_guardrails: list[str] = field(default_factory=lambda: ["empty_output", "unsafe_output"])
     banned_terms: list[str] = field(default_factory=list)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    template_max_input_tokens: dict[str, int] = field(default_factory=dict)
+    truncation_retry_max_tokens: int = 4096
 
 
 def _from_cache(
@@ -96,10 +99,13 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._input_guards: list[Guardrail] = build_chain(
-            config.input_guardrails, banned_terms=config.banned_terms
+        self.guardrails = GuardrailSelection(
+            config.input_guardrails,
+            config.output_guardrails,
+            banned_terms=config.banned_terms,
+            max_input_tokens=config.template_max_input_tokens,
+            templates=TEMPLATES.values(),
         )
-        self._output_guards: list[Guardrail] = build_chain(config.output_guardrails)
 
     # -----------------------------------------------------------------------------------------
 
@@ -156,7 +162,7 @@ class Pipeline:
             )
 
         try:
-            guarded = input_guard(template.chat)(self._input_guards, job.input)
+            guarded = input_guard(template.chat)(self.guardrails.input_for(template), job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -191,7 +197,9 @@ class Pipeline:
             if hit is not None:
                 return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
-        outcome = self._run_chain(job, owner, rendered, findings)
+        outcome = self._run_chain(
+            job, owner, rendered, findings, self.guardrails.output_for(template)
+        )
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
         if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
@@ -214,8 +222,11 @@ class Pipeline:
         owner: str,
         rendered: Rendered,
         findings: list[dict[str, Any]],
+        output_guards: list[Guardrail],
     ) -> repository.Outcome | Deferred:
         policy = self.config.retry
+        spec = output_review.OutputSpec.from_params(job.params)
+        review = output_review.OutputReview(spec, self.config.truncation_retry_max_tokens)
         max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
         prompt_tokens = estimate_tokens(rendered.user) + estimate_tokens(rendered.system or "")
         # A job resumed after a long backoff continues where it stopped, attempts included.
@@ -231,7 +242,8 @@ class Pipeline:
             if (
                 last is not None
                 and last["output"] is not None
-                and self._check_output_text(last["output"]) is None
+                and not spec.wants_json  # a JSON answer would need its review replayed too
+                and self._check_text(last["output"], output_guards).blocked_by is None
             ):
                 return repository.Outcome(
                     status=JobStatus.SUCCEEDED, result=last["output"],
@@ -264,15 +276,18 @@ class Pipeline:
             if tries >= policy.max_attempts:
                 route.append({"link": link_text, "skipped": "exhausted_before_backoff"})
                 continue
-            request = CompletionRequest(
-                model=link.model,
-                user=rendered.user,
-                system=rendered.system,
-                max_tokens=max_tokens,
-                temperature=job.params.get("temperature"),
-                document=rendered.document,
-                style=rendered.style,
-                messages=rendered.messages,
+            request = output_review.prepare(
+                CompletionRequest(
+                    model=link.model,
+                    user=rendered.user,
+                    system=rendered.system,
+                    max_tokens=max_tokens,
+                    temperature=job.params.get("temperature"),
+                    document=rendered.document,
+                    style=rendered.style,
+                    messages=rendered.messages,
+                ),
+                spec,
             )
             while True:
                 if time.monotonic() >= deadline:
@@ -294,19 +309,46 @@ class Pipeline:
                         continue
                 completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
-                    verdict = self._check_output(completion)
+                    # Unsafe output is blocked first; then a cut-off answer is retried or
+                    # failed; then the JSON the job asked for is checked (llmq/output_review.py).
+                    checked = self._check_output(completion, output_guards)
+                    verdict = checked.blocked_by
+                    # An empty answer is worth another call; any other output rule (built in
+                    # or a plugin) blocks the job.
+                    unsafe = verdict is not None and verdict != "empty_output"
+                    step: output_review.Step | None = (
+                        None if unsafe else review.truncation(completion, request)
+                    )
+                    if step is None and verdict is None:
+                        step = review.format(checked.text, request)
+                    if isinstance(step, output_review.Retry):
+                        route.append({"link": link_text, "result": step.reason, "retry": True})
+                        findings.append(
+                            {"rule": step.reason, "action": "retry", "count": 1, "stage": "output"}
+                        )
+                        request = step.request
+                        continue
+                    if isinstance(step, output_review.Fail):
+                        route.append({"link": link_text, "result": step.code})
+                        return repository.Outcome(
+                            status=JobStatus.FAILED, error_code=step.code,
+                            error_message=step.message, provider=link.provider,
+                            model=link.model, route=route, guardrails=findings,
+                        )  # fmt: skip
                     if verdict is None:
                         route.append({"link": link_text, "result": "ok"})
+                        findings.extend(output_findings(checked))
                         return repository.Outcome(
                             status=JobStatus.SUCCEEDED,
-                            result=completion.text,
+                            result=step.text if step is not None else checked.text,
                             provider=link.provider,
                             model=link.model,
                             route=route,
                             guardrails=findings,
                         )
-                    if verdict.startswith("unsafe_output"):
+                    if unsafe:
                         route.append({"link": link_text, "result": verdict})
+                        findings.extend(output_findings(checked))
                         return repository.Outcome(
                             status=JobStatus.BLOCKED,
                             error_code="output_blocked",
@@ -411,14 +453,17 @@ class Pipeline:
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error
 
-    def _check_output(self, completion: Completion) -> str | None:
-        """The rule that rejected the output, or None when it may be returned."""
-        return self._check_output_text(completion.text)
+    def _check_output(self, completion: Completion, guards: list[Guardrail]) -> ChainResult:
+        """The output chain's result: `blocked_by` names the rule that rejected the output."""
+        return self._check_text(completion.text, guards)
 
-    def _check_output_text(self, text: str) -> str | None:
+    def _check_text(self, text: str, guards: list[Guardrail]) -> ChainResult:
         try:
-            verdict = run_chain(self._output_guards, text)
+            return run_chain(guards, text)
         except Exception:
             log.exception("output guardrail crashed")
-            return "unsafe_output.guardrail_error"  # fail closed
-        return verdict.blocked_by
+            return ChainResult(text, blocked_by="unsafe_output.guardrail_error")
+
+
+def output_findings(checked: ChainResult) -> list[dict[str, Any]]:
+    return [{**asdict(f), "stage": "output"} for f in checked.findings]

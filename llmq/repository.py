@@ -126,6 +126,8 @@ class NewJob:
     custom_id: str | None = None
     params: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
+    # Findings of the redaction at ingest (counts only), kept on the job record.
+    guardrails: list[dict[str, Any]] | None = None
 
 
 def _copy_text(value: object) -> str:
@@ -140,7 +142,7 @@ def _copy_text(value: object) -> str:
 
 # Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
-    "id", "seq", "custom_id", "input", "params", "metadata",
+    "id", "seq", "custom_id", "input", "params", "metadata", "guardrails",
     "tenant_id", "batch_id", "status", "priority", "template", "template_version", "chain",
 )  # fmt: skip
 
@@ -172,6 +174,7 @@ def _copy_jobs(conn: Connection, shared: Sequence[object], items: Sequence[NewJo
                 _copy_text(item.input),
                 cached(item.params),
                 cached(item.meta),
+                _copy_text(item.guardrails) if item.guardrails else "[]",
                 suffix,
             )
         )
@@ -240,9 +243,10 @@ def insert_job(
         conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
-                "template_version, input, params, chain, metadata, dispatched_at) VALUES (:id, "
-                ":tenant_id, :custom_id, :priority, :template, :version, :input, "
-                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now())"
+                "template_version, input, params, chain, metadata, dispatched_at, guardrails) "
+                "VALUES (:id, :tenant_id, :custom_id, :priority, :template, :version, :input, "
+                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now(), "
+                "CAST(:guardrails AS jsonb))"
             ),
             {
                 "id": job_id,
@@ -255,6 +259,7 @@ def insert_job(
                 "params": json.dumps(item.params or {}),
                 "chain": json.dumps(chain),
                 "meta": json.dumps(item.meta or {}),
+                "guardrails": json.dumps(item.guardrails or []),
             },
         )
     return job_id
@@ -427,7 +432,9 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
                 "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
                 "model = :model, cache_hit = :cache_hit, error_code = :error_code, "
                 "error_message = :error_message, route = CAST(:route AS jsonb), "
-                "guardrails = CAST(:guardrails AS jsonb), input_tokens = a.input_tokens, "
+                # Appended: the findings of the redaction at ingest stay on the record.
+                "guardrails = jobs.guardrails || CAST(:guardrails AS jsonb), "
+                "input_tokens = a.input_tokens, "
                 "output_tokens = a.output_tokens, cost_usd = a.cost_usd, finished_at = now(), "
                 "lease_owner = NULL, lease_expires_at = NULL "
                 "FROM (SELECT coalesce(sum(input_tokens), 0) AS input_tokens, "

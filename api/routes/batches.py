@@ -7,14 +7,16 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from llmq import repository
+from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_batch_dispatch
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
+from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut
 from .jobs import parse_id
 from .submit import publish_quietly, resolve_chain, resolve_template
@@ -30,7 +32,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=202, response_model=BatchAccepted, responses=ERRORS)
 def submit_batch(
-    body: BatchIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
+    body: BatchIn,
+    engine: EngineDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    guards: GuardrailSelection = Depends(selection),
 ) -> BatchAccepted:
     if len(body.items) > settings.max_batch_items:
         raise ApiError(
@@ -48,6 +54,9 @@ def submit_batch(
     template = resolve_template(
         body.template, [body.params.model_validate(p) for p in distinct.values()]
     )
+    inputs = [item.input for item in body.items]
+    check_prompt_size(guards, template, inputs, "body.items.{index}.input")
+    stored = redact_inputs(guards, settings, template, inputs)
     batch_id = repository.insert_batch(
         engine,
         tenant_id=who.tenant_id,
@@ -58,9 +67,13 @@ def submit_batch(
         meta=body.metadata,
         items=[
             repository.NewJob(
-                input=item.input, custom_id=item.custom_id, params=p, meta=item.metadata
+                input=text,
+                custom_id=item.custom_id,
+                params=p,
+                meta=item.metadata,
+                guardrails=found,
             )
-            for item, p in zip(body.items, params, strict=True)
+            for item, p, (text, found) in zip(body.items, params, stored, strict=True)
         ],
     )
     publish_quietly(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from llmq import repository
 from llmq.db.models import TERMINAL_STATUSES, JobStatus
+from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_jobs
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
+from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
 from .submit import publish_quietly, resolve_chain, resolve_template
 
@@ -27,9 +29,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=202, response_model=JobAccepted, responses=ERRORS)
 def submit_job(
-    body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
+    body: JobIn,
+    engine: EngineDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    guards: GuardrailSelection = Depends(selection),
 ) -> JobAccepted:
     template = resolve_template(body.template, [body.params])
+    check_prompt_size(guards, template, [body.input], "body.input")
+    [(stored_input, ingest_findings)] = redact_inputs(guards, settings, template, [body.input])
     job_id = repository.insert_job(
         engine,
         tenant_id=who.tenant_id,
@@ -38,10 +46,11 @@ def submit_job(
         priority=body.priority,
         chain=resolve_chain(body.chain, settings),
         item=repository.NewJob(
-            input=body.input,
+            input=stored_input,
             custom_id=body.custom_id,
             params=body.params.model_dump(exclude_none=True),
             meta=body.metadata,
+            guardrails=ingest_findings,
         ),
     )
     # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
