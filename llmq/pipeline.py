@@ -20,6 +20,7 @@ from llmq import repository
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
+from llmq.events import EventPublisher
 from llmq.guardrails import Guardrail, build_chain, run_chain
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
@@ -65,6 +66,7 @@ class Pipeline:
         worker_name: str | None = None,
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -77,6 +79,7 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.events = events
         self._input_guards: list[Guardrail] = build_chain(
             config.input_guardrails, banned_terms=config.banned_terms
         )
@@ -92,6 +95,15 @@ class Pipeline:
         job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
+        status = self._run_claimed(job, owner)
+        if self.events is not None:
+            shown = JobStatus.RETRYING if status == "deferred" else status
+            self.events.job_changed(job.id, job.batch_id, shown)
+        return status
+
+    def _run_claimed(self, job: repository.ClaimedJob, owner: str) -> str:
+        if self.events is not None:
+            self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
         if job.deliveries > self.config.max_deliveries:
             outcome = repository.Outcome(
                 status=JobStatus.FAILED,
@@ -124,6 +136,8 @@ class Pipeline:
     # -----------------------------------------------------------------------------------------
 
     def _process(self, job: repository.ClaimedJob, owner: str) -> repository.Outcome | Deferred:
+        if job.expires_in_s is not None and job.expires_in_s <= 0:
+            return expired_outcome()
         try:
             template = get_template(job.template)
         except TemplateError as exc:
@@ -205,6 +219,7 @@ class Pipeline:
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
+        window_ends = None if job.expires_in_s is None else time.monotonic() + job.expires_in_s
         for link_text in job.chain:
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
@@ -235,6 +250,8 @@ class Pipeline:
                 style=rendered.style,
             )
             while True:
+                if window_ends is not None and time.monotonic() >= window_ends:
+                    return expired_outcome(route)  # no provider call after the window closes
                 if time.monotonic() >= deadline:
                     route.append({"link": link_text, "skipped": "deadline_exceeded"})
                     return repository.Outcome(
@@ -366,3 +383,12 @@ class Pipeline:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed
         return verdict.blocked_by
+
+
+def expired_outcome(route: list[dict[str, Any]] | None = None) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.EXPIRED,
+        error_code="expired",
+        error_message="the batch completion window closed before the job finished",
+        route=route,
+    )

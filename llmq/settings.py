@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     # Pricing override file (JSON with the same shape as llmq/data/pricing.json).
     pricing_file: Path | None = None
 
+    # Batch API (issue 5): live events, completion webhooks.
+    # SSE streams re-read Postgres at least this often, so a lost notification costs a delay.
+    events_snapshot_interval_s: float = 2.0
+    events_keepalive_s: float = 15.0
+    # Master key the per-tenant webhook secrets are derived from (never stored in the DB).
+    webhook_signing_key: SecretStr | None = None
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_base_s: float = 10.0
+    webhook_backoff_cap_s: float = 3600.0
+
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"
     )

@@ -14,7 +14,9 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-WEBHOOK_PENDING = "webhook_url IS NOT NULL AND (webhook_status IS NULL OR webhook_status = 'pending')"
+WEBHOOK_PENDING = (
+    "webhook_url IS NOT NULL AND (webhook_status IS NULL OR webhook_status = 'pending')"
+)
 
 
 def upgrade() -> None:
