@@ -105,7 +105,7 @@ async def watch_states(
         if pubsub is not None:
             with contextlib.suppress(redis.RedisError, OSError):
                 await pubsub.aclose()
-        await client.aclose()
+        await client.aclose()  # type: ignore[attr-defined]  # stubs predate redis 5
 
 
 async def _next_wakeup(pubsub: Any, timeout_s: float, debounce_s: float) -> None:
