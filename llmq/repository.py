@@ -208,7 +208,8 @@ def insert_batch(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
                 "item_count, completion_window_s, expires_at, webhook_url) VALUES (:id, "
                 ":tenant_id, :template, :priority, CAST(:chain AS jsonb), CAST(:meta AS jsonb), "
-                ":n, :window, now() + make_interval(secs => :window), :webhook_url)"
+                ":n, CAST(:window AS integer), "
+                "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url)"
             ),
             {
                 "id": batch_id,
