@@ -46,7 +46,7 @@ def _invalid(exc: ValidationError, prefix: str) -> RequestValidationError:
 async def read_batch(request: Request, max_items: int) -> BatchIn:
     """A BatchIn from either content type; every problem is a 422 before anything is written."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         return await _read_upload(request, max_items)
     raw = await request.body()
     try:
