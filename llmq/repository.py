@@ -951,11 +951,11 @@ def record_webhook_delivery(
         )
         conn.execute(
             text(
-                "UPDATE batches SET webhook_status = :status, webhook_next_at = CASE WHEN "
-                ":status = 'pending' THEN now() + make_interval(secs => :delay) END "
+                "UPDATE batches SET webhook_status = :status, "
+                "webhook_next_at = now() + make_interval(secs => CAST(:delay AS float8)) "
                 "WHERE id = :b AND webhook_attempts = :n AND webhook_status = 'pending'"
             ),
-            {"b": batch_id, "n": attempt_no, "status": status, "delay": retry_in_s or 0.0},
+            {"b": batch_id, "n": attempt_no, "status": status, "delay": retry_in_s},
         )
 
 
