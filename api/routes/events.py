@@ -117,7 +117,7 @@ def batch_events(
         settings,
         events.batch_channel(batch_uuid),
         lambda: batch_state(engine, who.tenant_id, batch_uuid),
-        lambda state: state["status"] == "completed",
+        lambda state: state["status"] != "in_progress",
         ("progress", "completed"),
         _first_id(last_event_id),
     )
