@@ -179,7 +179,7 @@ class WebhookState(BaseModel):
 
 class BatchOut(BaseModel):
     id: str
-    status: Literal["in_progress", "completed"]
+    status: Literal["in_progress", "completed", "cancelling", "cancelled"]
     template: str
     priority: str
     chain: list[str]
@@ -191,6 +191,7 @@ class BatchOut(BaseModel):
     output_tokens: int
     cost_usd: Usd
     created_at: datetime
+    cancelled_at: datetime | None
     finished_at: datetime | None
     completion_window_s: int | None = None
     expires_at: datetime | None = None

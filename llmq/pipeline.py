@@ -45,6 +45,24 @@ class PipelineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+def _from_cache(
+    hit: CachedResult, route: list[dict[str, Any]], findings: list[dict[str, Any]]
+) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.SUCCEEDED, result=hit.text, provider=hit.provider, model=hit.model,
+        cache_hit=True, route=route, guardrails=findings,
+    )  # fmt: skip
+
+
+class JobCancelled(Exception):
+    """The client cancelled the job while it ran; raised at the next step."""
+
+
+CANCELLED = repository.Outcome(
+    status=JobStatus.CANCELLED, error_code="cancelled", error_message="cancelled by the client"
+)
+
+
 @dataclass(frozen=True)
 class Deferred:
     delay_s: float
@@ -104,6 +122,9 @@ class Pipeline:
     def _run_claimed(self, job: repository.ClaimedJob, owner: str) -> str:
         if self.events is not None:
             self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
+        if job.cancel_requested:
+            repository.finish_job(self.engine, job.id, owner, CANCELLED)
+            return CANCELLED.status
         if job.deliveries > self.config.max_deliveries:
             outcome = repository.Outcome(
                 status=JobStatus.FAILED,
@@ -120,6 +141,8 @@ class Pipeline:
                 result = self._process(job, owner)
             except OperationalError:
                 raise
+            except JobCancelled:
+                result = CANCELLED
             except Exception as exc:  # a bug must end the job, not loop it through redelivery
                 log.exception("job %s failed with an internal error", job.id)
                 result = repository.Outcome(
@@ -173,30 +196,29 @@ class Pipeline:
                 guardrails=findings,
             )
 
-        key = cache_key(job.chain, template.name, template.version, asdict(rendered), job.params)
+        # no_cache asks for a fresh answer, not a different question: same key either way.
+        answer_params = {k: v for k, v in job.params.items() if k != "no_cache"}
+        key = cache_key(job.chain, template.name, template.version, asdict(rendered), answer_params)
         if self.cache is not None and not job.params.get("no_cache"):
             hit = self.cache.get(key)
             if hit is not None:
-                return repository.Outcome(
-                    status=JobStatus.SUCCEEDED,
-                    result=hit.text,
-                    provider=hit.provider,
-                    model=hit.model,
-                    cache_hit=True,
-                    guardrails=findings,
-                )
+                return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
         outcome = self._run_chain(job, owner, rendered, findings)
-        if (
-            isinstance(outcome, repository.Outcome)
-            and outcome.status == JobStatus.SUCCEEDED
-            and self.cache is not None
-            and outcome.result is not None
-        ):
+        if not isinstance(outcome, repository.Outcome) or self.cache is None:
+            return outcome
+        if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
             self.cache.put(
                 key,
                 CachedResult(outcome.result, outcome.provider or "", outcome.model or ""),
             )
+        elif outcome.error_code == "all_providers_failed":
+            # The cache is the chain's last link: an earlier answer beats none (cache_hit says
+            # which it is), even for a job that asked for a fresh one.
+            hit = self.cache.get(key)
+            if hit is not None:
+                route = [*(outcome.route or []), {"link": "cache", "result": "ok"}]
+                return _from_cache(hit, route, findings)
         return outcome
 
     def _run_chain(
@@ -212,9 +234,25 @@ class Pipeline:
         # A job resumed after a long backoff continues where it stopped, attempts included.
         failures_before: Counter[str] = Counter()
         if job.attempts_made:
-            for a in repository.prior_attempts(self.engine, job.id):
+            prior = repository.prior_attempts(self.engine, job.id)
+            for a in prior:
                 if a["outcome"] != "ok":
                     failures_before[f"{a['provider']}:{a['model']}"] += 1
+            last = prior[-1] if prior else None
+            # A previous delivery got (and paid for) an answer, then died before finishing the
+            # job: finish from that answer rather than buy it again.
+            if (
+                last is not None
+                and last["output"] is not None
+                and self._check_output_text(last["output"]) is None
+            ):
+                return repository.Outcome(
+                    status=JobStatus.SUCCEEDED, result=last["output"],
+                    provider=last["provider"], model=last["model"],
+                    route=[{"link": f"{last['provider']}:{last['model']}", "result": "ok",
+                            "recovered_attempt": last["attempt_no"]}],
+                    guardrails=findings,
+                )  # fmt: skip
 
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
@@ -306,6 +344,13 @@ class Pipeline:
                     return Deferred(delay, route)
                 self._sleep(delay)
 
+        if set(failure_codes) == {"circuit_open"} and self.breaker is not None:
+            # Nothing was tried: every usable link is cooling down. Wait for the first probe
+            # rather than fail a job that a minute from now would succeed.
+            wait = min(self.breaker.reopens_in(r["link"]) for r in route if "skipped" in r
+                       and r["skipped"] == "circuit_open")  # fmt: skip
+            if time.monotonic() + wait < deadline:
+                return Deferred(max(wait, 0.5), route)
         if not failure_codes:
             code, message = "no_provider_available", "no link of the chain is configured"
         elif set(failure_codes) == {"context_too_long"}:
@@ -347,7 +392,7 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
-        repository.record_attempt(
+        recorded = repository.record_attempt(
             self.engine,
             job.id,
             owner,
@@ -369,16 +414,25 @@ class Pipeline:
                 cached_tokens=cached_tokens,
                 cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
                 worker=self.worker_name,
+                # Only a usable answer is kept for recovery (a refusal is not one).
+                output=completion.text
+                if completion is not None and completion.finish_reason != "refusal"
+                else None,
             ),
         )
+        if completion is None and recorded is not None and recorded.cancel_requested:
+            raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error
 
     def _check_output(self, completion: Completion) -> str | None:
         """The rule that rejected the output, or None when it may be returned."""
+        return self._check_output_text(completion.text)
+
+    def _check_output_text(self, text: str) -> str | None:
         try:
-            verdict = run_chain(self._output_guards, completion.text)
+            verdict = run_chain(self._output_guards, text)
         except Exception:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed

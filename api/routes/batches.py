@@ -30,6 +30,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }
 
@@ -160,6 +161,16 @@ def batch_extras(extras: dict[str, Any] | None) -> dict[str, Any]:
         "expires_at": extras["expires_at"],
         "webhook": webhook,
     }
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut, responses=ERRORS)
+def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
+    """Cancel every waiting job at once and every running one at its next step. Idempotent."""
+    current = get_batch(batch_id, engine, who)
+    if current.status == "completed":
+        raise ApiError(409, "not_cancellable", f"batch {batch_id} already completed")
+    repository.cancel_jobs(engine, who.tenant_id, batch_id=uuid.UUID(current.id))
+    return get_batch(batch_id, engine, who)
 
 
 def _result_line(row: dict[str, Any]) -> str:

@@ -91,6 +91,7 @@ class Batch(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'"))
     item_count: Mapped[int] = mapped_column(Integer)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Batch API (issue 5): completion window, webhook delivery state. See llmq/webhooks.py.
     completion_window_s: Mapped[int | None] = mapped_column(Integer)
@@ -156,6 +157,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a client cancels a running job: its worker stops at the next step.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -203,6 +206,9 @@ class Attempt(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cached_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cost_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # The answer, kept so a worker that dies before finishing the job is not paid for twice:
+    # the next delivery finishes from it instead of calling the provider again.
+    output: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
