@@ -62,7 +62,7 @@ def _states(client: Client, batch_id: str) -> Iterator[dict[str, Any]]:
             for event in client.events(f"/v1/batches/{batch_id}/events", last_id):
                 last_id = event.id
                 yield event.data
-                if event.event == "completed":
+                if event.event in ("completed", "cancelled"):
                     return
         except (httpx.TransportError, httpx.RemoteProtocolError):
             continue

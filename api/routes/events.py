@@ -1,8 +1,9 @@
 """GET /v1/batches/{id}/events and /v1/jobs/{id}/events: Server-Sent Events until the end.
 
 Each event has an id (1, 2, ... per stream; a reconnect with Last-Event-ID continues the count),
-a name and JSON data. Batch streams send `progress` (counts) and end with `completed`; job
-streams send `status` and end with `done`. The state always comes from Postgres.
+a name and JSON data. Batch streams send `progress` (counts) and end with `completed` (or
+`cancelled`); job streams send `status` and end with `done`. The state always comes from
+Postgres.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
 }
+BATCH_FINAL = ("completed", "cancelled")
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 
 
@@ -71,7 +73,7 @@ def _stream(
     channel: str,
     read: Any,
     is_final: Any,
-    names: tuple[str, str],
+    names: tuple[str, str | None],
     first_id: int,
 ) -> StreamingResponse:
     async def read_state() -> dict[str, Any] | None:
@@ -91,7 +93,8 @@ def _stream(
             if state is None:
                 yield events.KEEPALIVE
                 continue
-            yield events.format_sse(event_id, names[1] if is_final(state) else names[0], state)
+            name = (names[1] or state["status"]) if is_final(state) else names[0]
+            yield events.format_sse(event_id, name, state)
             event_id += 1
 
     return StreamingResponse(
@@ -109,7 +112,8 @@ def batch_events(
     who: PrincipalDep,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
-    """`progress` on every change of the counts, then `completed`; the stream then ends."""
+    """`progress` on every change of the counts, then `completed` (or `cancelled`); the stream
+    then ends."""
     batch_uuid = parse_id(batch_id, "batch")
     if repository.get_batch_owner(engine, batch_uuid) != who.tenant_id:
         raise ApiError(404, "not_found", f"batch {batch_id} not found")
@@ -117,8 +121,8 @@ def batch_events(
         settings,
         events.batch_channel(batch_uuid),
         lambda: batch_state(engine, who.tenant_id, batch_uuid),
-        lambda state: state["status"] != "in_progress",
-        ("progress", "completed"),
+        lambda state: state["status"] in BATCH_FINAL,
+        ("progress", None),  # the last event is named by the final state
         _first_id(last_event_id),
     )
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from api.app import create_app
 from llmq import repository
+from llmq.db.engine import get_engine
 from llmq.embedded import free_port
 from llmq.events import ServerEvent, parse_sse
 from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
@@ -125,3 +126,35 @@ def test_job_events_fall_back_to_postgres_when_no_notification_comes(
         ("done", "succeeded"),
     ]
     assert [e.id for e in seen] == ["1", "2"]
+
+
+def test_batch_stream_ends_with_cancelled_when_the_batch_is_cancelled(
+    isolated_env: dict[str, str],
+) -> None:
+    # Isolated database and no worker: the jobs wait until the cancel ends them.
+    settings = Settings(
+        database_url=isolated_env["DATABASE_URL"],
+        redis_url=isolated_env["REDIS_URL"],
+        events_snapshot_interval_s=0.3,
+    )
+    engine = get_engine(isolated_env["DATABASE_URL"])
+    key = repository.create_api_key(engine, "cancel-stream")
+    principal = repository.authenticate(engine, key)
+    assert principal is not None
+    batch_id = repository.insert_batch(
+        engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
+        priority="default", chain=["local:extractive"], meta={},
+        items=[repository.NewJob(input=f"Text {i}.") for i in range(3)],
+    )  # fmt: skip
+    seen: list[ServerEvent] = []
+    with serve(settings) as base:
+        url = f"{base}/v1/batches/{batch_id}/events"
+        reader = threading.Thread(target=_read_events, args=(url, key, 20, seen))
+        reader.start()
+        wait_for(lambda: seen, 20, "the first event")
+        cancelled = httpx.post(f"{base}/v1/batches/{batch_id}/cancel", headers=auth(key))
+        assert cancelled.status_code == 200, cancelled.text
+        reader.join(20)
+    assert [e.event for e in seen] == ["progress", "cancelled"]
+    assert seen[0].data["counts"]["queued"] == 3
+    assert seen[-1].data["counts"]["cancelled"] == 3 and seen[-1].data["status"] == "cancelled"
