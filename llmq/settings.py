@@ -124,6 +124,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("webhook_signing_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes unset variables as "": that means webhooks off, not a key "".
+        return None if value == "" else value
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
