@@ -13,7 +13,6 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine, text
 
-from api.app import create_app
 from llmq import repository
 from llmq.db.engine import get_engine
 from llmq.embedded import free_port
@@ -27,6 +26,10 @@ from ..helpers import auth, wait_for
 @contextlib.contextmanager
 def serve(settings: Settings) -> Iterator[str]:
     """The API on a real socket (TestClient buffers whole responses, SSE needs the wire)."""
+    # Imported here, not at collection: importing the API binds the Celery broker, which must
+    # happen after the session environment is set (see tests/conftest.py).
+    from api.app import create_app
+
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine
 
-from api.routes.batches import _result_line
 from llmq import repository
 from llmq.db.engine import get_engine
 
@@ -18,6 +17,8 @@ ITEMS = 50_000
 
 def _lines(engine: Engine, batch_id: uuid.UUID, statuses: list[str] | None = None) -> Iterator[str]:
     """What GET /v1/batches/{id}/results yields, line by line."""
+    from api.routes.batches import _result_line  # not at collection: it binds the broker
+
     for row in repository.iter_batch_results(engine, batch_id, statuses=statuses):
         yield _result_line(row)
 
