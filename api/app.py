@@ -10,7 +10,16 @@ from workers.runtime import redis_client
 
 from . import errors, ingest_guard
 from .auth import Authenticator
-from .routes import batches, compat_anthropic, compat_openai, health, jobs
+from .routes import (
+    batches,
+    compat_anthropic,
+    compat_openai,
+    events,
+    health,
+    jobs,
+    retry,
+    webhooks,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,4 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batches.router)
     app.include_router(compat_openai.router)
     app.include_router(compat_anthropic.router)
+    app.include_router(retry.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     return app

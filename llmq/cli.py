@@ -321,6 +321,9 @@ def results(
     api_key: ApiKey,
     api_url: ApiUrl = "http://127.0.0.1:8000",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write JSONL here")] = None,
+    only: Annotated[
+        str | None, typer.Option("--status", help="only these states, e.g. failed,expired")
+    ] = None,
 ) -> None:
     """Download a batch's results as JSONL (stdout or -o FILE)."""
     from llmq.client import ApiError, Client
@@ -328,13 +331,29 @@ def results(
     with Client(api_url, api_key) as client:
         sink = output.open("w") if output else sys.stdout
         try:
-            for row in client.results(batch_id):
+            for row in client.results(batch_id, only):
                 sink.write(json.dumps(row) + "\n")
         except ApiError as exc:
             raise _fail(str(exc)) from exc
         finally:
             if output:
                 sink.close()
+
+
+@app.command()
+def retry(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    api_key: ApiKey,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+) -> None:
+    """Run a batch's failed and expired items again; prints how many."""
+    from llmq.client import ApiError, Client
+
+    with Client(api_url, api_key) as client:
+        try:
+            typer.echo(f"retrying {client.retry(batch_id)['retried']} item(s)")
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
 
 
 def main() -> None:

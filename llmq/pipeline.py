@@ -21,6 +21,7 @@ from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
+from llmq.events import EventPublisher
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.pricing import PriceTable
@@ -87,6 +88,7 @@ class Pipeline:
         worker_name: str | None = None,
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -99,6 +101,7 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.events = events
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
             config.output_guardrails,
@@ -117,6 +120,15 @@ class Pipeline:
         job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
+        status = self._run_claimed(job, owner)
+        if self.events is not None:
+            shown = JobStatus.RETRYING if status == "deferred" else status
+            self.events.job_changed(job.id, job.batch_id, shown)
+        return status
+
+    def _run_claimed(self, job: repository.ClaimedJob, owner: str) -> str:
+        if self.events is not None:
+            self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
         if job.cancel_requested:
             repository.finish_job(self.engine, job.id, owner, CANCELLED)
             return CANCELLED.status
@@ -154,6 +166,8 @@ class Pipeline:
     # -----------------------------------------------------------------------------------------
 
     def _process(self, job: repository.ClaimedJob, owner: str) -> repository.Outcome | Deferred:
+        if job.expires_in_s is not None and job.expires_in_s <= 0:
+            return expired_outcome()
         try:
             template = get_template(job.template)
         except TemplateError as exc:
@@ -256,6 +270,7 @@ class Pipeline:
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
+        window_ends = None if job.expires_in_s is None else time.monotonic() + job.expires_in_s
         for link_text in effective_chain(job.chain, job.params):
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
@@ -290,6 +305,8 @@ class Pipeline:
                 spec,
             )
             while True:
+                if window_ends is not None and time.monotonic() >= window_ends:
+                    return expired_outcome(route)  # no provider call after the window closes
                 if time.monotonic() >= deadline:
                     route.append({"link": link_text, "skipped": "deadline_exceeded"})
                     return repository.Outcome(
@@ -441,9 +458,9 @@ class Pipeline:
                 cached_tokens=cached_tokens,
                 cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
                 worker=self.worker_name,
-                # Only a usable answer is kept for recovery (a refusal is not one).
+                # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
                 output=completion.text
-                if completion is not None and completion.finish_reason != "refusal"
+                if completion is not None and completion.finish_reason not in ("refusal", "length")
                 else None,
             ),
         )
@@ -467,3 +484,12 @@ class Pipeline:
 
 def output_findings(checked: ChainResult) -> list[dict[str, Any]]:
     return [{**asdict(f), "stage": "output"} for f in checked.findings]
+
+
+def expired_outcome(route: list[dict[str, Any]] | None = None) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.EXPIRED,
+        error_code="expired",
+        error_message="the batch completion window closed before the job finished",
+        route=route,
+    )

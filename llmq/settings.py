@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     # OpenAI/Anthropic-compatible surfaces (api/routes/compat_*.py).
     compat_max_file_bytes: int = 100_000_000  # a batch input file (OpenAI allows 200 MB)
     compat_sync_timeout_s: float = 120.0  # POST /openai/v1/chat/completions waits this long
+    # Batch API (issue 5): live events, completion webhooks.
+    # SSE streams re-read Postgres at least this often, so a lost notification costs a delay.
+    events_snapshot_interval_s: float = 2.0
+    events_keepalive_s: float = 15.0
+    # Master key the per-tenant webhook secrets are derived from (never stored in the DB).
+    webhook_signing_key: SecretStr | None = None
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_base_s: float = 10.0
+    webhook_backoff_cap_s: float = 3600.0
 
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"
@@ -140,6 +150,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_plugins(cls, value: object) -> object:
         return cls._split_csv(value)
+
+    @field_validator("webhook_signing_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes unset variables as "": that means webhooks off, not a key "".
+        return None if value == "" else value
 
 
 @lru_cache(maxsize=1)

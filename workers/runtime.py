@@ -10,6 +10,7 @@ import redis
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
+from llmq.events import EventPublisher
 from llmq.guardrails import load_plugins
 from llmq.leases import LeaseKeeper
 from llmq.pipeline import Pipeline, PipelineConfig
@@ -80,6 +81,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
+        events=EventPublisher(client),
     )
 
 
