@@ -34,6 +34,9 @@ class Params(Strict):
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     no_cache: bool = False
+    variables: dict[str, str | int | float | bool] | None = Field(
+        default=None, description="values of the template's declared variables"
+    )
 
 
 def _check_chain(chain: list[str] | None) -> list[str] | None:
@@ -54,6 +57,9 @@ class JobIn(Strict):
     chain: list[str] | None = Field(default=None, max_length=10)
     custom_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    template_version: int | None = Field(
+        default=None, ge=1, description="pin a template version (no A/B assignment)"
+    )
 
     _chain = field_validator("chain")(_check_chain)
 
@@ -72,6 +78,9 @@ class BatchIn(Strict):
     priority: Priority = "default"
     chain: list[str] | None = Field(default=None, max_length=10)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    template_version: int | None = Field(
+        default=None, ge=1, description="pin a template version (no A/B assignment)"
+    )
 
     _chain = field_validator("chain")(_check_chain)
 
@@ -139,6 +148,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Long documents: a chunk or reduce job names its parent; a parent reports its progress.
+    parent_id: str | None = None
+    chunk_level: int | None = None
+    chunk_index: int | None = None
+    progress: dict[str, Any] | None = None
 
 
 class BatchOut(BaseModel):

@@ -12,6 +12,7 @@ document exactly and nothing is rewritten.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -102,13 +103,11 @@ def _units(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[_Unit]:
         # One sentence larger than a chunk: cut it on token boundaries.
         # A 2% margin: a re-encoded piece can count a token more than the cut window.
         edges = [0, *tokenizer.cut_points(piece, max_tokens * 49 // 50), len(piece)]
-        for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(edges)):
             if a == b:
                 continue
-            last = i == len(edges) - 2
-            units.append(
-                _Unit(start + a, start + b, tokenizer.count(piece[a:b]), strength if last else TOKEN)
-            )
+            kind = strength if i == len(edges) - 2 else TOKEN
+            units.append(_Unit(start + a, start + b, tokenizer.count(piece[a:b]), kind))
     return units
 
 

@@ -21,6 +21,7 @@ from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.guardrails import Guardrail, build_chain, run_chain
+from llmq.mapreduce import LongDocuments, Split
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
@@ -65,6 +66,7 @@ class Pipeline:
         worker_name: str | None = None,
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -81,6 +83,7 @@ class Pipeline:
             config.input_guardrails, banned_terms=config.banned_terms
         )
         self._output_guards: list[Guardrail] = build_chain(config.output_guardrails)
+        self.long_documents = long_documents
 
     # -----------------------------------------------------------------------------------------
 
@@ -118,14 +121,22 @@ class Pipeline:
             if isinstance(result, Deferred):
                 repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
                 return "deferred"
+            if isinstance(result, Split):
+                assert self.long_documents is not None
+                self.long_documents.start(job, owner, result)
+                return "split"
             repository.finish_job(self.engine, job.id, owner, result)
+            if job.parent_id is not None and self.long_documents is not None:
+                self.long_documents.child_finished(job.parent_id)
             return result.status
 
     # -----------------------------------------------------------------------------------------
 
-    def _process(self, job: repository.ClaimedJob, owner: str) -> repository.Outcome | Deferred:
+    def _process(
+        self, job: repository.ClaimedJob, owner: str
+    ) -> repository.Outcome | Deferred | Split:
         try:
-            template = get_template(job.template)
+            template = get_template(job.template, job.template_version)
         except TemplateError as exc:
             return repository.Outcome(
                 status=JobStatus.FAILED, error_code="bad_template", error_message=str(exc)
@@ -148,6 +159,10 @@ class Pipeline:
                 error_message=f"input blocked by guardrail rule {guarded.blocked_by}",
                 guardrails=findings,
             )
+        if self.long_documents is not None:  # too long for one job: map-reduce (mapreduce.py)
+            split = self.long_documents.plan(job, template, guarded.text, findings)
+            if split is not None:
+                return split
 
         try:
             rendered = template.render(guarded.text, job.params)

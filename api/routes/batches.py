@@ -16,7 +16,7 @@ from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut
 from .jobs import parse_id
-from .submit import publish_quietly, resolve_chain, resolve_template
+from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -44,7 +44,10 @@ def submit_batch(
     ]
     distinct = {json.dumps(p, sort_keys=True): p for p in {id(p): p for p in params}.values()}
     template = resolve_template(
-        body.template, [body.params.model_validate(p) for p in distinct.values()]
+        body.template,
+        [body.params.model_validate(p) for p in distinct.values()],
+        body.template_version,
+        settings,
     )
     batch_id = repository.insert_batch(
         engine,
@@ -56,7 +59,18 @@ def submit_batch(
         meta=body.metadata,
         items=[
             repository.NewJob(
-                input=item.input, custom_id=item.custom_id, params=p, meta=item.metadata
+                input=item.input,
+                custom_id=item.custom_id,
+                params=p,
+                meta=item.metadata,
+                template_version=assign_version(
+                    template,
+                    body.template_version,
+                    who.tenant_id,
+                    item.custom_id,
+                    item.input,
+                    settings,
+                ),
             )
             for item, p in zip(body.items, params, strict=True)
         ],
@@ -94,6 +108,8 @@ def _result_line(row: dict[str, Any]) -> str:
                 "input_tokens": row["input_tokens"],
                 "output_tokens": row["output_tokens"],
                 "cost_usd": format(row["cost_usd"], "f") if row["cost_usd"] is not None else None,
+                "template": row["template"],
+                "template_version": row["template_version"],
             }
         )
         + "\n"

@@ -7,13 +7,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from llmq import repository
+from llmq import mapreduce, repository
 from workers.dispatch import publish_jobs
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
-from .submit import publish_quietly, resolve_chain, resolve_template
+from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -27,7 +27,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def submit_job(
     body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
 ) -> JobAccepted:
-    template = resolve_template(body.template, [body.params])
+    template = resolve_template(body.template, [body.params], body.template_version, settings)
+    version = assign_version(
+        template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
+    )
     job_id = repository.insert_job(
         engine,
         tenant_id=who.tenant_id,
@@ -40,6 +43,7 @@ def submit_job(
             custom_id=body.custom_id,
             params=body.params.model_dump(exclude_none=True),
             meta=body.metadata,
+            template_version=version,
         ),
     )
     # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
@@ -62,4 +66,6 @@ def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     job["id"] = str(job["id"])
     job["batch_id"] = str(job["batch_id"]) if job["batch_id"] else None
+    job["parent_id"] = str(job["parent_id"]) if job["parent_id"] else None
+    job["progress"] = mapreduce.progress(engine, uuid.UUID(job["id"]), job["status"])
     return JobOut.model_validate(job)

@@ -39,12 +39,16 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
+    # A long document split into child jobs (llmq/mapreduce.py): not claimable, no lease.
+    WAITING = "waiting"
 
 
 TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED}
 )
-ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
+ACTIVE_STATUSES = frozenset(
+    {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING}
+)
 
 
 class Base(DeclarativeBase):
@@ -131,8 +135,17 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # Map-reduce of long documents: every chunk and reduce job points at the top job; level 0
+    # holds the chunk summaries, level n the reduce jobs over level n-1.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_level: Mapped[int | None] = mapped_column(Integer)
+    chunk_index: Mapped[int | None] = mapped_column(Integer)
+
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
+        Index("ix_jobs_parent", "parent_id", "chunk_level", "chunk_index"),
+        # The reconciler looks for parents whose children all ended; few jobs ever wait.
+        Index("ix_jobs_waiting", "id", postgresql_where=text("status = 'waiting'")),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The reconciler scans only live jobs; the partial index keeps that cheap forever.
         Index(

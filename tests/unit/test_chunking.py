@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,7 +33,7 @@ def assert_well_formed(text: str, chunks: list[Chunk], max_tokens: int, tok: Tok
         assert chunk.index == i
         assert chunk.tokens == tok.count(text[chunk.start : chunk.end])
         assert chunk.tokens <= max_tokens
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.start > before.start  # progress
         assert after.end > before.end  # every chunk adds text
         assert after.start <= before.end  # no gap: every character is in some chunk
@@ -73,7 +75,7 @@ def test_without_paragraphs_chunks_end_at_sentence_ends() -> None:
 def test_overlap_repeats_whole_sentences_within_the_overlap_budget() -> None:
     text = " ".join(paragraph(n) for n in range(40))
     chunks = split_document(text, 300, 60, TOKENIZER)
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         shared = text[after.start : before.end]
         assert shared, "consecutive chunks should overlap"
         assert TOKENIZER.count(shared) <= 60 + 2  # unit counts are summed; joined text may merge
