@@ -186,6 +186,21 @@ FAMILIES: dict[str, Family] = {
                 output="json",
             )
         ),
+        _family(
+            Template(
+                name="summarize_for_question",
+                version=1,
+                system=_FAITHFUL + " Keep only what bears on the reader's question. {instructions}",
+                user=(
+                    "Question: {question}\n\nSummarize what the following document says about "
+                    "the question; say so if it says nothing.\n\n<document>\n{input}\n"
+                    "</document>"
+                ),
+                styles=SUMMARY_STYLES,
+                summarizes=True,
+                variables={"question": None},
+            )
+        ),
         _family(Template(name="prompt", version=1, system=None, user="{input}")),
         # Map-reduce of long documents (llmq/mapreduce.py).
         _family(
