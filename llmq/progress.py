@@ -17,7 +17,7 @@ def _counts(batch: dict[str, Any]) -> str:
     c = batch["counts"]
     return (
         f"succeeded {c['succeeded']}, failed {c['failed']}, blocked {c['blocked']}, "
-        f"running {c['running']}, queued {c['queued'] + c['retrying']}"
+        f"running {c['running'] + c.get('waiting', 0)}, queued {c['queued'] + c['retrying']}"
     )
 
 

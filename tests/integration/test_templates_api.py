@@ -132,6 +132,12 @@ def test_ab_assignment_is_stored_per_job_stable_and_reported(
     job = ab_http.get(f"/v1/jobs/{rows[0]['job_id']}", headers=auth(key)).json()
     assert job["template_version"] == versions[rows[0]["custom_id"]]
 
+    # Usage grouped by version: two A/B batches and one pinned to version 1.
+    usage = ab_http.get("/v1/usage/templates", headers=auth(key)).json()["data"]
+    arms = {(u["template"], u["template_version"]): u["jobs"] for u in usage}
+    on_two = list(versions.values()).count(2)
+    assert arms == {("summarize", 1): 900 - 2 * on_two, ("summarize", 2): 2 * on_two}
+
 
 def test_a_job_runs_with_its_version_and_variables(
     http: Any, new_key: Any, worker: Any, fake_provider: Any
