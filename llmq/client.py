@@ -60,3 +60,10 @@ class Client:
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)
+
+    def usage_by_template(self, since: str | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since else {}
+        rows: list[dict[str, Any]] = self._json(
+            self._http.get("/v1/usage/templates", params=params)
+        )["data"]
+        return rows
