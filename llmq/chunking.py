@@ -101,14 +101,31 @@ def _units(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[_Unit]:
             units.append(_Unit(start, end, count, strength))
             continue
         # One sentence larger than a chunk: cut it on token boundaries.
-        # A 2% margin: a re-encoded piece can count a token more than the cut window.
-        edges = [0, *tokenizer.cut_points(piece, max_tokens * 49 // 50), len(piece)]
-        for i, (a, b) in enumerate(itertools.pairwise(edges)):
-            if a == b:
-                continue
-            kind = strength if i == len(edges) - 2 else TOKEN
-            units.append(_Unit(start + a, start + b, tokenizer.count(piece[a:b]), kind))
+        for a, b, tokens in _hard_cut(piece, max_tokens, max_tokens, tokenizer):
+            kind = strength if b == len(piece) else TOKEN
+            units.append(_Unit(start + a, start + b, tokens, kind))
     return units
+
+
+def _hard_cut(
+    text: str, max_tokens: int, window: int, tokenizer: Tokenizer
+) -> list[tuple[int, int, int]]:
+    """(start, end, tokens) pieces of at most `max_tokens`, cut on token boundaries. BPE merges
+    inside a word depend on the whole word, so a piece re-encoded on its own can count more
+    than its window: such a piece is cut again with half the window (a single character always
+    fits, so this ends)."""
+    pieces: list[tuple[int, int, int]] = []
+    edges = [0, *tokenizer.cut_points(text, window), len(text)]
+    for a, b in itertools.pairwise(edges):
+        if a == b:
+            continue
+        tokens = tokenizer.count(text[a:b])
+        if tokens <= max_tokens or b - a == 1:
+            pieces.append((a, b, tokens))
+            continue
+        for x, y, n in _hard_cut(text[a:b], max_tokens, max(1, window // 2), tokenizer):
+            pieces.append((a + x, a + y, n))
+    return pieces
 
 
 def _sentences(text: str) -> list[tuple[int, int, int]]:

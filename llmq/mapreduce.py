@@ -145,6 +145,14 @@ class LongDocuments:
 
     # -- the children ---------------------------------------------------------------------------
 
+    def after_child(self, parent_id: uuid.UUID) -> None:
+        """The pipeline's hook: the child's own result is saved; a failure to advance the parent
+        now is left to the reconciler's sweep instead of failing the child's task."""
+        try:
+            self.child_finished(parent_id)
+        except Exception:
+            log.exception("could not advance long document %s now; the reconciler will", parent_id)
+
     def child_finished(self, parent_id: uuid.UUID) -> str:
         """Advance the parent after one of its children ended; returns what happened."""
         new: list[tuple[str, str]] = []
@@ -312,6 +320,9 @@ def sweep(engine: Engine, documents: LongDocuments, limit: int = 100) -> int:
     """Advance waiting parents whose children all ended (a crash skipped the inline advance)."""
     advanced = 0
     for parent_id in repository.stalled_parents(engine, limit):
-        if documents.child_finished(parent_id) != "waiting":
-            advanced += 1
+        try:
+            if documents.child_finished(parent_id) != "waiting":
+                advanced += 1
+        except Exception:  # one broken parent must not stop the others
+            log.exception("could not advance long document %s", parent_id)
     return advanced

@@ -127,7 +127,7 @@ class Pipeline:
                 return "split"
             repository.finish_job(self.engine, job.id, owner, result)
             if job.parent_id is not None and self.long_documents is not None:
-                self.long_documents.child_finished(job.parent_id)
+                self.long_documents.after_child(job.parent_id)
             return result.status
 
     # -----------------------------------------------------------------------------------------
