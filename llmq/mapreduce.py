@@ -75,7 +75,12 @@ class LongDocuments:
         self.prices = prices
         self.config = config
         self._publish = publish
-        self.tokenizer = tokenizer or get_tokenizer()
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        # Loaded on first use: most jobs are short and never need it.
+        return self._tokenizer or get_tokenizer()
 
     def budget(self, chain: Sequence[str], max_tokens: int | None = None) -> int | None:
         """Tokens of document one job may carry for this chain, or None for no limit."""
