@@ -18,6 +18,7 @@ from .routes import (
     health,
     jobs,
     retry,
+    usage,
     webhooks,
 )
 
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(retry.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    app.include_router(usage.router)
     return app

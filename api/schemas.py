@@ -50,6 +50,10 @@ class Params(Strict):
             raise ValueError(problem)
         return schema
 
+    variables: dict[str, str | int | float | bool] | None = Field(
+        default=None, description="values of the template's declared variables"
+    )
+
 
 def _check_chain(chain: list[str] | None) -> list[str] | None:
     if chain is None:
@@ -69,6 +73,9 @@ class JobIn(Strict):
     chain: list[str] | None = Field(default=None, max_length=10)
     custom_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    template_version: int | None = Field(
+        default=None, ge=1, description="pin a template version (no A/B assignment)"
+    )
 
     _chain = field_validator("chain")(_check_chain)
 
@@ -94,6 +101,9 @@ class BatchIn(Strict):
     )
     webhook_url: str | None = Field(
         default=None, max_length=2000, description="POSTed a signed event when the batch ends"
+    )
+    template_version: int | None = Field(
+        default=None, ge=1, description="pin a template version (no A/B assignment)"
     )
 
     _chain = field_validator("chain")(_check_chain)
@@ -180,6 +190,11 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # Long documents: a chunk or reduce job names its parent; a parent reports its progress.
+    parent_id: str | None = None
+    chunk_level: int | None = None
+    chunk_index: int | None = None
+    progress: dict[str, Any] | None = None
 
 
 class WebhookState(BaseModel):

@@ -78,3 +78,10 @@ class Client:
                 response.read()
                 self._json(response)
             yield from parse_sse(response.iter_lines())
+
+    def usage_by_template(self, since: str | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since else {}
+        rows: list[dict[str, Any]] = self._json(
+            self._http.get("/v1/usage/templates", params=params)
+        )["data"]
+        return rows

@@ -24,6 +24,7 @@ from llmq.db.models import JobStatus
 from llmq.events import EventPublisher
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.selection import GuardrailSelection
+from llmq.mapreduce import LongDocuments, Split
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
@@ -89,6 +90,7 @@ class Pipeline:
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
         events: EventPublisher | None = None,
+        long_documents: LongDocuments | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -109,6 +111,7 @@ class Pipeline:
             max_input_tokens=config.template_max_input_tokens,
             templates=TEMPLATES.values(),
         )
+        self.long_documents = long_documents
 
     # -----------------------------------------------------------------------------------------
 
@@ -160,16 +163,24 @@ class Pipeline:
             if isinstance(result, Deferred):
                 repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
                 return "deferred"
+            if isinstance(result, Split):
+                assert self.long_documents is not None
+                self.long_documents.start(job, owner, result)
+                return "split"
             repository.finish_job(self.engine, job.id, owner, result)
+            if job.parent_id is not None and self.long_documents is not None:
+                self.long_documents.after_child(job.parent_id)
             return result.status
 
     # -----------------------------------------------------------------------------------------
 
-    def _process(self, job: repository.ClaimedJob, owner: str) -> repository.Outcome | Deferred:
+    def _process(
+        self, job: repository.ClaimedJob, owner: str
+    ) -> repository.Outcome | Deferred | Split:
         if job.expires_in_s is not None and job.expires_in_s <= 0:
             return expired_outcome()
         try:
-            template = get_template(job.template)
+            template = get_template(job.template, job.template_version)
         except TemplateError as exc:
             return repository.Outcome(
                 status=JobStatus.FAILED, error_code="bad_template", error_message=str(exc)
@@ -192,6 +203,10 @@ class Pipeline:
                 error_message=f"input blocked by guardrail rule {guarded.blocked_by}",
                 guardrails=findings,
             )
+        if self.long_documents is not None:  # too long for one job: map-reduce (mapreduce.py)
+            split = self.long_documents.plan(job, template, guarded.text, findings)
+            if split is not None:
+                return split
 
         try:
             rendered = template.render(guarded.text, job.params)

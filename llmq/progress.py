@@ -31,7 +31,7 @@ def _counts(state: dict[str, Any]) -> str:
         f"succeeded {c['succeeded']}",
         f"failed {c['failed']}",
         f"blocked {c['blocked']}",
-        f"running {c['running']}",
+        f"running {c['running'] + c.get('waiting', 0)}",
         f"queued {c['queued'] + c['retrying']}",
     ]
     parts += [f"{name} {c[name]}" for name in ("cancelled", "expired") if c.get(name)]

@@ -128,6 +128,7 @@ class NewJob:
     meta: dict[str, Any] | None = None
     # Findings of the redaction at ingest (counts only), kept on the job record.
     guardrails: list[dict[str, Any]] | None = None
+    template_version: int | None = None  # an A/B-assigned version; None: the batch's
 
 
 def _copy_text(value: object) -> str:
@@ -142,12 +143,14 @@ def _copy_text(value: object) -> str:
 
 # Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
-    "id", "seq", "custom_id", "input", "params", "metadata", "guardrails",
-    "tenant_id", "batch_id", "status", "priority", "template", "template_version", "chain",
+    "id", "seq", "custom_id", "input", "params", "metadata", "guardrails", "template_version",
+    "tenant_id", "batch_id", "status", "priority", "template", "chain",
 )  # fmt: skip
 
 
-def _copy_jobs(conn: Connection, shared: Sequence[object], items: Sequence[NewJob]) -> None:
+def _copy_jobs(
+    conn: Connection, shared: Sequence[object], items: Sequence[NewJob], version: int
+) -> None:
     """COPY is the fast path for big batches. Built as one text buffer; identical params or
     metadata objects (the usual case: the batch's defaults) are serialized once."""
     raw = conn.connection.driver_connection
@@ -175,6 +178,7 @@ def _copy_jobs(conn: Connection, shared: Sequence[object], items: Sequence[NewJo
                 cached(item.params),
                 cached(item.meta),
                 _copy_text(item.guardrails) if item.guardrails else "[]",
+                str(item.template_version or version),
                 suffix,
             )
         )
@@ -229,9 +233,8 @@ def insert_batch(
                 "webhook_url": webhook_url,
             },
         )
-        shared = (str(tenant_id), str(batch_id), "queued", priority, template,
-                  template_version, chain)  # fmt: skip
-        _copy_jobs(conn, shared, items)
+        shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain)
+        _copy_jobs(conn, shared, items, template_version)
         if also is not None:
             also(conn, batch_id)
     return batch_id
@@ -267,7 +270,7 @@ def insert_job(
                 "custom_id": item.custom_id,
                 "priority": priority,
                 "template": template,
-                "version": template_version,
+                "version": item.template_version or template_version,
                 "input": item.input,
                 "params": json.dumps(item.params or {}),
                 "chain": json.dumps(chain),
@@ -335,6 +338,7 @@ class ClaimedJob:
     age_s: float
     # Seconds left in the batch's completion window (None: no window); no call starts after.
     expires_in_s: float | None = None
+    parent_id: uuid.UUID | None = None  # a chunk or reduce job of a long document
 
 
 def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
@@ -353,7 +357,8 @@ def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> Claime
                 "cancel_requested_at IS NOT NULL AS cancel_requested, "
                 "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s, "
                 "(SELECT extract(epoch FROM b.expires_at - now())::float8 FROM batches b "
-                "WHERE b.id = jobs.batch_id) AS expires_in_s"
+                "WHERE b.id = jobs.batch_id) AS expires_in_s, "
+                "parent_id"
             ),
             {"id": job_id, "owner": owner, "lease": lease_s},
         ).first()
@@ -572,10 +577,31 @@ def cancel_jobs(
                 "error_message = 'cancelled by the client', finished_at = now(), "
                 f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
                 f"WHERE {column} = :{scope} AND tenant_id = :t "
-                "AND status IN ('queued', 'retrying')"
+                "AND status IN ('queued', 'retrying', 'waiting') "
+                "RETURNING id, EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)"
             ),
             params,
-        ).rowcount
+        ).all()
+        # A long document's chunk and reduce jobs belong to its parent, not to the batch.
+        parents = [row[0] for row in cancelled if row[1]]
+        children = {"ps": parents, "t": tenant_id}
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled', "
+                "error_message = 'cancelled by the client', finished_at = now(), "
+                f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
+                "WHERE parent_id = ANY(:ps) AND tenant_id = :t "
+                "AND status IN ('queued', 'retrying')"
+            ),
+            children,
+        )
+        conn.execute(
+            text(
+                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
+                "WHERE parent_id = ANY(:ps) AND tenant_id = :t AND status = 'running'"
+            ),
+            children,
+        )
         stopping = conn.execute(
             text(
                 "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
@@ -583,7 +609,9 @@ def cancel_jobs(
             ),
             params,
         ).rowcount
-    return Cancellation(cancelled=cancelled, stopping=stopping)
+    for parent in parents:
+        roll_up_parent(engine, parent)  # what its children spent stays on the document
+    return Cancellation(cancelled=len(cancelled), stopping=stopping)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +620,8 @@ def cancel_jobs(
 JOB_COLUMNS = (
     "id, batch_id, custom_id, status, priority, template, template_version, result, provider, "
     "model, cache_hit, error_code, error_message, route, guardrails, input_tokens, "
-    "output_tokens, cost_usd, attempts_made, created_at, started_at, finished_at, metadata"
+    "output_tokens, cost_usd, attempts_made, created_at, started_at, finished_at, metadata, "
+    "parent_id, chunk_level, chunk_index"
 )
 
 
@@ -702,7 +731,8 @@ def iter_batch_results(
                     text(
                         "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "
                         "error_code, error_message, input_tokens, output_tokens, cost_usd, "
-                        f"finished_at FROM jobs WHERE batch_id = :b AND seq > :s {only}"
+                        "finished_at, template, template_version "
+                        f"FROM jobs WHERE batch_id = :b AND seq > :s {only}"
                         "ORDER BY seq LIMIT :n"
                     ),
                     {"b": batch_id, "s": last_seq, "n": chunk, "st": list(statuses or ())},
@@ -1088,7 +1118,7 @@ def get_batch_extras(
     return dict(row) if row is not None else None
 
 
-ACTIVE_SQL = "('queued', 'running', 'retrying')"
+ACTIVE_SQL = "('queued', 'running', 'retrying', 'waiting')"
 
 
 def expire_overdue_jobs(conn: Connection) -> list[str]:
@@ -1269,3 +1299,227 @@ def list_webhook_deliveries(engine: Engine, batch_id: uuid.UUID) -> list[dict[st
             {"b": batch_id},
         ).mappings()
         return [dict(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Map-reduce of long documents (llmq/mapreduce.py): a parent job waits while its chunk and
+# reduce jobs run; all of them point at it through parent_id.
+
+
+@dataclass(frozen=True)
+class NewChild:
+    template: str
+    template_version: int
+    input: str
+    params: dict[str, Any]
+    level: int
+    index: int
+
+
+def _insert_children(
+    conn: Connection, parent_id: uuid.UUID, children: Sequence[NewChild]
+) -> list[tuple[str, str]]:
+    """Insert children as dispatched (the caller publishes, or undoes on failure)."""
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "parent": parent_id,
+            "template": c.template,
+            "version": c.template_version,
+            "input": c.input,
+            "params": json.dumps(c.params),
+            "level": c.level,
+            "idx": c.index,
+        }
+        for c in children
+    ]
+    conn.execute(
+        text(
+            "INSERT INTO jobs (id, tenant_id, priority, template, template_version, input, params, "
+            "chain, parent_id, chunk_level, chunk_index, seq, dispatched_at) "
+            "SELECT :id, p.tenant_id, p.priority, :template, :version, :input, "
+            "CAST(:params AS jsonb), p.chain, p.id, :level, :idx, :idx, now() "
+            "FROM jobs p WHERE p.id = :parent"
+        ),
+        rows,
+    )
+    priority = conn.execute(
+        text("SELECT priority FROM jobs WHERE id = :id"), {"id": parent_id}
+    ).scalar_one()
+    return [(str(r["id"]), priority) for r in rows]
+
+
+def start_children(
+    engine: Engine,
+    parent_id: uuid.UUID,
+    owner: str,
+    children: Sequence[NewChild],
+    route: list[dict[str, Any]],
+    guardrails: list[dict[str, Any]],
+) -> list[tuple[str, str]] | None:
+    """Park the parent as waiting and insert its chunk jobs, atomically; None if the parent
+    is no longer ours (lease lost)."""
+    with engine.begin() as conn:
+        parked = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'waiting', lease_owner = NULL, lease_expires_at = NULL, "
+                "route = CAST(:route AS jsonb), guardrails = CAST(:guardrails AS jsonb) "
+                "WHERE id = :id AND lease_owner = :owner AND status = 'running'"
+            ),
+            {
+                "id": parent_id,
+                "owner": owner,
+                "route": json.dumps(route),
+                "guardrails": json.dumps(guardrails),
+            },
+        ).rowcount
+        if parked != 1:
+            return None
+        return _insert_children(conn, parent_id, children)
+
+
+@dataclass(frozen=True)
+class WaitingParent:
+    id: uuid.UUID
+    template: str
+    template_version: int
+    params: dict[str, Any]
+    status: str
+    chain: list[str]
+
+
+def lock_parent(conn: Connection, parent_id: uuid.UUID) -> WaitingParent | None:
+    """The parent row, locked for this transaction: one child at a time advances it."""
+    row = conn.execute(
+        text(
+            "SELECT id, template, template_version, params, status, chain FROM jobs "
+            "WHERE id = :id FOR UPDATE"
+        ),
+        {"id": parent_id},
+    ).first()
+    return WaitingParent(**row._asdict()) if row is not None else None
+
+
+def current_level(conn: Connection, parent_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The children of the highest level so far, in order."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            text(
+                "SELECT id, chunk_level, chunk_index, status, result, provider, model, "
+                "error_code, error_message FROM jobs WHERE parent_id = :p AND chunk_level = "
+                "(SELECT max(chunk_level) FROM jobs WHERE parent_id = :p) ORDER BY chunk_index"
+            ),
+            {"p": parent_id},
+        ).mappings()
+    ]
+
+
+def add_children(
+    conn: Connection, parent_id: uuid.UUID, children: Sequence[NewChild]
+) -> list[tuple[str, str]]:
+    return _insert_children(conn, parent_id, children)
+
+
+def finish_parent(conn: Connection, parent_id: uuid.UUID, outcome: Outcome) -> None:
+    conn.execute(
+        text(
+            "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
+            "model = :model, error_code = :error_code, error_message = :error_message, "
+            "finished_at = now() WHERE id = :id AND status = 'waiting'"
+        ),
+        {
+            "id": parent_id,
+            "status": outcome.status,
+            "result": outcome.result,
+            "provider": outcome.provider,
+            "model": outcome.model,
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+        },
+    )
+
+
+def cancel_open_children(conn: Connection, parent_id: uuid.UUID, reason: str) -> int:
+    """Children not yet started are not worth running once the parent has ended."""
+    return conn.execute(
+        text(
+            "UPDATE jobs SET status = 'cancelled', error_code = 'parent_ended', "
+            "error_message = :reason, finished_at = now(), dispatched_at = NULL "
+            "WHERE parent_id = :p AND status IN ('queued', 'retrying')"
+        ),
+        {"p": parent_id, "reason": reason},
+    ).rowcount
+
+
+def roll_up_parent(engine: Engine, parent_id: uuid.UUID) -> None:
+    """The parent's tokens and cost: every attempt of every child (and its own), so far."""
+    with _statement(engine) as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET input_tokens = a.input_tokens, output_tokens = a.output_tokens, "
+                "cost_usd = a.cost_usd FROM (SELECT coalesce(sum(input_tokens), 0) AS "
+                "input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens, "
+                "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
+                "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd FROM attempts "
+                "WHERE job_id = :p OR job_id IN (SELECT id FROM jobs WHERE parent_id = :p)) a "
+                "WHERE jobs.id = :p"
+            ),
+            {"p": parent_id},
+        )
+
+
+def stalled_parents(engine: Engine, limit: int = 100) -> list[uuid.UUID]:
+    """Waiting parents none of whose children is still live: a crash between a child's finish
+    and the parent's advance left them; the reconciler advances them."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT p.id FROM jobs p WHERE p.status = 'waiting' AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs c WHERE c.parent_id = p.id "
+                    "AND c.status IN ('queued', 'running', 'retrying')) LIMIT :n"
+                ),
+                {"n": limit},
+            ).scalars()
+        )
+
+
+def child_counts(engine: Engine, parent_id: uuid.UUID) -> list[dict[str, Any]]:
+    """(level, status, n) of a parent's children, for its progress."""
+    with engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                text(
+                    "SELECT chunk_level AS level, status, count(*) AS n FROM jobs "
+                    "WHERE parent_id = :p GROUP BY chunk_level, status"
+                ),
+                {"p": parent_id},
+            ).mappings()
+        ]
+
+
+def usage_by_template(
+    engine: Engine, tenant_id: uuid.UUID, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Jobs, outcomes, tokens and cost per template version (A/B comparisons). Chunk and reduce
+    jobs are left out: their parent already carries their tokens and cost."""
+    with engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                text(
+                    "SELECT template, template_version, count(*) AS jobs, "
+                    "count(*) FILTER (WHERE status = 'succeeded') AS succeeded, "
+                    "count(*) FILTER (WHERE status IN ('failed', 'blocked')) AS failed, "
+                    "coalesce(sum(input_tokens), 0) AS input_tokens, "
+                    "coalesce(sum(output_tokens), 0) AS output_tokens, "
+                    "coalesce(sum(cost_usd), 0) AS cost_usd FROM jobs "
+                    "WHERE tenant_id = :t AND parent_id IS NULL "
+                    "AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since) "
+                    "GROUP BY template, template_version ORDER BY template, template_version"
+                ),
+                {"t": tenant_id, "since": since},
+            ).mappings()
+        ]

@@ -121,6 +121,27 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 10.0
     webhook_backoff_cap_s: float = 3600.0
+    # Long documents (llmq/mapreduce.py): a summarizing job whose document has more tokens than
+    # this (or than its chain's smallest context window leaves room for) is split into chunk
+    # jobs and reduced. 0: split only what does not fit the context windows.
+    chunk_tokens: int = Field(default=8000, ge=0)
+    chunk_overlap_tokens: int = Field(default=200, ge=0)
+    # Prompt-template A/B experiments: {"summarize": {"version": 2, "percent": 10}}.
+    template_experiments: dict[str, dict[str, float]] = {}
+
+    @field_validator("template_experiments")
+    @classmethod
+    def _known_versions(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from llmq.templates import TemplateError, get_template
+
+        for name, spec in value.items():
+            if set(spec) != {"version", "percent"} or not 0 <= spec["percent"] <= 100:
+                raise ValueError(f"{name}: give {{'version': N, 'percent': 0..100}}, got {spec}")
+            try:
+                get_template(name, int(spec["version"]))
+            except TemplateError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"

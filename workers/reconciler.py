@@ -15,12 +15,13 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from llmq import repository
+from llmq import mapreduce, repository
 from llmq.settings import PRIORITY_TO_QUEUE, Settings
 
 from . import batch_upkeep
 from .dispatch import publish_jobs
 from .queues import queue_depths
+from .runtime import long_documents
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, i
         repository.undo_dispatch(engine, [job_id for job_id, _ in due])
         raise
     batch_upkeep.publish(upkeep, client)
+    # Long documents whose last child ended without advancing the parent (a crash in between).
+    advanced = mapreduce.sweep(engine, long_documents(settings, engine))
     stats = {
         "webhooks": len(upkeep.webhooks_due),
+        "advanced": advanced,
         "requeued": sum(1 for _, status, _ in expired if status == "queued"),
         "failed": sum(1 for _, status, _ in expired if status == "failed"),
         "forgotten": forgotten + stale,

@@ -6,6 +6,7 @@ import socket
 import threading
 
 import redis
+from sqlalchemy import Engine
 
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
@@ -13,12 +14,15 @@ from llmq.db.engine import get_engine
 from llmq.events import EventPublisher
 from llmq.guardrails import load_plugins
 from llmq.leases import LeaseKeeper
+from llmq.mapreduce import LongDocConfig, LongDocuments
 from llmq.pipeline import Pipeline, PipelineConfig
 from llmq.pricing import load_price_table
 from llmq.providers.registry import build_providers
 from llmq.ratelimit import Limit, RateLimiter
 from llmq.retry import RetryPolicy
 from llmq.settings import Settings, get_settings
+
+from .dispatch import publish_jobs
 
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
@@ -82,7 +86,17 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
         events=EventPublisher(client),
+        long_documents=long_documents(settings, engine),
     )
+
+
+def long_documents(settings: Settings, engine: Engine) -> LongDocuments:
+    config = LongDocConfig(
+        chunk_tokens=settings.chunk_tokens,
+        overlap_tokens=settings.chunk_overlap_tokens,
+        max_output_tokens=settings.max_output_tokens,
+    )
+    return LongDocuments(engine, load_price_table(settings.pricing_file), config, publish_jobs)
 
 
 def get_pipeline() -> Pipeline:

@@ -26,7 +26,7 @@ from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, read_batch, submit_once
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
-from .submit import publish_quietly, resolve_chain, resolve_template
+from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -94,7 +94,10 @@ def accept_batch(
     ]
     distinct = {json.dumps(p, sort_keys=True): p for p in {id(p): p for p in params}.values()}
     template = resolve_template(
-        body.template, [body.params.model_validate(p) for p in distinct.values()]
+        body.template,
+        [body.params.model_validate(p) for p in distinct.values()],
+        body.template_version,
+        settings,
     )
     window = parse_duration(body.completion_window) if body.completion_window else None
     if body.webhook_url and (
@@ -129,6 +132,14 @@ def accept_batch(
                     params=p,
                     meta=item.metadata,
                     guardrails=found,
+                    template_version=assign_version(
+                        template,
+                        body.template_version,
+                        who.tenant_id,
+                        item.custom_id,
+                        item.input,
+                        settings,
+                    ),
                 )
                 for item, p, (text, found) in zip(body.items, params, stored, strict=True)
             ],
@@ -209,6 +220,8 @@ def _result_line(row: dict[str, Any]) -> str:
                 "input_tokens": row["input_tokens"],
                 "output_tokens": row["output_tokens"],
                 "cost_usd": format(row["cost_usd"], "f") if row["cost_usd"] is not None else None,
+                "template": row["template"],
+                "template_version": row["template_version"],
             }
         )
         + "\n"

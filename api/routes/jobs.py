@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from llmq import repository
+from llmq import mapreduce, repository
 from llmq.db.models import TERMINAL_STATUSES, JobStatus
 from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_jobs
@@ -18,7 +18,7 @@ from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, submit_once
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
-from .submit import publish_quietly, resolve_chain, resolve_template
+from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -40,7 +40,10 @@ def submit_job(
     guards: GuardrailSelection = Depends(selection),
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted | JSONResponse:
-    template = resolve_template(body.template, [body.params])
+    template = resolve_template(body.template, [body.params], body.template_version, settings)
+    version = assign_version(
+        template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
+    )
     check_prompt_size(guards, template, [body.input], "body.input")
     [(stored_input, ingest_findings)] = redact_inputs(guards, settings, template, [body.input])
 
@@ -58,6 +61,7 @@ def submit_job(
                 params=body.params.model_dump(exclude_none=True),
                 meta=body.metadata,
                 guardrails=ingest_findings,
+                template_version=version,
             ),
             idempotency=idempotency,
         )
@@ -86,6 +90,8 @@ def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     job["id"] = str(job["id"])
     job["batch_id"] = str(job["batch_id"]) if job["batch_id"] else None
+    job["parent_id"] = str(job["parent_id"]) if job["parent_id"] else None
+    job["progress"] = mapreduce.progress(engine, uuid.UUID(job["id"]), job["status"])
     return JobOut.model_validate(job)
 
 

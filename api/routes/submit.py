@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from collections.abc import Callable
 
 from llmq.settings import Settings
-from llmq.templates import Template, TemplateError, get_template
+from llmq.templates import (
+    Experiment,
+    Template,
+    TemplateError,
+    candidate_versions,
+    choose_version,
+    get_family,
+    get_template,
+)
 
 from ..errors import ApiError
 from ..schemas import Params
@@ -14,14 +24,48 @@ from ..schemas import Params
 log = logging.getLogger(__name__)
 
 
-def resolve_template(name: str, params: list[Params]) -> Template:
+def resolve_template(
+    name: str,
+    params: list[Params],
+    version: int | None = None,
+    settings: Settings | None = None,
+) -> Template:
+    """The pinned (or default) version; the params must suit every version an A/B experiment
+    may assign, so a job never fails later for a variable its version lacks."""
     try:
-        template = get_template(name)
-        for p in params:
-            template.render("", p.model_dump(exclude_none=True))
+        family = get_family(name, public=True)
+        for candidate in candidate_versions(family, version, experiment_for(name, settings)):
+            template = get_template(name, candidate)
+            for p in params:
+                template.render("", p.model_dump(exclude_none=True))
+        return get_template(name, version)
     except TemplateError as exc:
         raise ApiError(422, "invalid_template", str(exc)) from exc
-    return template
+
+
+def experiment_for(name: str, settings: Settings | None) -> Experiment | None:
+    raw = settings.template_experiments.get(name) if settings else None
+    return Experiment(version=int(raw["version"]), percent=float(raw["percent"])) if raw else None
+
+
+def assign_version(
+    template: Template,
+    pinned: int | None,
+    tenant_id: uuid.UUID,
+    custom_id: str | None,
+    text: str,
+    settings: Settings | None,
+) -> int:
+    """The version one item runs with: pinned, or the A/B choice by tenant + custom_id (an
+    item without a custom_id is keyed by its input, so a resubmission keeps its version)."""
+    family = get_family(template.name)
+    experiment = experiment_for(template.name, settings)
+    if pinned is not None or (experiment or family.experiment) is None:
+        return pinned or template.version
+    unit = custom_id if custom_id is not None else hashlib.sha256(text.encode()).hexdigest()
+    return choose_version(
+        family, pinned=None, tenant=str(tenant_id), unit=unit, experiment=experiment
+    )
 
 
 def resolve_chain(chain: list[str] | None, settings: Settings) -> list[str]:

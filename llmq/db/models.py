@@ -41,6 +41,8 @@ class JobStatus(enum.StrEnum):
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
     EXPIRED = "expired"  # the batch's completion window closed before the job could run
+    # A long document split into child jobs (llmq/mapreduce.py): not claimable, no lease.
+    WAITING = "waiting"
 
 
 TERMINAL_STATUSES = frozenset(
@@ -52,7 +54,9 @@ TERMINAL_STATUSES = frozenset(
         JobStatus.EXPIRED,
     }
 )
-ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
+ACTIVE_STATUSES = frozenset(
+    {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING, JobStatus.WAITING}
+)
 
 
 class Base(DeclarativeBase):
@@ -168,14 +172,23 @@ class Job(Base):
     # re-run gets a fresh retry budget on every link (cost still counts them all).
     attempts_floor: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
+    # Map-reduce of long documents: every chunk and reduce job points at the top job; level 0
+    # holds the chunk summaries, level n the reduce jobs over level n-1.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    chunk_level: Mapped[int | None] = mapped_column(Integer)
+    chunk_index: Mapped[int | None] = mapped_column(Integer)
+
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
         # "Is anything of this batch still live?" (expiry, completion webhooks) in one probe.
         Index(
             "ix_jobs_batch_active",
             "batch_id",
-            postgresql_where=text("status IN ('queued', 'running', 'retrying')"),
+            postgresql_where=text("status IN ('queued', 'running', 'retrying', 'waiting')"),
         ),
+        Index("ix_jobs_parent", "parent_id", "chunk_level", "chunk_index"),
+        # The reconciler looks for parents whose children all ended; few jobs ever wait.
+        Index("ix_jobs_waiting", "id", postgresql_where=text("status = 'waiting'")),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The reconciler scans only live jobs; the partial index keeps that cheap forever.
         Index(

@@ -11,7 +11,7 @@ from llmq.tokens import estimate_tokens
 
 from .base import Completion, CompletionRequest, ProviderError, Usage
 
-STYLE_WORDS = {"short": 50, "paragraph": 120, "bullets": 120, "executive": 160}
+STYLE_WORDS = {"short": 50, "paragraph": 120, "bullets": 120, "executive": 160, "json": 120}
 
 
 class LocalProvider:
@@ -38,6 +38,12 @@ class LocalProvider:
             from llmq.summarizer import split_sentences
 
             summary = "\n".join(f"- {sentence}" for sentence in split_sentences(summary))
+        elif style == "json":  # the summarize_json template's shape
+            import json
+
+            from llmq.summarizer import split_sentences
+
+            summary = json.dumps({"summary": summary, "key_points": split_sentences(summary)})
         return Completion(
             text=summary,
             usage=Usage(

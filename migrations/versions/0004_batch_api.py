@@ -52,7 +52,7 @@ def upgrade() -> None:
         "ix_jobs_batch_active",
         "jobs",
         ["batch_id"],
-        postgresql_where=sa.text("status IN ('queued', 'running', 'retrying')"),
+        postgresql_where=sa.text("status IN ('queued', 'running', 'retrying', 'waiting')"),
     )
     op.create_table(
         "idempotency_keys",
