@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from llmq import logs, tracing
 from llmq.db.engine import get_engine
 from llmq.settings import Settings, get_settings
 from workers.runtime import redis_client
 
-from . import errors
+from . import errors, observability
 from .auth import Authenticator
 from .routes import batches, health, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.configure(settings, "api")
+    tracing.configure(settings.tracing, "api")
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (use `llmq up` for the embedded default)")
     app = FastAPI(
@@ -30,4 +33,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    observability.install(app)
     return app

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from llmq import repository
+from llmq import observe, repository
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
@@ -103,7 +103,7 @@ class Pipeline:
         hold = (
             self.leases.hold(job.id, owner) if self.leases is not None else contextlib.nullcontext()
         )
-        with hold:
+        with hold, observe.job(job) as watch:
             try:
                 result = self._process(job, owner)
             except OperationalError:
@@ -115,6 +115,7 @@ class Pipeline:
                     error_code="internal_error",
                     error_message=f"{type(exc).__name__} in the pipeline",
                 )
+            watch.result = result
             if isinstance(result, Deferred):
                 repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
                 return "deferred"
@@ -132,7 +133,8 @@ class Pipeline:
             )
 
         try:
-            guarded = run_chain(self._input_guards, job.input)
+            with observe.stage("guardrails.input"):
+                guarded = run_chain(self._input_guards, job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -142,6 +144,7 @@ class Pipeline:
             )
         findings = [asdict(f) for f in guarded.findings]
         if guarded.blocked_by:
+            observe.blocked("input", guarded.blocked_by)
             return repository.Outcome(
                 status=JobStatus.BLOCKED,
                 error_code="input_blocked",
@@ -161,7 +164,8 @@ class Pipeline:
 
         key = cache_key(job.chain, template.name, template.version, asdict(rendered), job.params)
         if self.cache is not None and not job.params.get("no_cache"):
-            hit = self.cache.get(key)
+            with observe.stage("cache.lookup"):
+                hit = self.cache.get(key)
             if hit is not None:
                 return repository.Outcome(
                     status=JobStatus.SUCCEEDED,
@@ -172,7 +176,8 @@ class Pipeline:
                     guardrails=findings,
                 )
 
-        outcome = self._run_chain(job, owner, rendered, findings)
+        with observe.stage("provider_chain", chain=",".join(job.chain)):
+            outcome = self._run_chain(job, owner, rendered, findings)
         if (
             isinstance(outcome, repository.Outcome)
             and outcome.status == JobStatus.SUCCEEDED
@@ -245,6 +250,7 @@ class Pipeline:
                 if self.limiter is not None:
                     wait = self.limiter.acquire(link_text, prompt_tokens + max_tokens)
                     if wait > 0:
+                        observe.rate_limited(link_text, handed_back=policy.should_defer(wait))
                         # No capacity under the shared limit: wait briefly, or give the slot
                         # back and let the job come back when there is room (never eat a 429).
                         if policy.should_defer(wait):
@@ -252,7 +258,8 @@ class Pipeline:
                             return Deferred(wait, route)
                         self._sleep(wait)
                         continue
-                completion, error = self._attempt(job, owner, provider, link_text, request)
+                with observe.stage("provider.call", link=link_text):
+                    completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
                     verdict = self._check_output(completion)
                     if verdict is None:
@@ -266,6 +273,7 @@ class Pipeline:
                             guardrails=findings,
                         )
                     if verdict.startswith("unsafe_output"):
+                        observe.blocked("output", verdict)
                         route.append({"link": link_text, "result": verdict})
                         return repository.Outcome(
                             status=JobStatus.BLOCKED,
@@ -284,6 +292,7 @@ class Pipeline:
                     failure_codes.append(error.code)
                     break
                 delay = policy.delay(tries - 1, self._rng, error.retry_after_s)
+                observe.retry(link_text, error.code)
                 if policy.should_defer(delay):
                     route.append({"link": link_text, "result": error.code, "deferred_s": delay})
                     return Deferred(delay, route)
@@ -330,30 +339,22 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
-        repository.record_attempt(
-            self.engine,
-            job.id,
-            owner,
-            self.config.lease_s,
-            repository.AttemptRecord(
-                provider=link_text.split(":", 1)[0],
-                model=request.model,
-                outcome="ok" if completion is not None else error.code if error else "error",
-                latency_ms=round(latency_ms, 3),
-                http_status=completion.http_status
-                if completion
-                else error.status
-                if error
-                else None,
-                error_code=error.code if error else None,
-                error_message=error.message[:500] if error else None,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cached_tokens=cached_tokens,
-                cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
-                worker=self.worker_name,
-            ),
+        record = repository.AttemptRecord(
+            provider=link_text.split(":", 1)[0],
+            model=request.model,
+            outcome="ok" if completion is not None else error.code if error else "error",
+            latency_ms=round(latency_ms, 3),
+            http_status=completion.http_status if completion else error.status if error else None,
+            error_code=error.code if error else None,
+            error_message=error.message[:500] if error else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
+            worker=self.worker_name,
         )
+        number = repository.record_attempt(self.engine, job.id, owner, self.config.lease_s, record)
+        observe.attempt(job, link_text, record, number)
         if completion is not None and completion.finish_reason == "refusal":
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error
@@ -361,7 +362,8 @@ class Pipeline:
     def _check_output(self, completion: Completion) -> str | None:
         """The rule that rejected the output, or None when it may be returned."""
         try:
-            verdict = run_chain(self._output_guards, completion.text)
+            with observe.stage("guardrails.output"):
+                verdict = run_chain(self._output_guards, completion.text)
         except Exception:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed
