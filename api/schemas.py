@@ -143,7 +143,7 @@ class JobOut(BaseModel):
 
 class BatchOut(BaseModel):
     id: str
-    status: Literal["in_progress", "completed"]
+    status: Literal["in_progress", "completed", "cancelling", "cancelled"]
     template: str
     priority: str
     chain: list[str]
@@ -155,6 +155,7 @@ class BatchOut(BaseModel):
     output_tokens: int
     cost_usd: Usd
     created_at: datetime
+    cancelled_at: datetime | None
     finished_at: datetime | None
 
 

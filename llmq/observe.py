@@ -27,6 +27,7 @@ class JobWatch:
     span: Any
     started: float = field(default_factory=time.perf_counter)
     result: Any = None  # a repository.Outcome or a pipeline.Deferred, set by the pipeline
+    recorded: bool = True  # False when the finish lost its lease (another worker owns the job)
     attempts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -73,7 +74,7 @@ def _job_done(watch: JobWatch) -> None:
         reason = entry.get("skipped") or (entry.get("result") if "tries" in entry else None)
         if reason:
             metrics.FALLBACKS.labels(entry["link"], reason).inc()
-    if status is not None:
+    if status is not None and watch.recorded:
         tenant = str(watch.job.tenant_id)
         metrics.JOBS_FINISHED.labels(outcome, tenant).inc()
         total_s = (datetime.now(UTC) - watch.job.created_at).total_seconds()

@@ -44,6 +44,24 @@ class PipelineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+def _from_cache(
+    hit: CachedResult, route: list[dict[str, Any]], findings: list[dict[str, Any]]
+) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.SUCCEEDED, result=hit.text, provider=hit.provider, model=hit.model,
+        cache_hit=True, route=route, guardrails=findings,
+    )  # fmt: skip
+
+
+class JobCancelled(Exception):
+    """The client cancelled the job while it ran; raised at the next step."""
+
+
+CANCELLED = repository.Outcome(
+    status=JobStatus.CANCELLED, error_code="cancelled", error_message="cancelled by the client"
+)
+
+
 @dataclass(frozen=True)
 class Deferred:
     delay_s: float
@@ -92,6 +110,9 @@ class Pipeline:
         job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
+        if job.cancel_requested:
+            repository.finish_job(self.engine, job.id, owner, CANCELLED)
+            return CANCELLED.status
         if job.deliveries > self.config.max_deliveries:
             outcome = repository.Outcome(
                 status=JobStatus.FAILED,
@@ -108,6 +129,8 @@ class Pipeline:
                 result = self._process(job, owner)
             except OperationalError:
                 raise
+            except JobCancelled:
+                result = CANCELLED
             except Exception as exc:  # a bug must end the job, not loop it through redelivery
                 log.exception("job %s failed with an internal error", job.id)
                 result = repository.Outcome(
@@ -119,7 +142,7 @@ class Pipeline:
             if isinstance(result, Deferred):
                 repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
                 return "deferred"
-            repository.finish_job(self.engine, job.id, owner, result)
+            watch.recorded = repository.finish_job(self.engine, job.id, owner, result)
             return result.status
 
     # -----------------------------------------------------------------------------------------
@@ -162,32 +185,31 @@ class Pipeline:
                 guardrails=findings,
             )
 
-        key = cache_key(job.chain, template.name, template.version, asdict(rendered), job.params)
+        # no_cache asks for a fresh answer, not a different question: same key either way.
+        answer_params = {k: v for k, v in job.params.items() if k != "no_cache"}
+        key = cache_key(job.chain, template.name, template.version, asdict(rendered), answer_params)
         if self.cache is not None and not job.params.get("no_cache"):
             with observe.stage("cache.lookup"):
                 hit = self.cache.get(key)
             if hit is not None:
-                return repository.Outcome(
-                    status=JobStatus.SUCCEEDED,
-                    result=hit.text,
-                    provider=hit.provider,
-                    model=hit.model,
-                    cache_hit=True,
-                    guardrails=findings,
-                )
+                return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
         with observe.stage("provider_chain", chain=",".join(job.chain)):
             outcome = self._run_chain(job, owner, rendered, findings)
-        if (
-            isinstance(outcome, repository.Outcome)
-            and outcome.status == JobStatus.SUCCEEDED
-            and self.cache is not None
-            and outcome.result is not None
-        ):
+        if not isinstance(outcome, repository.Outcome) or self.cache is None:
+            return outcome
+        if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
             self.cache.put(
                 key,
                 CachedResult(outcome.result, outcome.provider or "", outcome.model or ""),
             )
+        elif outcome.error_code == "all_providers_failed":
+            # The cache is the chain's last link: an earlier answer beats none (cache_hit says
+            # which it is), even for a job that asked for a fresh one.
+            hit = self.cache.get(key)
+            if hit is not None:
+                route = [*(outcome.route or []), {"link": "cache", "result": "ok"}]
+                return _from_cache(hit, route, findings)
         return outcome
 
     def _run_chain(
@@ -298,6 +320,13 @@ class Pipeline:
                     return Deferred(delay, route)
                 self._sleep(delay)
 
+        if set(failure_codes) == {"circuit_open"} and self.breaker is not None:
+            # Nothing was tried: every usable link is cooling down. Wait for the first probe
+            # rather than fail a job that a minute from now would succeed.
+            wait = min(self.breaker.reopens_in(r["link"]) for r in route if "skipped" in r
+                       and r["skipped"] == "circuit_open")  # fmt: skip
+            if time.monotonic() + wait < deadline:
+                return Deferred(max(wait, 0.5), route)
         if not failure_codes:
             code, message = "no_provider_available", "no link of the chain is configured"
         elif set(failure_codes) == {"context_too_long"}:
@@ -353,8 +382,12 @@ class Pipeline:
             cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
             worker=self.worker_name,
         )
-        number = repository.record_attempt(self.engine, job.id, owner, self.config.lease_s, record)
-        observe.attempt(job, link_text, record, number)
+        recorded = repository.record_attempt(
+            self.engine, job.id, owner, self.config.lease_s, record
+        )
+        observe.attempt(job, link_text, record, recorded and recorded.attempt_no)
+        if completion is None and recorded is not None and recorded.cancel_requested:
+            raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error

@@ -305,6 +305,8 @@ class ClaimedJob:
     attempts_made: int
     deliveries: int
     created_at: datetime
+    # The client cancelled it while a previous delivery ran: finish it as cancelled.
+    cancel_requested: bool
     # Seconds since the first delivery started: the job's deadline counts from there, across
     # redeliveries and backoffs (Postgres' clock, so workers' clocks do not matter).
     age_s: float
@@ -323,6 +325,7 @@ def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> Claime
                 "OR (status = 'running' AND lease_expires_at < now())) "
                 "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
                 "chain, attempts_made, deliveries, created_at, "
+                "cancel_requested_at IS NOT NULL AS cancel_requested, "
                 "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s"
             ),
             {"id": job_id, "owner": owner, "lease": lease_s},
@@ -348,31 +351,40 @@ class AttemptRecord:
     worker: str | None = None
 
 
+@dataclass(frozen=True)
+class RecordedAttempt:
+    attempt_no: int
+    # Read in the same statement, so cancelling costs the worker no extra query.
+    cancel_requested: bool
+
+
 def record_attempt(
     engine: Engine, job_id: uuid.UUID, owner: str, lease_s: float, attempt: AttemptRecord
-) -> int | None:
-    """Insert the attempt if we still hold the job; returns its number (None if we lost it).
+) -> RecordedAttempt | None:
+    """Insert the attempt if we still hold the job (None if we lost it).
 
     The attempt number comes from the same conditional UPDATE that renews the lease, so two
     workers can never write the same attempt and a fenced-off worker writes none.
     """
     with _statement(engine) as conn:
-        return conn.execute(
+        row = conn.execute(
             text(
                 "WITH j AS (UPDATE jobs SET attempts_made = attempts_made + 1, "
                 "lease_expires_at = now() + make_interval(secs => :lease) "
                 "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
-                "RETURNING tenant_id, attempts_made) "
-                "INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, outcome, "
-                "http_status, error_code, error_message, latency_ms, input_tokens, "
+                "RETURNING tenant_id, attempts_made, cancel_requested_at), "
+                "ins AS (INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, "
+                "outcome, http_status, error_code, error_message, latency_ms, input_tokens, "
                 "output_tokens, cached_tokens, cost_usd, worker) "
                 "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
                 ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
                 ":output_tokens, :cached_tokens, :cost_usd, :worker FROM j "
-                "RETURNING attempt_no"
+                "RETURNING attempt_no) "
+                "SELECT ins.attempt_no, j.cancel_requested_at IS NOT NULL FROM ins, j"
             ),
             {"id": job_id, "owner": owner, "lease": lease_s, **attempt.__dict__},
-        ).scalar_one_or_none()
+        ).first()
+    return None if row is None else RecordedAttempt(row[0], row[1])
 
 
 def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -471,6 +483,77 @@ def renew_leases(engine: Engine, owner_by_job: dict[str, str], lease_s: float) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Cancellation
+
+# Job totals from its attempts, for jobs that end without their worker's finish_job (cancelled
+# while waiting, or given up by the reconciler): what was spent is never dropped.
+ROLLUP_SET = (
+    "input_tokens = (SELECT coalesce(sum(a.input_tokens), 0) FROM attempts a "
+    "WHERE a.job_id = jobs.id), "
+    "output_tokens = (SELECT coalesce(sum(a.output_tokens), 0) FROM attempts a "
+    "WHERE a.job_id = jobs.id), "
+    "cost_usd = (SELECT CASE WHEN bool_or(a.cost_usd IS NULL) THEN NULL "
+    "ELSE coalesce(sum(a.cost_usd), 0) END FROM attempts a WHERE a.job_id = jobs.id)"
+)
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    cancelled: int  # were waiting: cancelled now, no provider call will start
+    stopping: int  # were running: their workers stop at the next step
+
+
+def cancel_jobs(
+    engine: Engine,
+    tenant_id: uuid.UUID,
+    *,
+    job_id: uuid.UUID | None = None,
+    batch_id: uuid.UUID | None = None,
+) -> Cancellation | None:
+    """Cancel one job or every live job of a batch; None when the tenant has no such thing.
+
+    Waiting jobs end at once (a message still on the queue then finds nothing to claim);
+    running jobs are flagged and their worker finishes them as cancelled at its next step."""
+    assert (job_id is None) != (batch_id is None)
+    scope = "job_id" if job_id is not None else "batch_id"
+    column = "id" if job_id is not None else "batch_id"
+    params = {"t": tenant_id, scope: job_id or batch_id}
+    with engine.begin() as conn:
+        if batch_id is not None:
+            found = conn.execute(
+                text(
+                    "UPDATE batches SET cancelled_at = coalesce(cancelled_at, now()) "
+                    "WHERE id = :batch_id AND tenant_id = :t RETURNING id"
+                ),
+                params,
+            ).first()
+        else:
+            found = conn.execute(
+                text("SELECT id FROM jobs WHERE id = :job_id AND tenant_id = :t"), params
+            ).first()
+        if found is None:
+            return None
+        cancelled = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled', "
+                "error_message = 'cancelled by the client', finished_at = now(), "
+                f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
+                f"WHERE {column} = :{scope} AND tenant_id = :t "
+                "AND status IN ('queued', 'retrying')"
+            ),
+            params,
+        ).rowcount
+        stopping = conn.execute(
+            text(
+                "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
+                f"WHERE {column} = :{scope} AND tenant_id = :t AND status = 'running'"
+            ),
+            params,
+        ).rowcount
+    return Cancellation(cancelled=cancelled, stopping=stopping)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reads for the API (always filtered by tenant)
 
 JOB_COLUMNS = (
@@ -512,8 +595,8 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
         row = (
             conn.execute(
                 text(
-                    "SELECT id, template, priority, chain, metadata, item_count, created_at "
-                    "FROM batches WHERE id = :id AND tenant_id = :t"
+                    "SELECT id, template, priority, chain, metadata, item_count, created_at, "
+                    "cancelled_at FROM batches WHERE id = :id AND tenant_id = :t"
                 ),
                 {"id": batch_id, "t": tenant_id},
             )
@@ -544,10 +627,15 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
             if t["last_finished"] and (last_finished is None or t["last_finished"] > last_finished):
                 last_finished = t["last_finished"]
         done = sum(counts[s] for s in TERMINAL_STATUSES)
+        finished = done == batch["item_count"]
+        if batch["cancelled_at"] is not None:
+            status = "cancelled" if finished else "cancelling"
+        else:
+            status = "completed" if finished else "in_progress"
         batch.update(
             counts=counts,
             completed=done,
-            status="completed" if done == batch["item_count"] else "in_progress",
+            status=status,
             finished_at=last_finished if done == batch["item_count"] else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -607,13 +695,18 @@ def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str,
     rows = conn.execute(
         text(
             "UPDATE jobs SET "
-            "status = CASE WHEN deliveries >= :max THEN 'failed' ELSE 'queued' END, "
-            "error_code = CASE WHEN deliveries >= :max THEN 'worker_lost' ELSE error_code END, "
-            "error_message = CASE WHEN deliveries >= :max THEN "
+            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' "
+            "WHEN deliveries >= :max THEN 'failed' ELSE 'queued' END, "
+            "error_code = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' "
+            "WHEN deliveries >= :max THEN 'worker_lost' ELSE error_code END, "
+            "error_message = CASE WHEN cancel_requested_at IS NOT NULL THEN "
+            "'cancelled by the client' WHEN deliveries >= :max THEN "
             "'the job was interrupted ' || deliveries || ' times (worker died or timed out)' "
             "ELSE error_message END, "
-            "finished_at = CASE WHEN deliveries >= :max THEN now() ELSE NULL END, "
-            "lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL "
+            "finished_at = CASE WHEN cancel_requested_at IS NOT NULL OR deliveries >= :max "
+            "THEN now() ELSE NULL END, "
+            "lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL, "
+            f"{ROLLUP_SET} "
             "WHERE status = 'running' AND lease_expires_at < now() "
             "RETURNING id::text, status, priority"
         ),

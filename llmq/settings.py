@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = 5
     circuit_window_s: float = 30.0
     circuit_cooldown_s: float = 30.0
+    circuit_failure_rate: float = 0.5
+    circuit_min_calls: int = 20
 
     # Shared provider limits per window: {"openai:gpt-4o-mini": {"requests": 500, "tokens": 2e5}}
     rate_limits: dict[str, dict[str, int]] = {}

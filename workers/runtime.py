@@ -37,6 +37,8 @@ def circuit_policy(settings: Settings) -> CircuitPolicy:
         failure_threshold=settings.circuit_failure_threshold,
         window_s=settings.circuit_window_s,
         cooldown_s=settings.circuit_cooldown_s,
+        failure_rate=settings.circuit_failure_rate,
+        min_calls=settings.circuit_min_calls,
     )
 
 

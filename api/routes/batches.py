@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }
 
@@ -74,6 +76,16 @@ def get_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
         raise ApiError(404, "not_found", f"batch {batch_id} not found")
     batch["id"] = str(batch["id"])
     return BatchOut.model_validate(batch)
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut, responses=ERRORS)
+def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
+    """Cancel every waiting job at once and every running one at its next step. Idempotent."""
+    current = get_batch(batch_id, engine, who)
+    if current.status == "completed":
+        raise ApiError(409, "not_cancellable", f"batch {batch_id} already completed")
+    repository.cancel_jobs(engine, who.tenant_id, batch_id=uuid.UUID(current.id))
+    return get_batch(batch_id, engine, who)
 
 
 def _result_line(row: dict[str, Any]) -> str:

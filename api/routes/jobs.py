@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from llmq import repository
+from llmq.db.models import TERMINAL_STATUSES, JobStatus
 from workers.dispatch import publish_jobs
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
@@ -19,6 +20,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }
 
@@ -63,3 +65,16 @@ def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
     job["id"] = str(job["id"])
     job["batch_id"] = str(job["batch_id"]) if job["batch_id"] else None
     return JobOut.model_validate(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+def cancel_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
+    """Cancel a waiting job at once, a running one at its next step. Idempotent."""
+    job_uuid = parse_id(job_id, "job")
+    current = repository.get_job(engine, who.tenant_id, job_uuid)
+    if current is None:
+        raise ApiError(404, "not_found", f"job {job_id} not found")
+    if current["status"] in TERMINAL_STATUSES and current["status"] != JobStatus.CANCELLED:
+        raise ApiError(409, "not_cancellable", f"job {job_id} already {current['status']}")
+    repository.cancel_jobs(engine, who.tenant_id, job_id=job_uuid)
+    return get_job(job_id, engine, who)

@@ -27,7 +27,9 @@ def client(services: Any) -> redis.Redis:
 
 def _breaker(client: redis.Redis, clock: Clock) -> CircuitBreaker:
     return CircuitBreaker(
-        client, CircuitPolicy(failure_threshold=3, window_s=10, cooldown_s=5), clock=clock
+        client,
+        CircuitPolicy(failure_threshold=3, window_s=10, cooldown_s=5, min_calls=20),
+        clock=clock,
     )
 
 
@@ -85,3 +87,28 @@ def test_redis_down_lets_calls_through() -> None:
     assert breaker.allow("openai:gpt-4o-mini") is True
     breaker.record("openai:gpt-4o-mini", ok=False, error_code="server_error")
     assert breaker.unavailable == 2
+
+
+def test_a_degraded_provider_stays_closed_and_a_failing_one_opens(client: redis.Redis) -> None:
+    clock = Clock()
+    degraded, failing = (f"openai:m-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    breaker = _breaker(client, clock)
+    for i in range(60):  # 30% of calls fail: retries handle it, traffic must keep flowing
+        clock.now += 0.1
+        breaker.record(degraded, ok=i % 10 not in (1, 5, 8), error_code="server_error")
+        assert breaker.state(degraded) == "closed", f"opened at call {i}"
+    for i in range(30):  # 2 of 3 calls fail: down for practical purposes
+        clock.now += 0.1
+        breaker.record(failing, ok=i % 3 == 0, error_code="server_error")
+        if i < 19:  # below min_calls a mix of results is noise, not an outage
+            assert breaker.state(failing) == "closed", f"opened at call {i}"
+    assert breaker.state(failing) == "open"
+
+
+def test_a_success_that_started_before_opening_does_not_close_it(client: redis.Redis) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    breaker = _breaker(client, clock)
+    for _ in range(3):
+        breaker.record(link, ok=False, error_code="server_error")
+    breaker.record(link, ok=True)  # a slow call that was in flight
+    assert breaker.state(link) == "open" and not breaker.allow(link)

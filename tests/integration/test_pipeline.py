@@ -8,9 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 
 from llmq import repository
+from llmq.cache import ResultCache
 from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
 from llmq.pipeline import Pipeline, PipelineConfig
 from llmq.pricing import load_price_table
@@ -40,6 +42,7 @@ def _pipeline(
     openai_key: str | None = "k",
     sleeps: list[float] | None = None,
     inline_max_s: float = 2.0,
+    cache: ResultCache | None = None,
 ) -> Pipeline:
     timeouts = {"connect_timeout_s": 2.0, "read_timeout_s": 2.0}
     return Pipeline(
@@ -57,6 +60,7 @@ def _pipeline(
         sleep=(sleeps.append if sleeps is not None else lambda _: None),
         rng=random.Random(0),
         worker_name="test-worker",
+        cache=cache,
     )
 
 
@@ -146,7 +150,8 @@ def test_a_worker_that_lost_its_lease_cannot_write(engine: Engine, tenant: uuid.
         )
         is False
     )
-    assert repository.record_attempt(engine, second.id, "worker-b", 30, attempt) == 1
+    recorded = repository.record_attempt(engine, second.id, "worker-b", 30, attempt)
+    assert recorded is not None and recorded.attempt_no == 1
     assert (
         repository.finish_job(
             engine, second.id, "worker-b", repository.Outcome(status="succeeded", result="fresh")
@@ -350,3 +355,64 @@ def test_a_job_past_its_deadline_fails_instead_of_calling_again(
     assert _attempts(engine, job_id) == []
     fresh = _job(engine, tenant, ["openai:gpt-4o-mini"])
     assert pipeline.run(fresh) == "succeeded"
+
+
+@pytest.fixture()
+def cache(services: Any) -> ResultCache:
+    return ResultCache(redis.Redis.from_url(services.redis_url), ttl_s=60)
+
+
+def _job_with(engine: Engine, tenant: uuid.UUID, text_: str, params: dict[str, Any]) -> str:
+    return str(
+        repository.insert_job(
+            engine, tenant_id=tenant, template="summarize", template_version=1,
+            priority="default", chain=["openai:gpt-4o-mini"],
+            item=repository.NewJob(input=text_, params=params),
+        )
+    )  # fmt: skip
+
+
+def test_the_same_question_is_answered_from_the_cache_without_a_call(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID, cache: ResultCache
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider, cache=cache)
+    doc = f"{DOC} Reference {uuid.uuid4()}."
+    first, second = _job_with(engine, tenant, doc, {}), _job_with(engine, tenant, doc, {})
+    assert pipeline.run(first) == "succeeded"
+    calls = fake_provider.stats()["requests"]
+    assert pipeline.run(second) == "succeeded"
+    assert fake_provider.stats()["requests"] == calls
+    hit = _row(engine, second)
+    assert hit.cache_hit and hit.result == _row(engine, first).result
+    assert hit.route == [{"link": "cache", "result": "ok"}]
+    assert _attempts(engine, second) == [] and hit.cost_usd == 0
+
+
+def test_a_cached_answer_is_the_last_link_when_every_provider_fails(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID, cache: ResultCache
+) -> None:
+    fake_provider.set_script(FakeScript())
+    pipeline = _pipeline(engine, fake_provider, cache=cache)
+    doc = f"{DOC} Reference {uuid.uuid4()}."
+    assert pipeline.run(_job_with(engine, tenant, doc, {})) == "succeeded"
+    fake_provider.set_script(FakeScript(rules=[FaultRule(fault="status", status=500)]))
+    fresh = _job_with(engine, tenant, doc, {"no_cache": True})  # asks for a new answer...
+    assert pipeline.run(fresh) == "succeeded"  # ...but an old one beats a failure
+    row = _row(engine, fresh)
+    assert row.cache_hit and row.route[-1] == {"link": "cache", "result": "ok"}
+    assert [a.outcome for a in _attempts(engine, fresh)] == ["server_error"] * 3
+    other = _job_with(engine, tenant, f"{DOC} Never seen {uuid.uuid4()}.", {})
+    assert pipeline.run(other) == "failed"  # no cached answer: a clear failure, no made-up text
+    assert _row(engine, other).error_code == "all_providers_failed"
+    fake_provider.set_script(FakeScript())
+
+
+def test_an_unreachable_cache_store_never_fails_a_job(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    dead = ResultCache(redis.Redis(port=1, socket_connect_timeout=0.2), ttl_s=60)
+    pipeline = _pipeline(engine, fake_provider, cache=dead)
+    assert pipeline.run(_job_with(engine, tenant, DOC, {})) == "succeeded"
+    assert dead.errors == 2  # the lookup and the store, both logged and counted
