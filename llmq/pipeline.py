@@ -385,7 +385,7 @@ class Pipeline:
         recorded = repository.record_attempt(
             self.engine, job.id, owner, self.config.lease_s, record
         )
-        observe.attempt(job, link_text, record, recorded and recorded.attempt_no)
+        observe.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
         if completion is None and recorded is not None and recorded.cancel_requested:
             raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":

@@ -392,6 +392,8 @@ def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
         rows = conn.execute(
             text(
                 "SELECT attempt_no, provider, model, outcome FROM attempts WHERE job_id = :id "
+                # Only this run's attempts: an operator's retry (retry_job) starts afresh.
+                "AND created_at >= (SELECT started_at FROM jobs WHERE id = :id) "
                 "ORDER BY attempt_no"
             ),
             {"id": job_id},
@@ -756,3 +758,35 @@ def forget_dispatches(conn: Connection) -> int:
             "AND dispatched_at IS NOT NULL"
         )
     ).rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators (llmq jobs ...): not tenant-scoped, run with database access
+
+
+def get_job_owner(engine: Engine, job_id: uuid.UUID) -> uuid.UUID | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar_one_or_none()
+
+
+def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
+    """Put a failed, blocked or cancelled job back in its queue as if new: a fresh deadline,
+    delivery count and provider attempts (earlier attempts stay, and so does their cost).
+    Marked dispatched: the caller publishes it (undo_dispatch if that fails). Returns
+    (job id, priority), or None when the job is not in a retryable state."""
+    with _statement(engine) as conn:
+        row = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'queued', result = NULL, provider = NULL, "
+                "model = NULL, cache_hit = false, error_code = NULL, error_message = NULL, "
+                "route = '[]', guardrails = '[]', deliveries = 0, started_at = NULL, "
+                "finished_at = NULL, not_before = NULL, cancel_requested_at = NULL, "
+                "lease_owner = NULL, lease_expires_at = NULL, dispatched_at = now() "
+                "WHERE id = :id AND status IN ('failed', 'blocked', 'cancelled') "
+                "RETURNING id::text, priority"
+            ),
+            {"id": job_id},
+        ).first()
+    return None if row is None else (row[0], row[1])
