@@ -24,6 +24,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="llmq",
         version="0.1.0",
         description="Queue-backed LLM job processing: submit jobs and batches, poll results.",
+        # Request spans only: metrics are Prometheus', and OTel logs of validation errors
+        # would carry request bodies (document text).
+        telemetry={"metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)

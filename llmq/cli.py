@@ -87,7 +87,7 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="concurrent jobs per process")] = 0,
     pool: Annotated[str, typer.Option(help="threads (recommended) | gevent | prefork")] = "",
     name: Annotated[str, typer.Option(help="node name (default worker@hostname)")] = "",
-    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+    loglevel: Annotated[str, typer.Option(help="log level (default LLMQ_LOG_LEVEL)")] = "",
     metrics_port: Annotated[
         int, typer.Option(help="serve /metrics here (default LLMQ_WORKER_METRICS_PORT; 0 = off)")
     ] = -1,
@@ -113,7 +113,7 @@ def worker(
         "--concurrency",
         str(concurrency or settings.worker_concurrency),
         "--loglevel",
-        loglevel,
+        loglevel or settings.log_level,
         "--without-mingle",
         "--without-gossip",
     ]

@@ -131,9 +131,8 @@ def attempt(claimed: ClaimedJob, link: str, record: AttemptRecord, number: int |
         watch.output_tokens += record.output_tokens
         if watch.cost_usd is not None:
             watch.cost_usd = None if record.cost_usd is None else watch.cost_usd + record.cost_usd
-    if tracing.AVAILABLE:
-        tracing.set_attributes(
-            tracing.trace.get_current_span(),
+    tracing.set_attributes(
+            tracing.current_span(),
             provider=provider, model=model, outcome=record.outcome, attempt=number,
             input_tokens=record.input_tokens, output_tokens=record.output_tokens,
             http_status=record.http_status,

@@ -1,9 +1,11 @@
-"""OpenTelemetry tracing, optional: `pip install llmq[otel]` and LLMQ_TRACING=console|otlp.
+"""OpenTelemetry tracing, optional: `pip install 'llmq[otel]'` and LLMQ_TRACING=console|otlp.
 
-Without the extra every function here is a cheap no-op; with the extra but LLMQ_TRACING=off the
-OpenTelemetry API's own no-op tracer is used. Spans: one per API request, per job (a child of
-the request that submitted it: the context travels in the Celery message headers), per pipeline
-stage and per provider call. The OTLP exporter reads the standard OTEL_EXPORTER_OTLP_* variables.
+The OpenTelemetry API comes with FastAPI; the extra adds the SDK and the OTLP exporter. Until
+`configure` installs the SDK's provider, the API's own no-op tracer makes every span here free
+(and without the API at all, these functions do nothing). Spans: one per API request (FastAPI's
+native server span), per task and job (children of the request that submitted them: the
+context travels in the Celery message headers), per pipeline stage and per provider call. The
+OTLP exporter reads the standard OTEL_EXPORTER_OTLP_* variables.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ def configure(mode: str, service: str) -> bool:
     global _configured
     if mode == "off" or _configured:
         return _configured
-    if not AVAILABLE:
-        log.warning("LLMQ_TRACING=%s needs OpenTelemetry: pip install 'llmq[otel]'", mode)
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SimpleSpanProcessor,
+            SpanProcessor,
+        )
+    except ImportError:
+        log.warning("LLMQ_TRACING=%s needs the OpenTelemetry SDK: pip install 'llmq[otel]'", mode)
         return False
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SimpleSpanProcessor,
-        SpanProcessor,
-    )
 
     processor: SpanProcessor
     if mode == "console":
@@ -76,6 +79,10 @@ def span(name: str, *, kind: str = "internal", **attributes: Any) -> Iterator[An
         name, kind=span_kind, attributes=attrs
     ) as current:
         yield current
+
+
+def current_span() -> Any:
+    return trace.get_current_span() if AVAILABLE else None
 
 
 def set_attributes(current: Any, **attributes: Any) -> None:
