@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq import logs, metrics, tracing
 from llmq.circuit import CircuitBreaker
+from llmq.pricing import load_price_table
+from llmq.settings import Settings
 from workers.queues import queue_depths
 from workers.runtime import circuit_policy
 
@@ -100,6 +102,13 @@ def metrics_endpoint(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+def circuit_links(settings: Settings) -> list[str]:
+    """The links whose circuit state is exported: the default chain and every priced model
+    (read one by one, so no SCAN of a keyspace that holds the cache)."""
+    prices = load_price_table(settings.pricing_file)
+    return sorted({*settings.default_chain, *prices.models})
+
+
 def install(app: FastAPI) -> None:
     settings = app.state.settings
     registry = CollectorRegistry(auto_describe=False)
@@ -108,7 +117,7 @@ def install(app: FastAPI) -> None:
             app.state.engine,
             app.state.redis,
             CircuitBreaker(app.state.redis, circuit_policy(settings)),
-            list(settings.default_chain),
+            circuit_links(settings),
             queue_depths,
             settings.metrics_cache_s,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import redis
@@ -142,17 +142,6 @@ def job_counts(engine: Engine) -> dict[str, int]:
     return counts
 
 
-def circuit_links(client: redis.Redis, known: Iterable[str]) -> list[str]:
-    """The configured chain plus any link with circuit state in Redis (custom chains)."""
-    links = set(known)
-    for raw in client.scan_iter(match="llmq:cb:*", count=500):
-        key = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if key.endswith((":fails", ":probe", ":seq")):
-            continue
-        links.add(key.removeprefix("llmq:cb:"))
-    return sorted(links)
-
-
 class StateCollector(Collector):
     """Jobs by status, queue depth per queue and circuit state per link, read at scrape time."""
 
@@ -161,14 +150,14 @@ class StateCollector(Collector):
         engine: Engine,
         client: redis.Redis,
         breaker: CircuitBreaker,
-        chain: list[str],
+        links: list[str],
         queue_depths: Callable[[redis.Redis], dict[str, int]],
         cache_s: float,
     ) -> None:
         self._engine = engine
         self._client = client
         self._breaker = breaker
-        self._chain = chain
+        self._links = links
         self._queue_depths = queue_depths
         self._cache_s = cache_s
         self._lock = threading.Lock()
@@ -209,7 +198,7 @@ class StateCollector(Collector):
                 "1 for the current state of each provider:model circuit, else 0.",
                 labels=["link", "state"],
             )
-            for link in circuit_links(self._client, self._chain):
+            for link in self._links:
                 current = self._breaker.state(link)
                 for state in ("closed", "open", "half_open"):
                     circuits.add_metric([link, state], 1 if current == state else 0)

@@ -82,7 +82,7 @@ def _job_done(watch: JobWatch) -> None:
     tracing.set_attributes(watch.span, outcome=outcome, attempts=watch.attempts)
     log.info(
         "job %s",
-        "deferred" if outcome == "deferred" else "finished",
+        {"deferred": "deferred", "error": "interrupted"}.get(outcome, "finished"),
         extra={
             "status": outcome,
             "provider": getattr(result, "provider", None),

@@ -1,5 +1,7 @@
 """Worker heartbeats in Redis: each worker process refreshes a key with a TTL, so /readyz and
-operators can list live workers without asking Celery (no broadcast, no mingle/gossip)."""
+operators can list live workers without asking Celery (no broadcast, no mingle/gossip).
+
+The names are also kept in one set, so readers never SCAN a keyspace that holds the cache."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import redis
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "llmq:worker:"
+NAMES_KEY = "llmq:workers"
 
 
 def _ttl_s(interval_s: float) -> int:
@@ -41,7 +44,10 @@ class Heartbeat:
         return KEY_PREFIX + self._name
 
     def beat(self) -> None:
-        self._client.set(self.key, self._info, ex=_ttl_s(self._interval_s))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self.key, self._info, ex=_ttl_s(self._interval_s))
+        pipe.sadd(NAMES_KEY, self._name)
+        pipe.execute()
 
     def start(self) -> None:
         self._thread.start()
@@ -52,6 +58,7 @@ class Heartbeat:
             self._thread.join(timeout=5)  # no beat may land after the delete
         with contextlib.suppress(redis.RedisError):
             self._client.delete(self.key)  # gone now, not after the TTL
+            self._client.srem(NAMES_KEY, self._name)
 
     def _run(self) -> None:
         while True:
@@ -64,12 +71,17 @@ class Heartbeat:
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
-    """Workers whose heartbeat has not expired, by name."""
-    keys = sorted(client.scan_iter(match=KEY_PREFIX + "*", count=500))
-    if not keys:
+    """Workers whose heartbeat has not expired, by name (names of expired ones are pruned)."""
+    names = sorted(n.decode() if isinstance(n, bytes) else str(n)
+                   for n in client.smembers(NAMES_KEY))  # fmt: skip
+    if not names:
         return []
-    workers = []
-    for raw in client.mget(keys):
-        if raw is not None:  # expired between SCAN and MGET
+    workers, gone = [], []
+    for name, raw in zip(names, client.mget([KEY_PREFIX + n for n in names]), strict=True):
+        if raw is None:
+            gone.append(name)
+        else:
             workers.append(json.loads(raw))
-    return sorted(workers, key=lambda w: str(w.get("name")))
+    if gone:
+        client.srem(NAMES_KEY, *gone)
+    return workers
