@@ -11,7 +11,7 @@ from workers.runtime import redis_client
 
 from . import errors, observability
 from .auth import Authenticator
-from .routes import batches, health, jobs
+from .routes import batches, compat_anthropic, compat_openai, health, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,5 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(compat_openai.router)
+    app.include_router(compat_anthropic.router)
     observability.install(app)
     return app

@@ -34,7 +34,19 @@ class Authenticator:
                 "missing API key: send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        key = key.strip()
+        principal = self.principal_for_key(key.strip())
+        if principal is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "invalid or revoked API key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        record_tenant(request, principal.tenant_id)
+        return principal
+
+    def principal_for_key(self, key: str) -> Principal | None:
+        """The key's principal (None if unknown or revoked), through the short-lived cache."""
         digest = repository.hash_key(key)
         now = time.monotonic()
         with self._lock:
@@ -47,12 +59,4 @@ class Authenticator:
                 self._cache[digest] = (now + AUTH_CACHE_S, principal)
         else:
             principal = cached[1]
-        if principal is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "invalid or revoked API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        record_tenant(request, principal.tenant_id)
         return principal

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from llmq import observe, repository
 from llmq.cache import CachedResult, ResultCache, cache_key
+from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.guardrails import Guardrail, build_chain, run_chain
@@ -157,7 +158,7 @@ class Pipeline:
 
         try:
             with observe.stage("guardrails.input"):
-                guarded = run_chain(self._input_guards, job.input)
+                guarded = input_guard(template.chat)(self._input_guards, job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -225,14 +226,30 @@ class Pipeline:
         # A job resumed after a long backoff continues where it stopped, attempts included.
         failures_before: Counter[str] = Counter()
         if job.attempts_made:
-            for a in repository.prior_attempts(self.engine, job.id):
+            prior = repository.prior_attempts(self.engine, job.id)
+            for a in prior:
                 if a["outcome"] != "ok":
                     failures_before[f"{a['provider']}:{a['model']}"] += 1
+            last = prior[-1] if prior else None
+            # A previous delivery got (and paid for) an answer, then died before finishing the
+            # job: finish from that answer rather than buy it again.
+            if (
+                last is not None
+                and last["output"] is not None
+                and self._check_output_text(last["output"]) is None
+            ):
+                return repository.Outcome(
+                    status=JobStatus.SUCCEEDED, result=last["output"],
+                    provider=last["provider"], model=last["model"],
+                    route=[{"link": f"{last['provider']}:{last['model']}", "result": "ok",
+                            "recovered_attempt": last["attempt_no"]}],
+                    guardrails=findings,
+                )  # fmt: skip
 
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
-        for link_text in job.chain:
+        for link_text in effective_chain(job.chain, job.params):
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
             if provider is None or not provider.is_configured():
@@ -260,6 +277,7 @@ class Pipeline:
                 temperature=job.params.get("temperature"),
                 document=rendered.document,
                 style=rendered.style,
+                messages=rendered.messages,
             )
             while True:
                 if time.monotonic() >= deadline:
@@ -381,6 +399,10 @@ class Pipeline:
             cached_tokens=cached_tokens,
             cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
             worker=self.worker_name,
+            # Only a usable answer is kept for recovery (a refusal is not one).
+            output=completion.text
+            if completion is not None and completion.finish_reason != "refusal"
+            else None,
         )
         recorded = repository.record_attempt(
             self.engine, job.id, owner, self.config.lease_s, record
@@ -394,9 +416,12 @@ class Pipeline:
 
     def _check_output(self, completion: Completion) -> str | None:
         """The rule that rejected the output, or None when it may be returned."""
+        return self._check_output_text(completion.text)
+
+    def _check_output_text(self, text: str) -> str | None:
         try:
             with observe.stage("guardrails.output"):
-                verdict = run_chain(self._output_guards, completion.text)
+                verdict = run_chain(self._output_guards, text)
         except Exception:
             log.exception("output guardrail crashed")
             return "unsafe_output.guardrail_error"  # fail closed

@@ -25,6 +25,7 @@ class Rendered:
     user: str
     document: str | None  # the raw text, for providers (local) that work on the document
     style: str | None
+    messages: list[dict[str, str]] | None = None  # a chat's turns, sent as they are
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class Template:
     user: str
     styles: dict[str, str] = field(default_factory=dict)
     summarizes: bool = False
+    chat: bool = False  # the input is a stored conversation (llmq/chat.py), not a document
 
     def render(self, text: str, params: dict[str, object]) -> Rendered:
+        if self.chat:
+            return _render_chat(text)
         style = str(params.get("style", "paragraph")) if self.styles else None
         if self.styles and style not in self.styles:
             raise TemplateError(
@@ -65,7 +69,24 @@ TEMPLATES: dict[str, Template] = {
         summarizes=True,
     ),
     "prompt": Template(name="prompt", version=1, system=None, user="{input}"),
+    "chat": Template(name="chat", version=1, system=None, user="{input}", chat=True),
 }
+
+
+def _render_chat(text: str) -> Rendered:
+    from llmq.chat import ChatFormatError, decode
+
+    try:
+        conversation = decode(text)
+    except ChatFormatError as exc:
+        raise TemplateError(str(exc)) from exc
+    return Rendered(
+        system=conversation.system,
+        user="\n\n".join(m["content"] for m in conversation.messages),  # for token estimates
+        document=None,
+        style=None,
+        messages=conversation.messages,
+    )
 
 
 def get_template(name: str) -> Template:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -167,10 +168,54 @@ class Attempt(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cached_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     cost_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # The answer, kept so a worker that dies before finishing the job is not paid for twice:
+    # the next delivery finishes from it instead of calling the provider again.
+    output: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
         UniqueConstraint("job_id", "attempt_no", name="uq_attempts_job_attempt"),
         Index("ix_attempts_tenant_created", "tenant_id", "created_at"),
+    )
+
+
+class CompatFile(Base):
+    """A file uploaded through the OpenAI-compatible Files API (a batch's JSONL input)."""
+
+    __tablename__ = "compat_files"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column("bytes", Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_compat_files_tenant_created", "tenant_id", "created_at"),)
+
+
+class CompatBatch(Base):
+    """An OpenAI- or Anthropic-compatible batch: the wire details of one native batch.
+
+    `batch_id` is NULL for an OpenAI batch that failed validation (it never had jobs)."""
+
+    __tablename__ = "compat_batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api: Mapped[str] = mapped_column(String(16))  # "openai" | "anthropic"
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    input_file_id: Mapped[str | None] = mapped_column(String(100))
+    endpoint: Mapped[str | None] = mapped_column(String(100))
+    completion_window: Mapped[str | None] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(200))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'"))
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_compat_batches_tenant_api_created", "tenant_id", "api", "created_at", "id"),
     )

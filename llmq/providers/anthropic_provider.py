@@ -47,7 +47,7 @@ class AnthropicProvider:
         kwargs: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": "user", "content": request.user}],
+            "messages": request.messages or [{"role": "user", "content": request.user}],
         }
         if request.system:
             kwargs["system"] = request.system

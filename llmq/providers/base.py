@@ -22,6 +22,8 @@ class CompletionRequest:
     # The raw document behind a templated prompt, for providers that work on text directly.
     document: str | None = None
     style: str | None = None
+    # A whole conversation (role/content turns); when set it replaces `user`.
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

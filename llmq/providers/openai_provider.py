@@ -49,7 +49,7 @@ class OpenAIProvider:
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.user})
+        messages.extend(request.messages or [{"role": "user", "content": request.user}])
         kwargs: dict[str, Any] = {"model": request.model, "messages": messages}
         if request.model.startswith(_COMPLETION_TOKENS_PREFIXES):
             kwargs["max_completion_tokens"] = request.max_tokens

@@ -416,3 +416,28 @@ def test_an_unreachable_cache_store_never_fails_a_job(
     pipeline = _pipeline(engine, fake_provider, cache=dead)
     assert pipeline.run(_job_with(engine, tenant, DOC, {})) == "succeeded"
     assert dead.errors == 2  # the lookup and the store, both logged and counted
+
+
+def test_a_worker_that_died_after_a_paid_answer_is_not_paid_for_twice(
+    engine: Engine, fake_provider: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    fake_provider.set_script(FakeScript())
+    job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
+    assert repository.claim_job(engine, job_id, "dead-worker", lease_s=30) is not None
+    answer = repository.AttemptRecord(
+        provider="openai", model="gpt-4o-mini", outcome="ok", latency_ms=80.0,
+        input_tokens=50, output_tokens=12, output="The terminal costs 40 million euros.",
+    )  # fmt: skip
+    assert repository.record_attempt(engine, uuid.UUID(job_id), "dead-worker", 30, answer)
+    with engine.begin() as conn:  # it died before finish_job: the lease runs out
+        conn.execute(
+            text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            {"id": job_id},
+        )
+    calls = fake_provider.stats()["requests"]
+    assert _pipeline(engine, fake_provider).run(job_id) == "succeeded"
+    assert fake_provider.stats()["requests"] == calls  # no second call
+    row = _row(engine, job_id)
+    assert row.result == "The terminal costs 40 million euros."
+    assert (row.input_tokens, row.output_tokens, row.attempts_made) == (50, 12, 1)
+    assert row.route[0]["recovered_attempt"] == 1
