@@ -26,8 +26,6 @@ from llmq.db.migrate import upgrade
 from llmq.embedded import EmbeddedServices, embedded_services
 from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
 from llmq.stack import Child, Stack
-from workers.celery_app import make_celery
-from workers.dispatch import DISPATCH_BATCH
 
 DOC = "The river rose two metres overnight. Crews built levees along the bank. Nobody was hurt."
 QUEUES = "llm.high,llm.default,llm.low"
@@ -66,6 +64,12 @@ class Rig:
             items=[repository.NewJob(input=f"Report {i}: {text_}", custom_id=str(i))
                    for i in range(n)],
         )  # fmt: skip
+        # Imported here: importing workers.dispatch creates the process's Celery app, which
+        # binds REDIS_URL as it is at that moment (a test module importing this at collection
+        # would bind the default broker before the test environment is set).
+        from workers.celery_app import make_celery
+        from workers.dispatch import DISPATCH_BATCH
+
         make_celery(self.env["REDIS_URL"]).send_task(
             DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
         )

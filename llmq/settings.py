@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # OpenAI/Anthropic-compatible surfaces (api/routes/compat_*.py).
     compat_max_file_bytes: int = 100_000_000  # a batch input file (OpenAI allows 200 MB)
     compat_sync_timeout_s: float = 120.0  # POST /openai/v1/chat/completions waits this long
-    # Observability (README "Operations"): logs, metrics, tracing, worker heartbeats.
+    # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
     worker_metrics_port: int = 0  # each worker process serves /metrics here; 0 = off

@@ -1,6 +1,6 @@
 """Worker-side observability: JSON logs via Celery's setup_logging signal, the request id and
-trace context carried in message headers (API -> broker -> worker), the per-process /metrics
-exporter and the heartbeat."""
+trace context carried in message headers (API -> broker -> worker), and the per-process
+/metrics exporter. (Heartbeats: workers/heartbeat.py.)"""
 
 from __future__ import annotations
 
@@ -61,5 +61,9 @@ def start_metrics_server(port: int, host: str) -> None:
         return
     from prometheus_client import start_http_server
 
-    _metrics_server = start_http_server(port, addr=host)
+    try:
+        _metrics_server = start_http_server(port, addr=host)
+    except OSError as exc:  # port taken: the worker still works, unobserved
+        log.error("cannot serve metrics on %s:%d: %s", host, port, exc)
+        return
     log.info("worker metrics on http://%s:%d/metrics", host, port)
