@@ -9,9 +9,18 @@ from llmq.db.engine import get_engine
 from llmq.settings import Settings, get_settings
 from workers.runtime import redis_client
 
-from . import errors, observability
+from . import errors, ingest_guard, observability
 from .auth import Authenticator
-from .routes import batches, compat_anthropic, compat_openai, health, jobs
+from .routes import (
+    batches,
+    compat_anthropic,
+    compat_openai,
+    events,
+    health,
+    jobs,
+    retry,
+    webhooks,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,11 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = get_engine(settings.database_url)
     app.state.redis = redis_client(settings)
     app.state.authenticator = Authenticator(app.state.engine)
+    app.state.guardrails = ingest_guard.build_selection(settings)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
     app.include_router(compat_openai.router)
     app.include_router(compat_anthropic.router)
+    app.include_router(retry.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
     observability.install(app)
     return app

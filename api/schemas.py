@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -15,12 +16,15 @@ from pydantic import (
     model_validator,
 )
 
+from llmq.durations import parse_duration
+from llmq.output_review import check_schema
 from llmq.providers.registry import parse_link
 
 Priority = Literal["high", "default", "low"]
 # Money as an exact fixed-point string ("0.0000123000"), never a float or "0E-10".
 Usd = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 MAX_INPUT_CHARS = 2_000_000
+MAX_COMPLETION_WINDOW_S = 7 * 86_400
 
 
 class Strict(BaseModel):
@@ -34,6 +38,17 @@ class Params(Strict):
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     no_cache: bool = False
+    # Structured output (llmq/output_review.py): the answer must be JSON, matching json_schema
+    # when one is given (json_schema alone implies "json").
+    response_format: Literal["text", "json"] | None = None
+    json_schema: dict[str, Any] | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and (problem := check_schema(schema)) is not None:
+            raise ValueError(problem)
+        return schema
 
 
 def _check_chain(chain: list[str] | None) -> list[str] | None:
@@ -72,8 +87,34 @@ class BatchIn(Strict):
     priority: Priority = "default"
     chain: list[str] | None = Field(default=None, max_length=10)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    completion_window: int | str | None = Field(
+        default=None,
+        description="jobs not done this long after submission end `expired`: seconds or "
+        "'90s', '30m', '1h', '2d'",
+    )
+    webhook_url: str | None = Field(
+        default=None, max_length=2000, description="POSTed a signed event when the batch ends"
+    )
 
     _chain = field_validator("chain")(_check_chain)
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            window = parse_duration(value)
+            if window > MAX_COMPLETION_WINDOW_S:
+                raise ValueError("a completion window is at most 7 days")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError("webhook_url must be an absolute http(s) URL")
+        return value
 
     @model_validator(mode="after")
     def _unique_custom_ids(self) -> BatchIn:
@@ -141,6 +182,13 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
+class WebhookState(BaseModel):
+    url: str
+    status: str | None  # None until the batch ends; then pending, delivered or failed
+    attempts: int
+    next_attempt_at: datetime | None
+
+
 class BatchOut(BaseModel):
     id: str
     status: Literal["in_progress", "completed", "cancelling", "cancelled"]
@@ -157,6 +205,9 @@ class BatchOut(BaseModel):
     created_at: datetime
     cancelled_at: datetime | None
     finished_at: datetime | None
+    completion_window_s: int | None = None
+    expires_at: datetime | None = None
+    webhook: WebhookState | None = None
 
 
 class ErrorBody(BaseModel):
@@ -167,3 +218,34 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+# Batch API (issue 5)
+
+
+class RetryOut(BaseModel):
+    id: str
+    retried: int
+
+
+class WebhookSecretOut(BaseModel):
+    secret: str
+    header: str
+    note: str
+
+
+class WebhookDeliveryOut(BaseModel):
+    attempt_no: int
+    event_id: str
+    url: str
+    outcome: str
+    http_status: int | None
+    error: str | None
+    latency_ms: float
+    created_at: datetime
+
+
+class WebhookDeliveriesOut(BaseModel):
+    batch_id: str
+    webhook: WebhookState | None
+    deliveries: list[WebhookDeliveryOut]

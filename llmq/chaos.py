@@ -64,9 +64,9 @@ class Rig:
             items=[repository.NewJob(input=f"Report {i}: {text_}", custom_id=str(i))
                    for i in range(n)],
         )  # fmt: skip
-        # Imported here: importing workers.dispatch creates the process's Celery app, which
-        # binds REDIS_URL as it is at that moment (a test module importing this at collection
-        # would bind the default broker before the test environment is set).
+        # Imported here: importing `workers` binds the default Celery app to the environment's
+        # broker, and this module is imported while test modules are collected (before the
+        # test session sets REDIS_URL), which sent the suite's in-process publishes elsewhere.
         from workers.celery_app import make_celery
         from workers.dispatch import DISPATCH_BATCH
 

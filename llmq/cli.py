@@ -330,6 +330,9 @@ def results(
     api_key: ApiKey,
     api_url: ApiUrl = "http://127.0.0.1:8000",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write JSONL here")] = None,
+    only: Annotated[
+        str | None, typer.Option("--status", help="only these states, e.g. failed,expired")
+    ] = None,
 ) -> None:
     """Download a batch's results as JSONL (stdout or -o FILE)."""
     from llmq.client import ApiError, Client
@@ -337,13 +340,29 @@ def results(
     with Client(api_url, api_key) as client:
         sink = output.open("w") if output else sys.stdout
         try:
-            for row in client.results(batch_id):
+            for row in client.results(batch_id, only):
                 sink.write(json.dumps(row) + "\n")
         except ApiError as exc:
             raise _fail(str(exc)) from exc
         finally:
             if output:
                 sink.close()
+
+
+@app.command()
+def retry(
+    batch_id: Annotated[str, typer.Argument(help="batch id")],
+    api_key: ApiKey,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+) -> None:
+    """Run a batch's failed and expired items again; prints how many."""
+    from llmq.client import ApiError, Client
+
+    with Client(api_url, api_key) as client:
+        try:
+            typer.echo(f"retrying {client.retry(batch_id)['retried']} item(s)")
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +419,8 @@ def queues(
 
 @jobs_app.command("retry")
 def jobs_retry(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
-    """Run a failed, blocked or cancelled job again from the start (earlier cost is kept)."""
+    """Run a failed, expired, blocked or cancelled job again from the start (earlier cost is
+    kept)."""
     from llmq import repository
     from llmq.db.engine import get_engine
 
@@ -408,7 +428,7 @@ def jobs_retry(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     engine = get_engine(_database_url(settings))
     taken = repository.retry_job(engine, _uuid(job_id))
     if taken is None:
-        raise _fail(f"no failed, blocked or cancelled job {job_id}")
+        raise _fail(f"no failed, expired, blocked or cancelled job {job_id}")
     _use_env({"REDIS_URL": _redis_url(settings)})
     from workers.dispatch import publish_jobs
 

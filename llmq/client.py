@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from llmq.events import ServerEvent, parse_sse
+
 
 class ApiError(RuntimeError):
     def __init__(self, status: int, body: Any) -> None:
@@ -52,11 +54,27 @@ class Client:
     def batch(self, batch_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/batches/{batch_id}"))
 
-    def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
-        with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as response:
+    def results(self, batch_id: str, status: str | None = None) -> Iterator[dict[str, Any]]:
+        params = {"status": status} if status else None
+        with self._http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:
             if response.status_code >= 400:
                 response.read()
                 self._json(response)
             for line in response.iter_lines():
                 if line.strip():
                     yield json.loads(line)
+
+    # Batch API (issue 5)
+
+    def retry(self, batch_id: str) -> dict[str, Any]:
+        return self._json(self._http.post(f"/v1/batches/{batch_id}/retry"))
+
+    def events(self, path: str, last_event_id: str | None = None) -> Iterator[ServerEvent]:
+        """Server-Sent Events of `/v1/batches/{id}/events` or `/v1/jobs/{id}/events`; the
+        read timeout only has to outlast the server's keep-alive comments."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with self._http.stream("GET", path, headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            yield from parse_sse(response.iter_lines())

@@ -14,7 +14,10 @@ followed by the first 40 words of the last user message. Token counts are rough
 (``ceil(chars / 4)``), not a real tokenizer.
 
 Faults and latency are scripted with :class:`FakeScript` (rules are tried in order; the
-first matching rule that fires wins). Control endpoints live under ``/_fake/``:
+first matching rule that fires wins). A ``reply`` rule returns its given ``text`` (optionally
+with finish_reason ``length``), and ``prompt_contains`` limits a rule to requests whose last user
+message contains a string, so a test can answer a corrective prompt differently. Control
+endpoints live under ``/_fake/``:
 
 * ``GET /_fake/health`` -> ``{"ok": true}``
 * ``GET /_fake/script`` -> the current script
@@ -92,7 +95,7 @@ class FaultRule(BaseModel):
     api: Literal["openai", "anthropic", "*"] = "*"
     model: str = "*"
     """fnmatch pattern matched against the request's ``model``."""
-    fault: Literal["status", "hang", "malformed", "refusal", "latency"]
+    fault: Literal["status", "hang", "malformed", "refusal", "latency", "reply"]
     status: int = Field(default=500, ge=400, le=599)
     """For ``status``: the HTTP status of the error response."""
     retry_after: float | None = Field(default=None, ge=0)
@@ -108,9 +111,17 @@ class FaultRule(BaseModel):
     """For ``status`` 400: send the provider's context-length-exceeded error."""
     message: str | None = None
     """For ``status``: override the error message."""
+    text: str = ""
+    """For ``reply``: the completion text to return instead of the echo."""
+    finish_reason: Literal["stop", "length"] = "stop"
+    """For ``reply``: ``length`` reports the answer as cut off by max_tokens."""
+    prompt_contains: str | None = None
+    """Only requests whose last user message contains this text are affected."""
 
-    def matches(self, api: ApiName, model: str) -> bool:
+    def matches(self, api: ApiName, model: str, prompt: str = "") -> bool:
         if self.api != "*" and self.api != api:
+            return False
+        if self.prompt_contains is not None and self.prompt_contains not in prompt:
             return False
         return fnmatch.fnmatchcase(model, self.model)
 
@@ -169,9 +180,9 @@ class FakeProviderState:
         key = str(status)
         self.by_status[key] = self.by_status.get(key, 0) + 1
 
-    def choose_rule(self, api: ApiName, model: str) -> FaultRule | None:
+    def choose_rule(self, api: ApiName, model: str, prompt: str = "") -> FaultRule | None:
         for index, rule in enumerate(self.script.rules):
-            if not rule.matches(api, model):
+            if not rule.matches(api, model, prompt):
                 continue
             self.rule_matches[index] += 1
             if rule.first_n is not None and self.rule_matches[index] > rule.first_n:
@@ -434,9 +445,13 @@ def _json(
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _openai_completion(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
+def _openai_completion(
+    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None
+) -> dict[str, Any]:
     if refusal:
         text, truncated = REFUSAL_TEXT, False
+    elif reply is not None:
+        text, truncated = reply.text, reply.finish_reason == "length"
     else:
         text, truncated = _truncate(
             _reply_text(parsed.model, parsed.last_user_text), parsed.max_tokens
@@ -474,11 +489,16 @@ def _openai_completion(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
     }
 
 
-def _anthropic_message(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
+def _anthropic_message(
+    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None
+) -> dict[str, Any]:
     stop_details: dict[str, Any] | None = None
     if refusal:
         text, stop_reason = REFUSAL_TEXT, "refusal"
         stop_details = {"type": "refusal", "category": None, "explanation": None}
+    elif reply is not None:
+        text = reply.text
+        stop_reason = "max_tokens" if reply.finish_reason == "length" else "end_turn"
     else:
         text, truncated = _truncate(
             _reply_text(parsed.model, parsed.last_user_text), parsed.max_tokens
@@ -587,12 +607,13 @@ async def _handle(request: Request, api: ApiName) -> Response:
         return error(400, payload)
 
     script = state.script
-    rule = state.choose_rule(api, parsed.model)
+    rule = state.choose_rule(api, parsed.model, parsed.last_user_text)
     if await _sleep(request, script.latency_ms / 1000):
         state.record_status(CLIENT_CLOSED)
         return Response(status_code=CLIENT_CLOSED)
 
     refusal = False
+    reply = rule if rule is not None and rule.fault == "reply" else None
     if rule is not None:
         if rule.fault == "status":
             if api == "openai":
@@ -618,8 +639,8 @@ async def _handle(request: Request, api: ApiName) -> Response:
 
     state.record_status(200)
     if api == "openai":
-        return _json(_openai_completion(parsed, refusal), 200, headers)
-    return _json(_anthropic_message(parsed, refusal), 200, headers)
+        return _json(_openai_completion(parsed, refusal, reply), 200, headers)
+    return _json(_anthropic_message(parsed, refusal, reply), 200, headers)
 
 
 async def _openai_chat(request: Request) -> Response:

@@ -16,18 +16,20 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from llmq import observe, repository
+from llmq import observe, output_review, repository
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
-from llmq.guardrails import Guardrail, build_chain, run_chain
+from llmq.events import EventPublisher
+from llmq.guardrails import ChainResult, Guardrail, run_chain
+from llmq.guardrails.selection import GuardrailSelection
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
 from llmq.ratelimit import RateLimiter
 from llmq.retry import RetryPolicy
-from llmq.templates import Rendered, TemplateError, get_template
+from llmq.templates import TEMPLATES, Rendered, TemplateError, get_template
 from llmq.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class PipelineConfig:
     output_guardrails: list[str] = field(default_factory=lambda: ["empty_output", "unsafe_output"])
     banned_terms: list[str] = field(default_factory=list)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    template_max_input_tokens: dict[str, int] = field(default_factory=dict)
+    truncation_retry_max_tokens: int = 4096
 
 
 def _from_cache(
@@ -84,6 +88,7 @@ class Pipeline:
         worker_name: str | None = None,
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -96,10 +101,14 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._input_guards: list[Guardrail] = build_chain(
-            config.input_guardrails, banned_terms=config.banned_terms
+        self.events = events
+        self.guardrails = GuardrailSelection(
+            config.input_guardrails,
+            config.output_guardrails,
+            banned_terms=config.banned_terms,
+            max_input_tokens=config.template_max_input_tokens,
+            templates=TEMPLATES.values(),
         )
-        self._output_guards: list[Guardrail] = build_chain(config.output_guardrails)
 
     # -----------------------------------------------------------------------------------------
 
@@ -111,6 +120,15 @@ class Pipeline:
         job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
+        status = self._run_claimed(job, owner)
+        if self.events is not None:
+            shown = JobStatus.RETRYING if status == "deferred" else status
+            self.events.job_changed(job.id, job.batch_id, shown)
+        return status
+
+    def _run_claimed(self, job: repository.ClaimedJob, owner: str) -> str:
+        if self.events is not None:
+            self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
         if job.cancel_requested:
             repository.finish_job(self.engine, job.id, owner, CANCELLED)
             return CANCELLED.status
@@ -149,6 +167,8 @@ class Pipeline:
     # -----------------------------------------------------------------------------------------
 
     def _process(self, job: repository.ClaimedJob, owner: str) -> repository.Outcome | Deferred:
+        if job.expires_in_s is not None and job.expires_in_s <= 0:
+            return expired_outcome()
         try:
             template = get_template(job.template)
         except TemplateError as exc:
@@ -158,7 +178,7 @@ class Pipeline:
 
         try:
             with observe.stage("guardrails.input"):
-                guarded = input_guard(template.chat)(self._input_guards, job.input)
+                guarded = input_guard(template.chat)(self.guardrails.input_for(template), job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -196,7 +216,9 @@ class Pipeline:
                 return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
         with observe.stage("provider_chain", chain=",".join(job.chain)):
-            outcome = self._run_chain(job, owner, rendered, findings)
+            outcome = self._run_chain(
+                job, owner, rendered, findings, self.guardrails.output_for(template)
+            )
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
         if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
@@ -219,8 +241,11 @@ class Pipeline:
         owner: str,
         rendered: Rendered,
         findings: list[dict[str, Any]],
+        output_guards: list[Guardrail],
     ) -> repository.Outcome | Deferred:
         policy = self.config.retry
+        spec = output_review.OutputSpec.from_params(job.params)
+        review = output_review.OutputReview(spec, self.config.truncation_retry_max_tokens)
         max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
         prompt_tokens = estimate_tokens(rendered.user) + estimate_tokens(rendered.system or "")
         # A job resumed after a long backoff continues where it stopped, attempts included.
@@ -236,7 +261,8 @@ class Pipeline:
             if (
                 last is not None
                 and last["output"] is not None
-                and self._check_output_text(last["output"]) is None
+                and not spec.wants_json  # a JSON answer would need its review replayed too
+                and self._check_text(last["output"], output_guards).blocked_by is None
             ):
                 return repository.Outcome(
                     status=JobStatus.SUCCEEDED, result=last["output"],
@@ -249,6 +275,7 @@ class Pipeline:
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
+        window_ends = None if job.expires_in_s is None else time.monotonic() + job.expires_in_s
         for link_text in effective_chain(job.chain, job.params):
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
@@ -269,17 +296,22 @@ class Pipeline:
             if tries >= policy.max_attempts:
                 route.append({"link": link_text, "skipped": "exhausted_before_backoff"})
                 continue
-            request = CompletionRequest(
-                model=link.model,
-                user=rendered.user,
-                system=rendered.system,
-                max_tokens=max_tokens,
-                temperature=job.params.get("temperature"),
-                document=rendered.document,
-                style=rendered.style,
-                messages=rendered.messages,
+            request = output_review.prepare(
+                CompletionRequest(
+                    model=link.model,
+                    user=rendered.user,
+                    system=rendered.system,
+                    max_tokens=max_tokens,
+                    temperature=job.params.get("temperature"),
+                    document=rendered.document,
+                    style=rendered.style,
+                    messages=rendered.messages,
+                ),
+                spec,
             )
             while True:
+                if window_ends is not None and time.monotonic() >= window_ends:
+                    return expired_outcome(route)  # no provider call after the window closes
                 if time.monotonic() >= deadline:
                     route.append({"link": link_text, "skipped": "deadline_exceeded"})
                     return repository.Outcome(
@@ -301,20 +333,48 @@ class Pipeline:
                 with observe.stage("provider.call", link=link_text):
                     completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
-                    verdict = self._check_output(completion)
+                    # Unsafe output is blocked first; then a cut-off answer is retried or
+                    # failed; then the JSON the job asked for is checked (llmq/output_review.py).
+                    checked = self._check_output(completion, output_guards)
+                    verdict = checked.blocked_by
+                    # An empty answer is worth another call; any other output rule (built in
+                    # or a plugin) blocks the job.
+                    unsafe = verdict is not None and verdict != "empty_output"
+                    step: output_review.Step | None = (
+                        None if unsafe else review.truncation(completion, request)
+                    )
+                    if step is None and verdict is None:
+                        step = review.format(checked.text, request)
+                    if isinstance(step, output_review.Retry):
+                        route.append({"link": link_text, "result": step.reason, "retry": True})
+                        findings.append(
+                            {"rule": step.reason, "action": "retry", "count": 1, "stage": "output"}
+                        )
+                        request = step.request
+                        continue
+                    if isinstance(step, output_review.Fail):
+                        route.append({"link": link_text, "result": step.code})
+                        return repository.Outcome(
+                            status=JobStatus.FAILED, error_code=step.code,
+                            error_message=step.message, provider=link.provider,
+                            model=link.model, route=route, guardrails=findings,
+                        )  # fmt: skip
                     if verdict is None:
                         route.append({"link": link_text, "result": "ok"})
+                        findings.extend(output_findings(checked))
                         return repository.Outcome(
                             status=JobStatus.SUCCEEDED,
-                            result=completion.text,
+                            result=step.text if step is not None else checked.text,
                             provider=link.provider,
                             model=link.model,
                             route=route,
                             guardrails=findings,
                         )
-                    if verdict.startswith("unsafe_output"):
+                    if unsafe:
+                        assert verdict is not None
                         observe.blocked("output", verdict)
                         route.append({"link": link_text, "result": verdict})
+                        findings.extend(output_findings(checked))
                         return repository.Outcome(
                             status=JobStatus.BLOCKED,
                             error_code="output_blocked",
@@ -399,9 +459,9 @@ class Pipeline:
             cached_tokens=cached_tokens,
             cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
             worker=self.worker_name,
-            # Only a usable answer is kept for recovery (a refusal is not one).
+            # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
             output=completion.text
-            if completion is not None and completion.finish_reason != "refusal"
+            if completion is not None and completion.finish_reason not in ("refusal", "length")
             else None,
         )
         recorded = repository.record_attempt(
@@ -414,15 +474,27 @@ class Pipeline:
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error
 
-    def _check_output(self, completion: Completion) -> str | None:
-        """The rule that rejected the output, or None when it may be returned."""
-        return self._check_output_text(completion.text)
+    def _check_output(self, completion: Completion, guards: list[Guardrail]) -> ChainResult:
+        """The output chain's result: `blocked_by` names the rule that rejected the output."""
+        return self._check_text(completion.text, guards)
 
-    def _check_output_text(self, text: str) -> str | None:
+    def _check_text(self, text: str, guards: list[Guardrail]) -> ChainResult:
         try:
             with observe.stage("guardrails.output"):
-                verdict = run_chain(self._output_guards, text)
+                return run_chain(guards, text)
         except Exception:
             log.exception("output guardrail crashed")
-            return "unsafe_output.guardrail_error"  # fail closed
-        return verdict.blocked_by
+            return ChainResult(text, blocked_by="unsafe_output.guardrail_error")
+
+
+def output_findings(checked: ChainResult) -> list[dict[str, Any]]:
+    return [{**asdict(f), "stage": "output"} for f in checked.findings]
+
+
+def expired_outcome(route: list[dict[str, Any]] | None = None) -> repository.Outcome:
+    return repository.Outcome(
+        status=JobStatus.EXPIRED,
+        error_code="expired",
+        error_message="the batch completion window closed before the job finished",
+        route=route,
+    )

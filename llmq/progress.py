@@ -1,55 +1,119 @@
-"""Follow a batch to completion with a progress bar (a TTY) or progress lines (logs, CI)."""
+"""Follow a batch to completion with a progress bar (a TTY) or progress lines (logs, CI).
+
+Progress comes from the batch's Server-Sent Events stream: no polling; a dropped connection
+is resumed with Last-Event-ID."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import httpx
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from llmq.client import Client
 
-POLL_S = 0.5
+RECONNECTS = 5
 
 
-def _counts(batch: dict[str, Any]) -> str:
-    c = batch["counts"]
-    return (
-        f"succeeded {c['succeeded']}, failed {c['failed']}, blocked {c['blocked']}, "
-        f"running {c['running']}, queued {c['queued'] + c['retrying']}"
-    )
+def _counts(state: dict[str, Any]) -> str:
+    c = state["counts"]
+    parts = [
+        f"succeeded {c['succeeded']}",
+        f"failed {c['failed']}",
+        f"blocked {c['blocked']}",
+        f"running {c['running']}",
+        f"queued {c['queued'] + c['retrying']}",
+    ]
+    parts += [f"{name} {c[name]}" for name in ("cancelled", "expired") if c.get(name)]
+    return ", ".join(parts)
+
+
+class Rate:
+    """Items per second since we started watching, and the time left at that pace."""
+
+    def __init__(self, start_completed: int) -> None:
+        self._start = time.monotonic()
+        self._start_completed = start_completed
+
+    def per_s(self, completed: int) -> float:
+        elapsed = time.monotonic() - self._start
+        return (completed - self._start_completed) / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self, completed: int, total: int) -> float | None:
+        rate = self.per_s(completed)
+        return (total - completed) / rate if rate > 0 else None
+
+
+def _states(client: Client, batch_id: str) -> Iterator[dict[str, Any]]:
+    """Batch states from the event stream until `completed`, reconnecting if it drops."""
+    last_id: str | None = None
+    for _ in range(RECONNECTS):
+        try:
+            for event in client.events(f"/v1/batches/{batch_id}/events", last_id):
+                last_id = event.id
+                yield event.data
+                if event.event in ("completed", "cancelled"):
+                    return
+        except (httpx.TransportError, httpx.RemoteProtocolError):
+            continue
+        return
 
 
 def follow_batch(client: Client, batch_id: str, timeout_s: float = 3600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     batch = client.batch(batch_id)
+    rate = Rate(batch["completed"])
+    if batch["status"] == "completed":
+        _print_line(batch, rate)
+        return batch
     if sys.stderr.isatty():
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[counts]}"),
             transient=False,
         ) as bar:
-            task = bar.add_task("summarizing", total=batch["item_count"], counts="")
-            while True:
-                bar.update(task, completed=batch["completed"], counts=_counts(batch))
-                if batch["status"] == "completed" or time.monotonic() > deadline:
-                    return batch
-                time.sleep(POLL_S)  # polling the API is the client's only signal here
-                batch = client.batch(batch_id)
+            task = bar.add_task("summarizing", total=batch["item_count"], counts="", rate="")
+            for state in _states(client, batch_id):
+                per_s = rate.per_s(state["completed"])
+                bar.update(
+                    task, completed=state["completed"], counts=_counts(state),
+                    rate=f"{per_s:.1f}/s",
+                )  # fmt: skip
+                if time.monotonic() > deadline:
+                    break
+        return client.batch(batch_id)
     last = -1
-    while True:
-        if batch["completed"] != last:
-            last = batch["completed"]
-            print(
-                f"progress: {batch['completed']}/{batch['item_count']} done ({_counts(batch)})",
-                file=sys.stderr,
-                flush=True,
-            )
-        if batch["status"] == "completed" or time.monotonic() > deadline:
-            return batch
-        time.sleep(POLL_S)  # polling the API is the client's only signal here
-        batch = client.batch(batch_id)
+    for state in _states(client, batch_id):
+        if state["completed"] != last:
+            last = state["completed"]
+            _print_line(state, rate)
+        if time.monotonic() > deadline:
+            break
+    return client.batch(batch_id)
+
+
+def _print_line(state: dict[str, Any], rate: Rate) -> None:
+    eta = rate.eta_s(state["completed"], state["item_count"])
+    print(
+        f"progress: {state['completed']}/{state['item_count']} done "
+        f"({_counts(state)}) {rate.per_s(state['completed']):.1f}/s "
+        f"eta {'-' if eta is None else f'{eta:.0f}s'}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -126,6 +126,8 @@ class NewJob:
     custom_id: str | None = None
     params: dict[str, Any] | None = None
     meta: dict[str, Any] | None = None
+    # Findings of the redaction at ingest (counts only), kept on the job record.
+    guardrails: list[dict[str, Any]] | None = None
 
 
 def _copy_text(value: object) -> str:
@@ -140,7 +142,7 @@ def _copy_text(value: object) -> str:
 
 # Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
-    "id", "seq", "custom_id", "input", "params", "metadata",
+    "id", "seq", "custom_id", "input", "params", "metadata", "guardrails",
     "tenant_id", "batch_id", "status", "priority", "template", "template_version", "chain",
 )  # fmt: skip
 
@@ -172,6 +174,7 @@ def _copy_jobs(conn: Connection, shared: Sequence[object], items: Sequence[NewJo
                 _copy_text(item.input),
                 cached(item.params),
                 cached(item.meta),
+                _copy_text(item.guardrails) if item.guardrails else "[]",
                 suffix,
             )
         )
@@ -195,17 +198,24 @@ def insert_batch(
     meta: dict[str, Any],
     items: Sequence[NewJob],
     also: Callable[[Connection, uuid.UUID], None] | None = None,
+    completion_window_s: int | None = None,
+    webhook_url: str | None = None,
+    idempotency: Idempotency | None = None,
 ) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none.
 
     `also` writes more rows for the batch in the same transaction (the compat APIs' records)."""
     batch_id = uuid.uuid4()
     with engine.begin() as conn:
+        if idempotency is not None:
+            remember_idempotency(conn, tenant_id, idempotency, batch_id)
         conn.execute(
             text(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
-                "item_count) VALUES (:id, :tenant_id, :template, :priority, "
-                "CAST(:chain AS jsonb), CAST(:meta AS jsonb), :n)"
+                "item_count, completion_window_s, expires_at, webhook_url) VALUES (:id, "
+                ":tenant_id, :template, :priority, CAST(:chain AS jsonb), CAST(:meta AS jsonb), "
+                ":n, CAST(:window AS integer), "
+                "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url)"
             ),
             {
                 "id": batch_id,
@@ -215,6 +225,8 @@ def insert_batch(
                 "chain": json.dumps(chain),
                 "meta": json.dumps(meta),
                 "n": len(items),
+                "window": completion_window_s,
+                "webhook_url": webhook_url,
             },
         )
         shared = (str(tenant_id), str(batch_id), "queued", priority, template,
@@ -234,15 +246,20 @@ def insert_job(
     priority: str,
     chain: list[str],
     item: NewJob,
+    idempotency: Idempotency | None = None,
 ) -> uuid.UUID:
     job_id = uuid.uuid4()
-    with _statement(engine) as conn:
+    scope = engine.begin() if idempotency is not None else _statement(engine)
+    with scope as conn:
+        if idempotency is not None:
+            remember_idempotency(conn, tenant_id, idempotency, job_id)
         conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
-                "template_version, input, params, chain, metadata, dispatched_at) VALUES (:id, "
-                ":tenant_id, :custom_id, :priority, :template, :version, :input, "
-                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now())"
+                "template_version, input, params, chain, metadata, dispatched_at, guardrails) "
+                "VALUES (:id, :tenant_id, :custom_id, :priority, :template, :version, :input, "
+                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now(), "
+                "CAST(:guardrails AS jsonb))"
             ),
             {
                 "id": job_id,
@@ -255,6 +272,7 @@ def insert_job(
                 "params": json.dumps(item.params or {}),
                 "chain": json.dumps(chain),
                 "meta": json.dumps(item.meta or {}),
+                "guardrails": json.dumps(item.guardrails or []),
             },
         )
     return job_id
@@ -315,6 +333,8 @@ class ClaimedJob:
     # Seconds since the first delivery started: the job's deadline counts from there, across
     # redeliveries and backoffs (Postgres' clock, so workers' clocks do not matter).
     age_s: float
+    # Seconds left in the batch's completion window (None: no window); no call starts after.
+    expires_in_s: float | None = None
 
 
 def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
@@ -331,7 +351,9 @@ def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> Claime
                 "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
                 "chain, attempts_made, deliveries, created_at, "
                 "cancel_requested_at IS NOT NULL AS cancel_requested, "
-                "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s"
+                "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s, "
+                "(SELECT extract(epoch FROM b.expires_at - now())::float8 FROM batches b "
+                "WHERE b.id = jobs.batch_id) AS expires_in_s"
             ),
             {"id": job_id, "owner": owner, "lease": lease_s},
         ).first()
@@ -399,8 +421,8 @@ def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
             text(
                 "SELECT attempt_no, provider, model, outcome, output FROM attempts "
                 "WHERE job_id = :id "
-                # Only this run's attempts: an operator's retry (retry_job) starts afresh.
-                "AND created_at >= (SELECT started_at FROM jobs WHERE id = :id) "
+                # Attempts before a batch retry belong to the earlier run.
+                "AND attempt_no > (SELECT attempts_floor FROM jobs WHERE id = :id) "
                 "ORDER BY attempt_no"
             ),
             {"id": job_id},
@@ -430,7 +452,9 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
                 "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
                 "model = :model, cache_hit = :cache_hit, error_code = :error_code, "
                 "error_message = :error_message, route = CAST(:route AS jsonb), "
-                "guardrails = CAST(:guardrails AS jsonb), input_tokens = a.input_tokens, "
+                # Appended: the findings of the redaction at ingest stay on the record.
+                "guardrails = jobs.guardrails || CAST(:guardrails AS jsonb), "
+                "input_tokens = a.input_tokens, "
                 "output_tokens = a.output_tokens, cost_usd = a.cost_usd, finished_at = now(), "
                 "lease_owner = NULL, lease_expires_at = NULL "
                 "FROM (SELECT coalesce(sum(input_tokens), 0) AS input_tokens, "
@@ -661,9 +685,14 @@ def get_batch_owner(engine: Engine, batch_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def iter_batch_results(
-    engine: Engine, batch_id: uuid.UUID, chunk: int = 1000
+    engine: Engine,
+    batch_id: uuid.UUID,
+    chunk: int = 1000,
+    statuses: Sequence[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Stream a batch's jobs in item order, a page at a time (keyset on seq): bounded memory."""
+    """Stream a batch's jobs in item order, a page at a time (keyset on seq): bounded memory.
+    `statuses` keeps only jobs in those states (`?status=failed`)."""
+    only = "AND status = ANY(:st) " if statuses else ""
     last_seq = -1
     while True:
         with engine.connect() as conn:
@@ -673,10 +702,10 @@ def iter_batch_results(
                     text(
                         "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "
                         "error_code, error_message, input_tokens, output_tokens, cost_usd, "
-                        "finished_at FROM jobs WHERE batch_id = :b AND seq > :s "
+                        f"finished_at FROM jobs WHERE batch_id = :b AND seq > :s {only}"
                         "ORDER BY seq LIMIT :n"
                     ),
-                    {"b": batch_id, "s": last_seq, "n": chunk},
+                    {"b": batch_id, "s": last_seq, "n": chunk, "st": list(statuses or ())},
                 ).mappings()
             ]
         yield from rows
@@ -961,6 +990,288 @@ def delete_compat_batch(
 
 
 # ---------------------------------------------------------------------------------------------
+# Batch API (issue 5): idempotent submission, completion windows, retries, webhooks
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key and what to answer a retry with (`response` gets the new "id")."""
+
+    key: str
+    endpoint: str
+    request_hash: str
+    status_code: int
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    endpoint: str
+    request_hash: str
+    status_code: int
+    response: dict[str, Any]
+
+
+class IdempotentReplay(Exception):
+    """The key was used before by this tenant: the submission's transaction is rolled back."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__(f"idempotency key already used for {stored.endpoint}")
+        self.stored = stored
+
+
+def remember_idempotency(
+    conn: Connection, tenant_id: uuid.UUID, idem: Idempotency, resource_id: uuid.UUID
+) -> None:
+    """First statement of a submission's transaction. A concurrent submission with the same key
+    waits on the primary key until this one commits, then finds its answer (race-safe)."""
+    inserted = conn.execute(
+        text(
+            "INSERT INTO idempotency_keys (tenant_id, key, endpoint, request_hash, status_code, "
+            "response) VALUES (:t, :k, :e, :h, :c, CAST(:r AS jsonb)) "
+            "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key"
+        ),
+        {
+            "t": tenant_id,
+            "k": idem.key,
+            "e": idem.endpoint,
+            "h": idem.request_hash,
+            "c": idem.status_code,
+            "r": json.dumps({**idem.response, "id": str(resource_id)}),
+        },
+    ).first()
+    if inserted is not None:
+        return
+    row = conn.execute(
+        text(
+            "SELECT endpoint, request_hash, status_code, response FROM idempotency_keys "
+            "WHERE tenant_id = :t AND key = :k"
+        ),
+        {"t": tenant_id, "k": idem.key},
+    ).one()
+    raise IdempotentReplay(StoredResponse(**row._asdict()))
+
+
+def find_idempotent(engine: Engine, tenant_id: uuid.UUID, key: str) -> StoredResponse | None:
+    """Cheap early answer for a retry, before a big body is validated and copied again."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT endpoint, request_hash, status_code, response FROM idempotency_keys "
+                "WHERE tenant_id = :t AND key = :k"
+            ),
+            {"t": tenant_id, "k": key},
+        ).first()
+    return StoredResponse(**row._asdict()) if row is not None else None
+
+
+BATCH_EXTRA_COLUMNS = (
+    "completion_window_s, expires_at, webhook_url, webhook_status, webhook_attempts, "
+    "webhook_next_at"
+)
+
+
+def get_batch_extras(
+    engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID
+) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                text(
+                    f"SELECT {BATCH_EXTRA_COLUMNS} FROM batches WHERE id = :id AND tenant_id = :t"
+                ),
+                {"id": batch_id, "t": tenant_id},
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row is not None else None
+
+
+ACTIVE_SQL = "('queued', 'running', 'retrying')"
+
+
+def expire_overdue_jobs(conn: Connection) -> list[str]:
+    """Waiting jobs of batches whose completion window closed end `expired`. Running ones stop
+    at their next provider call (the pipeline checks the window). Returns the batch ids."""
+    rows = conn.execute(
+        text(
+            "UPDATE jobs SET status = 'expired', error_code = 'expired', "
+            "error_message = 'the batch completion window closed before the job finished', "
+            "finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, "
+            "dispatched_at = NULL, not_before = NULL "
+            "FROM batches b WHERE jobs.batch_id = b.id AND b.expires_at <= now() "
+            "AND jobs.status IN ('queued', 'retrying') RETURNING b.id::text"
+        )
+    )
+    return sorted({r[0] for r in rows})
+
+
+def retry_batch_items(
+    engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID
+) -> tuple[int, str] | None:
+    """Put a batch's failed and expired jobs back to queued for a new run (fresh retry budget,
+    new completion window, a new completion webhook). Returns (count, priority); None if the
+    batch is not this tenant's."""
+    with engine.begin() as conn:
+        priority = conn.execute(
+            text("SELECT priority FROM batches WHERE id = :id AND tenant_id = :t FOR UPDATE"),
+            {"id": batch_id, "t": tenant_id},
+        ).scalar_one_or_none()
+        if priority is None:
+            return None
+        count = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'queued', result = NULL, provider = NULL, "
+                "model = NULL, cache_hit = false, error_code = NULL, error_message = NULL, "
+                "route = '[]', guardrails = '[]', deliveries = 0, "
+                "attempts_floor = attempts_made, not_before = NULL, dispatched_at = NULL, "
+                "started_at = NULL, finished_at = NULL, lease_owner = NULL, "
+                "lease_expires_at = NULL WHERE batch_id = :id AND status IN ('failed', 'expired')"
+            ),
+            {"id": batch_id},
+        ).rowcount
+        if count:
+            conn.execute(
+                text(
+                    "UPDATE batches SET expires_at = now() + make_interval(secs => "
+                    "completion_window_s), webhook_status = NULL, webhook_event_id = NULL, "
+                    "webhook_next_at = NULL WHERE id = :id"
+                ),
+                {"id": batch_id},
+            )
+    return count, priority
+
+
+# Webhooks
+
+
+def get_webhook_salt(engine: Engine, tenant_id: uuid.UUID) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT salt FROM webhook_secrets WHERE tenant_id = :t"), {"t": tenant_id}
+        ).scalar_one_or_none()
+
+
+def set_webhook_salt(engine: Engine, tenant_id: uuid.UUID, salt: str) -> None:
+    """Create or rotate the tenant's secret (the old one stops verifying at once)."""
+    with _statement(engine) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO webhook_secrets (tenant_id, salt) VALUES (:t, :s) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET salt = EXCLUDED.salt, created_at = now()"
+            ),
+            {"t": tenant_id, "s": salt},
+        )
+
+
+def mark_completed_batches_for_webhook(conn: Connection) -> int:
+    """Batches with a webhook and no live job left get a completion event to deliver."""
+    return conn.execute(
+        text(
+            "UPDATE batches SET webhook_status = 'pending', webhook_event_id = gen_random_uuid(), "
+            "webhook_next_at = now() WHERE webhook_url IS NOT NULL AND webhook_status IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = batches.id "
+            f"AND j.status IN {ACTIVE_SQL})"
+        )
+    ).rowcount
+
+
+def take_due_webhooks(conn: Connection, lease_s: float, limit: int) -> list[tuple[str, int, str]]:
+    """(batch_id, attempt_no, priority) of deliveries due now. The lease keeps a delivery in
+    flight from being published twice; if its message is lost it comes due again."""
+    rows = conn.execute(
+        text(
+            "UPDATE batches SET webhook_next_at = now() + make_interval(secs => :lease) "
+            "WHERE id IN (SELECT id FROM batches WHERE webhook_url IS NOT NULL "
+            "AND webhook_status = 'pending' AND webhook_next_at <= now() "
+            "ORDER BY webhook_next_at LIMIT :n FOR UPDATE SKIP LOCKED) "
+            "RETURNING id::text, webhook_attempts + 1, priority"
+        ),
+        {"lease": lease_s, "n": limit},
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+@dataclass(frozen=True)
+class WebhookClaim:
+    tenant_id: uuid.UUID
+    url: str
+    event_id: uuid.UUID
+
+
+def claim_webhook_attempt(
+    engine: Engine, batch_id: str, attempt_no: int, lease_s: float
+) -> WebhookClaim | None:
+    """Take attempt `attempt_no`; a duplicate or stale message finds nothing to take."""
+    with _statement(engine) as conn:
+        row = conn.execute(
+            text(
+                "UPDATE batches SET webhook_attempts = :n, "
+                "webhook_next_at = now() + make_interval(secs => :lease) "
+                "WHERE id = :id AND webhook_status = 'pending' AND webhook_attempts = :n - 1 "
+                "RETURNING tenant_id, webhook_url AS url, webhook_event_id AS event_id"
+            ),
+            {"id": batch_id, "n": attempt_no, "lease": lease_s},
+        ).first()
+    return WebhookClaim(**row._asdict()) if row is not None else None
+
+
+def record_webhook_delivery(
+    engine: Engine,
+    batch_id: str,
+    attempt_no: int,
+    claim: WebhookClaim,
+    *,
+    outcome: str,
+    http_status: int | None,
+    error: str | None,
+    latency_ms: float,
+    retry_in_s: float | None,
+) -> None:
+    """Keep the attempt and move the batch on: delivered, failed for good, or due again."""
+    status = "delivered" if outcome == "delivered" else "pending" if retry_in_s else "failed"
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (batch_id, attempt_no, event_id, url, outcome, "
+                "http_status, error, latency_ms) VALUES (:b, :n, :e, :u, :o, :s, :err, :ms) "
+                "ON CONFLICT (batch_id, attempt_no) DO NOTHING"
+            ),
+            {
+                "b": batch_id,
+                "n": attempt_no,
+                "e": claim.event_id,
+                "u": claim.url,
+                "o": outcome,
+                "s": http_status,
+                "err": error,
+                "ms": latency_ms,
+            },
+        )
+        conn.execute(
+            text(
+                "UPDATE batches SET webhook_status = :status, "
+                "webhook_next_at = now() + make_interval(secs => CAST(:delay AS float8)) "
+                "WHERE id = :b AND webhook_attempts = :n AND webhook_status = 'pending'"
+            ),
+            {"b": batch_id, "n": attempt_no, "status": status, "delay": retry_in_s},
+        )
+
+
+def list_webhook_deliveries(engine: Engine, batch_id: uuid.UUID) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT attempt_no, event_id, url, outcome, http_status, error, latency_ms, "
+                "created_at FROM webhook_deliveries WHERE batch_id = :b ORDER BY attempt_no"
+            ),
+            {"b": batch_id},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
 # Operators (llmq jobs ...): not tenant-scoped, run with database access
 
 
@@ -972,8 +1283,9 @@ def get_job_owner(engine: Engine, job_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
-    """Put a failed, blocked or cancelled job back in its queue as if new: a fresh deadline,
-    delivery count and provider attempts (earlier attempts stay, and so does their cost).
+    """Put a failed, expired, blocked or cancelled job back in its queue as if new: a fresh
+    deadline, delivery count and retry budget (attempts_floor, as a batch retry does; earlier
+    attempts stay, and so does their cost).
     Marked dispatched: the caller publishes it (undo_dispatch if that fails). Returns
     (job id, priority), or None when the job is not in a retryable state."""
     with _statement(engine) as conn:
@@ -982,9 +1294,10 @@ def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
                 "UPDATE jobs SET status = 'queued', result = NULL, provider = NULL, "
                 "model = NULL, cache_hit = false, error_code = NULL, error_message = NULL, "
                 "route = '[]', guardrails = '[]', deliveries = 0, started_at = NULL, "
-                "finished_at = NULL, not_before = NULL, cancel_requested_at = NULL, "
-                "lease_owner = NULL, lease_expires_at = NULL, dispatched_at = now() "
-                "WHERE id = :id AND status IN ('failed', 'blocked', 'cancelled') "
+                "attempts_floor = attempts_made, finished_at = NULL, not_before = NULL, "
+                "cancel_requested_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                "dispatched_at = now() "
+                "WHERE id = :id AND status IN ('failed', 'expired', 'blocked', 'cancelled') "
                 "RETURNING id::text, priority"
             ),
             {"id": job_id},

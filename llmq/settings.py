@@ -6,14 +6,19 @@ URLs use the conventional DATABASE_URL / REDIS_URL; everything else is prefixed 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 QUEUES = ("llm.high", "llm.default", "llm.low")
 PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.low"}
+# A list setting given as "a,b,c" or as a JSON list. NoDecode: pydantic-settings would otherwise
+# json-decode the environment value before the validator sees it, and reject "a,b,c".
+CsvList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -45,7 +50,7 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "LLMQ_ANTHROPIC_BASE_URL"),
     )
-    default_chain: list[str] = [
+    default_chain: CsvList = [
         "openai:gpt-4o-mini",
         "anthropic:claude-haiku-4-5",
         "local:extractive",
@@ -72,9 +77,9 @@ class Settings(BaseSettings):
     rate_window_s: float = 60.0
 
     # Guardrails, by name (llmq/guardrails/__init__.py).
-    input_guardrails: list[str] = ["prompt_injection", "pii", "banned_terms"]
-    output_guardrails: list[str] = ["empty_output", "unsafe_output"]
-    banned_terms: list[str] = []
+    input_guardrails: CsvList = ["prompt_injection", "pii", "banned_terms"]
+    output_guardrails: CsvList = ["empty_output", "unsafe_output"]
+    banned_terms: CsvList = []
 
     # Cache.
     cache_ttl_s: int = 86_400
@@ -106,6 +111,16 @@ class Settings(BaseSettings):
     # OpenAI/Anthropic-compatible surfaces (api/routes/compat_*.py).
     compat_max_file_bytes: int = 100_000_000  # a batch input file (OpenAI allows 200 MB)
     compat_sync_timeout_s: float = 120.0  # POST /openai/v1/chat/completions waits this long
+    # Batch API (issue 5): live events, completion webhooks.
+    # SSE streams re-read Postgres at least this often, so a lost notification costs a delay.
+    events_snapshot_interval_s: float = 2.0
+    events_keepalive_s: float = 15.0
+    # Master key the per-tenant webhook secrets are derived from (never stored in the DB).
+    webhook_signing_key: SecretStr | None = None
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 6
+    webhook_backoff_base_s: float = 10.0
+    webhook_backoff_cap_s: float = 3600.0
     # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
@@ -123,7 +138,32 @@ class Settings(BaseSettings):
         # Accept "a,b,c" from the environment as well as JSON lists.
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, str):
+            return json.loads(value)
         return value
+
+    # Guardrails: ingest redaction, plugins, size limits, output review (llmq/guardrails/,
+    # llmq/output_review.py).
+    # Redact personal data in the API, before the job row is written (and so before any log).
+    redact_pii_at_ingest: bool = True
+    # Modules imported at start that call llmq.guardrails.register_guardrail.
+    guardrail_plugins: CsvList = []
+    # Per-template input budget in tokens, overriding the template's own: {"prompt": 8000}.
+    template_max_input_tokens: dict[str, int] = {}
+    # A truncated answer (finish_reason length) is retried once with twice the max_tokens, up
+    # to this; a job that set max_tokens itself keeps its cap and fails `truncated_output`.
+    truncation_retry_max_tokens: int = 4096
+
+    @field_validator("guardrail_plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        return cls._split_csv(value)
+
+    @field_validator("webhook_signing_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes unset variables as "": that means webhooks off, not a key "".
+        return None if value == "" else value
 
 
 @lru_cache(maxsize=1)

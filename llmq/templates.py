@@ -37,6 +37,12 @@ class Template:
     styles: dict[str, str] = field(default_factory=dict)
     summarizes: bool = False
     chat: bool = False  # the input is a stored conversation (llmq/chat.py), not a document
+    # Guardrail chains by name (llmq.guardrails); None means the settings' chains.
+    input_guardrails: tuple[str, ...] | None = None
+    output_guardrails: tuple[str, ...] | None = None
+    # Token budget of one input. Plain prompts over it are refused at submission (422);
+    # documents (summarizes=True) are never refused for size: long ones take the long path.
+    max_input_tokens: int | None = None
 
     def render(self, text: str, params: dict[str, object]) -> Rendered:
         if self.chat:
@@ -68,7 +74,9 @@ TEMPLATES: dict[str, Template] = {
         styles=SUMMARY_STYLES,
         summarizes=True,
     ),
-    "prompt": Template(name="prompt", version=1, system=None, user="{input}"),
+    "prompt": Template(
+        name="prompt", version=1, system=None, user="{input}", max_input_tokens=32_000
+    ),
     "chat": Template(name="chat", version=1, system=None, user="{input}", chat=True),
 }
 

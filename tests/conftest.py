@@ -72,6 +72,9 @@ def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str
         "LLMQ_RETRY_BASE_S": "0.05",
         "LLMQ_RETRY_CAP_S": "0.5",
         "LLMQ_PROVIDER_READ_TIMEOUT_S": "5",
+        # Batch API: a test signing key, and webhook redelivery in tenths of a second.
+        "LLMQ_WEBHOOK_SIGNING_KEY": "test-webhook-master-key",
+        "LLMQ_WEBHOOK_BACKOFF_BASE_S": "0.2",
     }
     os.environ.update(env)
     get_settings.cache_clear()

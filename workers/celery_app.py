@@ -11,7 +11,7 @@ from llmq.settings import QUEUES, get_settings
 def make_celery(broker_url: str | None = None) -> Celery:
     settings = get_settings()
     broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery("llmq", broker=broker, include=["tasks.jobs"])
+    app = Celery("llmq", broker=broker, include=["tasks.jobs", "tasks.webhooks"])
     visibility_timeout = max(3600, int(settings.job_deadline_s * 2))
     app.conf.update(
         task_queues=[

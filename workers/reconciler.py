@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from llmq import repository
 from llmq.settings import PRIORITY_TO_QUEUE, Settings
 
+from . import batch_upkeep
 from .dispatch import publish_jobs
 from .queues import queue_depths
 
@@ -42,6 +43,7 @@ def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, i
         empty = [p for p, queue in PRIORITY_TO_QUEUE.items() if depths[queue] == 0]
         stale = repository.forget_stale_dispatches(conn, empty, settings.redispatch_after_s)
         due = repository.take_due_for_dispatch(conn, settings.dispatch_grace_s, DISPATCH_LIMIT)
+        upkeep = batch_upkeep.collect(conn, settings)
     # Published after COMMIT so no row stays locked while Redis is busy; on failure the jobs
     # are unmarked and the next tick tries again (a duplicate message is harmless).
     try:
@@ -49,7 +51,9 @@ def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, i
     except Exception:
         repository.undo_dispatch(engine, [job_id for job_id, _ in due])
         raise
+    batch_upkeep.publish(upkeep, client)
     stats = {
+        "webhooks": len(upkeep.webhooks_due),
         "requeued": sum(1 for _, status, _ in expired if status == "queued"),
         "failed": sum(1 for _, status, _ in expired if status == "failed"),
         "forgotten": forgotten + stale,

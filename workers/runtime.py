@@ -10,6 +10,8 @@ import redis
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
+from llmq.events import EventPublisher
+from llmq.guardrails import load_plugins
 from llmq.leases import LeaseKeeper
 from llmq.pipeline import Pipeline, PipelineConfig
 from llmq.pricing import load_price_table
@@ -46,6 +48,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set")
     engine = get_engine(settings.database_url)
+    load_plugins(settings.guardrail_plugins)
     config = PipelineConfig(
         lease_s=settings.job_lease_s,
         max_deliveries=settings.max_deliveries,
@@ -60,6 +63,8 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             cap_s=settings.retry_cap_s,
             inline_max_s=settings.retry_inline_max_s,
         ),
+        template_max_input_tokens=settings.template_max_input_tokens,
+        truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
     )
     client = redis_client(settings)
     return Pipeline(
@@ -76,6 +81,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
+        events=EventPublisher(client),
     )
 
 

@@ -5,17 +5,26 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import Engine
 
 from llmq import repository
+from llmq.db.models import JobStatus
+from llmq.durations import parse_duration
+from llmq.guardrails.selection import GuardrailSelection
+from llmq.repository import Principal
+from llmq.settings import Settings
 from workers.dispatch import publish_batch_dispatch
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
-from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut
+from ..ingest_guard import check_prompt_size, redact_inputs, selection
+from ..intake import IdempotencyKey, read_batch, submit_once
+from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
 from .submit import publish_quietly, resolve_chain, resolve_template
 
@@ -28,16 +37,55 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=202, response_model=BatchAccepted, responses=ERRORS)
-def submit_batch(
-    body: BatchIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
-) -> BatchAccepted:
-    if len(body.items) > settings.max_batch_items:
-        raise ApiError(
-            422,
-            "too_many_items",
-            f"a batch holds at most {settings.max_batch_items} items, got {len(body.items)}",
-        )
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "a JSON BatchIn, or multipart/form-data with a JSONL `file` (one "
+        "BatchItem per line) and optional fields template, priority, chain, params, "
+        "metadata, completion_window, webhook_url",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses={**ERRORS, 409: {"model": ErrorOut}},
+    openapi_extra=BATCH_BODY,
+)
+async def submit_batch(
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+    guards: GuardrailSelection = Depends(selection),
+) -> BatchAccepted | JSONResponse:
+    body = await read_batch(request, settings.max_batch_items)
+    return await run_in_threadpool(
+        accept_batch, body, engine, settings, who, idempotency_key, guards
+    )
+
+
+def accept_batch(
+    body: BatchIn,
+    engine: Engine,
+    settings: Settings,
+    who: Principal,
+    idempotency_key: str | None,
+    guards: GuardrailSelection,
+) -> BatchAccepted | JSONResponse:
     defaults = body.params.model_dump(exclude_none=True)
     # Items without their own params share the defaults object (stored once, checked once).
     params = [
@@ -48,21 +96,52 @@ def submit_batch(
     template = resolve_template(
         body.template, [body.params.model_validate(p) for p in distinct.values()]
     )
-    batch_id = repository.insert_batch(
-        engine,
-        tenant_id=who.tenant_id,
-        template=template.name,
-        template_version=template.version,
-        priority=body.priority,
-        chain=resolve_chain(body.chain, settings),
-        meta=body.metadata,
-        items=[
-            repository.NewJob(
-                input=item.input, custom_id=item.custom_id, params=p, meta=item.metadata
-            )
-            for item, p in zip(body.items, params, strict=True)
-        ],
-    )
+    window = parse_duration(body.completion_window) if body.completion_window else None
+    if body.webhook_url and (
+        settings.webhook_signing_key is None
+        or repository.get_webhook_salt(engine, who.tenant_id) is None
+    ):
+        raise ApiError(
+            422,
+            "webhook_secret_missing",
+            "webhook_url needs a signing secret: create one with POST /v1/webhooks/secret"
+            if settings.webhook_signing_key
+            else "webhooks are disabled: the server has no LLMQ_WEBHOOK_SIGNING_KEY",
+        )
+
+    inputs = [item.input for item in body.items]
+    check_prompt_size(guards, template, inputs, "body.items.{index}.input")
+    stored = redact_inputs(guards, settings, template, inputs)
+
+    def insert(idempotency: repository.Idempotency | None) -> uuid.UUID:
+        return repository.insert_batch(
+            engine,
+            tenant_id=who.tenant_id,
+            template=template.name,
+            template_version=template.version,
+            priority=body.priority,
+            chain=resolve_chain(body.chain, settings),
+            meta=body.metadata,
+            items=[
+                repository.NewJob(
+                    input=text,
+                    custom_id=item.custom_id,
+                    params=p,
+                    meta=item.metadata,
+                    guardrails=found,
+                )
+                for item, p, (text, found) in zip(body.items, params, stored, strict=True)
+            ],
+            completion_window_s=window,
+            webhook_url=body.webhook_url,
+            idempotency=idempotency,
+        )
+
+    answer = BatchAccepted(id="", item_count=len(body.items))
+    outcome = submit_once(engine, who, idempotency_key, "batches", body, answer, insert)
+    if isinstance(outcome, JSONResponse):
+        return outcome
+    batch_id = outcome
     publish_quietly(
         lambda: publish_batch_dispatch(str(batch_id), body.priority), f"batch {batch_id}"
     )
@@ -75,7 +154,31 @@ def get_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
     if batch is None:
         raise ApiError(404, "not_found", f"batch {batch_id} not found")
     batch["id"] = str(batch["id"])
-    return BatchOut.model_validate(batch)
+    extras = repository.get_batch_extras(engine, who.tenant_id, parse_id(batch_id, "batch"))
+    return BatchOut.model_validate({**batch, **batch_extras(extras)})
+
+
+def batch_extras(extras: dict[str, Any] | None) -> dict[str, Any]:
+    """Completion window and webhook state, as BatchOut shows them."""
+    if extras is None:
+        return {}
+    webhook = (
+        WebhookState(
+            url=extras["webhook_url"],
+            status=extras["webhook_status"],
+            attempts=extras["webhook_attempts"],
+            next_attempt_at=extras["webhook_next_at"]
+            if extras["webhook_status"] == "pending"
+            else None,
+        )
+        if extras["webhook_url"]
+        else None
+    )
+    return {
+        "completion_window_s": extras["completion_window_s"],
+        "expires_at": extras["expires_at"],
+        "webhook": webhook,
+    }
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut, responses=ERRORS)
@@ -116,14 +219,38 @@ def _result_line(row: dict[str, Any]) -> str:
     "/{batch_id}/results",
     responses={**ERRORS, 200: {"content": {"application/x-ndjson": {}}}},
 )
-def batch_results(batch_id: str, engine: EngineDep, who: PrincipalDep) -> StreamingResponse:
+def batch_results(
+    batch_id: str,
+    engine: EngineDep,
+    who: PrincipalDep,
+    status: Annotated[
+        str | None, Query(description="only these states, comma-separated: failed,expired")
+    ] = None,
+) -> StreamingResponse:
     """One JSON line per item, in submission order; partial while the batch runs."""
     batch_uuid = parse_id(batch_id, "batch")
+    statuses = parse_statuses(status)
     if repository.get_batch_owner(engine, batch_uuid) != who.tenant_id:
         raise ApiError(404, "not_found", f"batch {batch_id} not found")
 
     def lines() -> Iterator[str]:
-        for row in repository.iter_batch_results(engine, batch_uuid):
+        for row in repository.iter_batch_results(engine, batch_uuid, statuses=statuses):
             yield _result_line(row)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def parse_statuses(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    wanted = [part.strip() for part in value.split(",") if part.strip()]
+    known = {status.value for status in JobStatus}
+    unknown = [w for w in wanted if w not in known]
+    if unknown or not wanted:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"query.status: unknown status {', '.join(unknown) or '(empty)'}; "
+            f"use {', '.join(sorted(known))}",
+        )
+    return wanted

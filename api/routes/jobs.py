@@ -5,14 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
 from llmq import repository
 from llmq.db.models import TERMINAL_STATUSES, JobStatus
+from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_jobs
 
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
+from ..ingest_guard import check_prompt_size, redact_inputs, selection
+from ..intake import IdempotencyKey, submit_once
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
 from .submit import publish_quietly, resolve_chain, resolve_template
 
@@ -25,25 +29,43 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=202, response_model=JobAccepted, responses=ERRORS)
+@router.post(
+    "", status_code=202, response_model=JobAccepted, responses={**ERRORS, 409: {"model": ErrorOut}}
+)
 def submit_job(
-    body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
-) -> JobAccepted:
+    body: JobIn,
+    engine: EngineDep,
+    settings: SettingsDep,
+    who: PrincipalDep,
+    guards: GuardrailSelection = Depends(selection),
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted | JSONResponse:
     template = resolve_template(body.template, [body.params])
-    job_id = repository.insert_job(
-        engine,
-        tenant_id=who.tenant_id,
-        template=template.name,
-        template_version=template.version,
-        priority=body.priority,
-        chain=resolve_chain(body.chain, settings),
-        item=repository.NewJob(
-            input=body.input,
-            custom_id=body.custom_id,
-            params=body.params.model_dump(exclude_none=True),
-            meta=body.metadata,
-        ),
-    )
+    check_prompt_size(guards, template, [body.input], "body.input")
+    [(stored_input, ingest_findings)] = redact_inputs(guards, settings, template, [body.input])
+
+    def insert(idempotency: repository.Idempotency | None) -> uuid.UUID:
+        return repository.insert_job(
+            engine,
+            tenant_id=who.tenant_id,
+            template=template.name,
+            template_version=template.version,
+            priority=body.priority,
+            chain=resolve_chain(body.chain, settings),
+            item=repository.NewJob(
+                input=stored_input,
+                custom_id=body.custom_id,
+                params=body.params.model_dump(exclude_none=True),
+                meta=body.metadata,
+                guardrails=ingest_findings,
+            ),
+            idempotency=idempotency,
+        )
+
+    outcome = submit_once(engine, who, idempotency_key, "jobs", body, JobAccepted(id=""), insert)
+    if isinstance(outcome, JSONResponse):
+        return outcome
+    job_id = outcome
     # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
     if not publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):
         repository.undo_dispatch(engine, [str(job_id)])

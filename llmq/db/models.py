@@ -40,10 +40,17 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # the batch's completion window closed before the job could run
 
 
 TERMINAL_STATUSES = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED}
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.BLOCKED,
+        JobStatus.CANCELLED,
+        JobStatus.EXPIRED,
+    }
 )
 ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING})
 
@@ -87,8 +94,31 @@ class Batch(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Batch API (issue 5): completion window, webhook delivery state. See llmq/webhooks.py.
+    completion_window_s: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_status: Mapped[str | None] = mapped_column(String(16))  # pending|delivered|failed
+    webhook_event_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    webhook_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_batches_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_batches_tenant_created", "tenant_id", "created_at"),
+        # The reconciler looks only at batches with a live window or a webhook to deliver.
+        Index(
+            "ix_batches_expiring",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_batches_webhook_pending",
+            "webhook_next_at",
+            postgresql_where=text(
+                "webhook_url IS NOT NULL AND (webhook_status IS NULL OR webhook_status = 'pending')"
+            ),
+        ),
+    )
 
 
 class Job(Base):
@@ -134,9 +164,18 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # POST /v1/batches/{id}/retry: attempts up to this number belong to earlier runs, so the
+    # re-run gets a fresh retry budget on every link (cost still counts them all).
+    attempts_floor: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
+        # "Is anything of this batch still live?" (expiry, completion webhooks) in one probe.
+        Index(
+            "ix_jobs_batch_active",
+            "batch_id",
+            postgresql_where=text("status IN ('queued', 'running', 'retrying')"),
+        ),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
         # The reconciler scans only live jobs; the partial index keeps that cheap forever.
         Index(
@@ -218,4 +257,55 @@ class CompatBatch(Base):
 
     __table_args__ = (
         Index("ix_compat_batches_tenant_api_created", "tenant_id", "api", "created_at", "id"),
+    )
+
+
+class IdempotencyKey(Base):
+    """A submission's Idempotency-Key: inserted in the same transaction as the job or batch,
+    so the unique key makes a retried or concurrent submission find the first one's answer."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookSecret(Base):
+    """Per-tenant webhook signing secret, stored derived: only a random salt is kept here; the
+    secret is HMAC(LLMQ_WEBHOOK_SIGNING_KEY, salt), so the database alone cannot sign."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """One POST of a batch's completion webhook: every attempt is kept, failures included."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    url: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | failed
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Numeric(12, 3))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("batch_id", "attempt_no", name="uq_webhook_deliveries_batch_attempt"),
     )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, cast
 
 from .banned import BannedTermsGuard
 from .base import Action, ChainResult, Finding, Guardrail, Verdict, run_chain
@@ -22,6 +25,7 @@ class ChainOptions:
 
 
 GuardrailFactory = Callable[[ChainOptions], Guardrail]
+Stage = Literal["input", "output"]
 
 
 def _token_limit(options: ChainOptions) -> Guardrail:
@@ -42,6 +46,9 @@ OUTPUT_GUARDRAILS: dict[str, GuardrailFactory] = {
     "empty_output": lambda _: EmptyOutputGuard(),
 }
 GUARDRAIL_NAMES: tuple[str, ...] = (*INPUT_GUARDRAILS, *OUTPUT_GUARDRAILS)
+# Built-in names cannot be replaced by a plugin: a typo in a plugin must not silently swap out
+# the PII redactor.
+BUILT_IN_NAMES = frozenset(GUARDRAIL_NAMES)
 
 
 def build_chain(
@@ -62,7 +69,51 @@ def build_chain(
     return chain
 
 
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def register_guardrail(
+    name: str, guardrail: Guardrail | GuardrailFactory, *, stage: Stage = "input"
+) -> None:
+    """Make a third-party guardrail available by `name` to the input or output chain settings
+    and to templates. `guardrail` is either a ready object with `name` and `check(text)`, or a
+    factory taking ChainOptions (for guardrails that need the token budget or banned terms)."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"guardrail name {name!r} must be lower_snake_case (a-z, 0-9, _)")
+    if name in BUILT_IN_NAMES:
+        raise ValueError(f"guardrail {name!r} is built in and cannot be replaced")
+    other = OUTPUT_GUARDRAILS if stage == "input" else INPUT_GUARDRAILS
+    if name in other:
+        raise ValueError(f"guardrail {name!r} is already registered for the other stage")
+    if callable(getattr(guardrail, "check", None)):
+        obj = cast(Guardrail, guardrail)
+        factory: GuardrailFactory = lambda _options: obj  # noqa: E731
+    elif callable(guardrail):
+        factory = guardrail
+    else:
+        raise TypeError("a guardrail needs a check(text) method (or be a factory returning one)")
+    (INPUT_GUARDRAILS if stage == "input" else OUTPUT_GUARDRAILS)[name] = factory
+
+
+def unregister_guardrail(name: str) -> None:
+    if name in BUILT_IN_NAMES:
+        raise ValueError(f"guardrail {name!r} is built in and cannot be removed")
+    INPUT_GUARDRAILS.pop(name, None)
+    OUTPUT_GUARDRAILS.pop(name, None)
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Import each module; a plugin module calls register_guardrail at import time."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+def registered_names() -> tuple[str, ...]:
+    return (*INPUT_GUARDRAILS, *OUTPUT_GUARDRAILS)
+
+
 __all__ = [
+    "BUILT_IN_NAMES",
     "GUARDRAIL_NAMES",
     "INPUT_GUARDRAILS",
     "OUTPUT_GUARDRAILS",
@@ -81,6 +132,10 @@ __all__ = [
     "Verdict",
     "build_chain",
     "iban_valid",
+    "load_plugins",
     "luhn_valid",
+    "register_guardrail",
+    "registered_names",
     "run_chain",
+    "unregister_guardrail",
 ]

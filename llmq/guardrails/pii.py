@@ -120,6 +120,8 @@ def _is_card(groups: list[str], whole_run: bool) -> bool:
 def _redact_cards_in_run(run: str) -> tuple[str, int]:
     """Redact every card in a digit run: the whole run ("4111 1111 1111 1111"), or a part of it
     ("4111 1111 1111 1111 12/27", where the expiry month joins the run)."""
+    if len(run) < 13:  # a card has 13+ digits: most runs (years, amounts) end here
+        return run, 0
     parts = _SEPARATOR.split(run)
     groups, seps = parts[0::2], parts[1::2]
     out: list[str] = []
@@ -194,12 +196,42 @@ DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], Replace]], ...] = (
 )
 
 
+# Every detector needs an "@" or an ASCII digit: text with neither is skipped in one scan (most
+# items of a big batch at ingest).
+_CANDIDATE = re.compile(r"[@0-9]")
+# What each detector's match necessarily contains, as a pattern that starts with a single
+# character set (which re scans for quickly; a leading lookbehind or repeat is tried at every
+# position). A detector whose candidate is absent from the original text is skipped: redactions
+# only insert brackets and letters, so they can split a candidate but never create one.
+_CANDIDATES: dict[str, re.Pattern[str] | None] = {
+    "pii.email": re.compile(r"@"),
+    "pii.iban": re.compile(r"[0-9][0-9][0-9A-Z ]{11,}"),  # check digits, then 11+ of the BBAN
+    "pii.card": re.compile(r"[0-9][0-9 \-]{11,}[0-9]"),  # 13+ digits joined by " " or "-"
+    "pii.ssn": re.compile(r"[0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][0-9][0-9]"),
+    "pii.phone": None,  # the digit span below is its candidate
+}
+# Cards, SSNs and phone numbers all contain a span of 10+ characters of digits and separators:
+# one scan rules out all three in the common case.
+_DIGIT_SPAN = re.compile(r"[0-9][0-9 ().\-]{8,}[0-9]")
+_NEEDS_DIGIT_SPAN = frozenset({"pii.card", "pii.ssn", "pii.phone"})
+
+
 class PIIRedactor:
     name = "pii"
+    redacts = True  # also runs at ingest, before the text is stored (llmq.guardrails.selection)
 
     def check(self, text: str) -> Verdict:
+        if _CANDIDATE.search(text) is None:
+            return Verdict(text=text)
+        original = text
+        has_span = _DIGIT_SPAN.search(original) is not None
         findings: list[Finding] = []
         for rule, pattern, redact in DETECTORS:
+            if rule in _NEEDS_DIGIT_SPAN and not has_span:
+                continue
+            candidate = _CANDIDATES[rule]
+            if candidate is not None and candidate.search(original) is None:
+                continue
             count = 0
 
             def replace(match: re.Match[str], redact: Callable[[str], Replace] = redact) -> str:

@@ -404,3 +404,26 @@ def test_context_manager_lifecycle() -> None:
     assert not srv.running
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/_fake/health", timeout=1)
+
+
+def test_reply_rules_return_given_text_and_can_depend_on_the_prompt(
+    fake: FakeProviderServer,
+) -> None:
+    fake.set_script(
+        FakeScript(
+            rules=[
+                FaultRule(fault="reply", prompt_contains="again", text='{"ok": true}'),
+                FaultRule(fault="reply", text="not json", finish_reason="length"),
+            ]
+        )
+    )
+    first = ask_openai(oai(fake), "first try")
+    assert first.choices[0].message.content == "not json"
+    assert first.choices[0].finish_reason == "length"
+    again = ask_openai(oai(fake), "try again")
+    assert again.choices[0].message.content == '{"ok": true}'
+    assert again.choices[0].finish_reason == "stop"
+    cut = ask_anthropic(anth(fake), "first try")
+    assert cut.content[0].text == "not json" and cut.stop_reason == "max_tokens"
+    fixed = ask_anthropic(anth(fake), "once again")
+    assert fixed.content[0].text == '{"ok": true}' and fixed.stop_reason == "end_turn"

@@ -104,4 +104,4 @@ def test_retry_runs_a_failed_job_again_from_a_fresh_start(
     assert done["attempts_made"] == 4 and done["error_code"] is None
 
     again = _llmq("jobs", "retry", failed["id"], env=stack_env)
-    assert again.returncode == 1 and "no failed, blocked or cancelled job" in again.stderr
+    assert again.returncode == 1 and "no failed, expired, blocked or cancelled job" in again.stderr

@@ -1,0 +1,84 @@
+"""Guardrails that run in the API, before any row is written: plain prompts over the template's
+token budget are refused (422), and personal data is redacted (LLMQ_REDACT_PII_AT_INGEST), so
+the raw values never reach Postgres, the broker or a log line. The findings (counts only) go on
+the job record; the worker runs its full input chain again on the stored, redacted text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import Request
+
+from llmq.guardrails import load_plugins
+from llmq.guardrails.selection import GuardrailSelection, redact
+from llmq.settings import Settings
+from llmq.templates import TEMPLATES, Template
+from llmq.tokens import estimate_tokens
+
+from .errors import ApiError
+
+# How many offending items a 422 lists: enough to fix a batch, bounded for a 50k-item one.
+MAX_DETAILS = 20
+
+
+def build_selection(settings: Settings) -> GuardrailSelection:
+    """Built at app start so an unknown guardrail name or a broken plugin fails the start."""
+    load_plugins(settings.guardrail_plugins)
+    return GuardrailSelection(
+        settings.input_guardrails,
+        settings.output_guardrails,
+        banned_terms=settings.banned_terms,
+        max_input_tokens=settings.template_max_input_tokens,
+        templates=TEMPLATES.values(),
+    )
+
+
+def selection(request: Request) -> GuardrailSelection:
+    return request.app.state.guardrails
+
+
+def check_prompt_size(
+    selection: GuardrailSelection, template: Template, inputs: Sequence[str], loc: str
+) -> None:
+    """422 if any plain prompt is over the template's budget. Documents are never refused for
+    size: a document over a model's window is the long-document path's business."""
+    limit = selection.token_limit(template)
+    if limit is None or template.summarizes:
+        return
+    # The estimate is at most max(chars/4, 2/3 chars + 1): shorter texts need no counting.
+    quick = max(0, (limit - 1) * 3 // 2)
+    details: list[dict[str, Any]] = []
+    for index, text in enumerate(inputs):
+        if len(text) <= quick:
+            continue
+        tokens = estimate_tokens(text)
+        if tokens > limit:
+            details.append(
+                {
+                    "loc": loc.format(index=index),
+                    "message": f"about {tokens} tokens; template {template.name!r} takes "
+                    f"at most {limit}",
+                    "type": "too_many_tokens",
+                }
+            )
+    if details:
+        first = details[0]
+        raise ApiError(
+            422,
+            "input_too_long",
+            f"{first['loc']}: {first['message']}"
+            + (f" ({len(details)} items over the limit)" if len(details) > 1 else ""),
+            details=details[:MAX_DETAILS],
+        )
+
+
+def redact_inputs(
+    selection: GuardrailSelection, settings: Settings, template: Template, inputs: Sequence[str]
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(text to store, ingest findings) per input; the inputs unchanged when redaction at
+    ingest is off or the template's input chain has no redactor."""
+    redactors = selection.redactors_for(template) if settings.redact_pii_at_ingest else []
+    if not redactors:
+        return [(text, []) for text in inputs]
+    return [redact(redactors, text) for text in inputs]

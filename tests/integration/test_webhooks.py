@@ -1,0 +1,135 @@
+"""Completion webhooks against a real local HTTP receiver that fails once and then accepts:
+signed, redelivered with backoff by the worker, every attempt recorded and visible."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from llmq import webhooks
+
+from ..helpers import Services, auth, wait_for
+
+
+class Receiver:
+    """Answers 500 to the first `fail_first` POSTs, then 200; keeps what it received."""
+
+    def __init__(self, fail_first: int) -> None:
+        self.fail_first = fail_first
+        self.received: list[tuple[dict[str, str], bytes, int]] = []
+        self._lock = threading.Lock()
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver._lock:
+                    status = 500 if len(receiver.received) < receiver.fail_first else 200
+                    receiver.received.append((dict(self.headers.items()), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@contextlib.contextmanager
+def receiving(fail_first: int) -> Iterator[tuple[str, Receiver]]:
+    receiver = Receiver(fail_first)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), receiver.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/llmq", receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_webhook_is_signed_redelivered_after_a_failure_and_recorded(
+    http: Any, new_key: Any, worker: Any, services: Services
+) -> None:
+    key = new_key()
+    items = [{"input": "The library reopened. Visitors returned."}, {"input": "It snowed."}]
+    with receiving(fail_first=1) as (url, receiver):
+        body = {"items": items, "chain": ["local:extractive"], "webhook_url": url}
+        no_secret = http.post("/v1/batches", json=body, headers=auth(key))
+        assert no_secret.status_code == 422
+        assert "POST /v1/webhooks/secret" in no_secret.json()["error"]["message"]
+
+        created = http.post("/v1/webhooks/secret", headers=auth(key))
+        assert created.status_code == 201
+        secret = created.json()["secret"]
+        assert secret.startswith("whsec_")
+
+        batch_id = http.post("/v1/batches", json=body, headers=auth(key)).json()["id"]
+
+        def delivered() -> dict[str, Any] | None:
+            state: dict[str, Any] = http.get(
+                f"/v1/batches/{batch_id}/webhooks", headers=auth(key)
+            ).json()
+            return state if state["webhook"]["status"] == "delivered" else None
+
+        state = wait_for(delivered, 60, "the webhook to be delivered")
+        received = list(receiver.received)
+
+    assert [(d["attempt_no"], d["outcome"], d["http_status"]) for d in state["deliveries"]] == [
+        (1, "failed", 500),
+        (2, "delivered", 200),
+    ]
+    assert state["deliveries"][0]["error"] == "HTTP 500"
+    assert len({d["event_id"] for d in state["deliveries"]}) == 1
+    assert [status for _, _, status in received] == [500, 200]
+    for headers, raw, _ in received:
+        webhooks.verify(secret, headers[webhooks.SIGNATURE_HEADER], raw)
+        with pytest.raises(webhooks.SignatureError):
+            webhooks.verify("whsec_wrong", headers[webhooks.SIGNATURE_HEADER], raw)
+        event = json.loads(raw)
+        assert event["id"] == headers[webhooks.EVENT_ID_HEADER] == state["deliveries"][0][
+            "event_id"]  # fmt: skip
+        assert event["type"] == "batch.completed"
+        assert event["data"]["id"] == batch_id
+        assert event["data"]["counts"]["succeeded"] == 2
+    batch = http.get(f"/v1/batches/{batch_id}", headers=auth(key)).json()
+    assert batch["webhook"] == {"url": url, "status": "delivered", "attempts": 2,
+                                "next_attempt_at": None}  # fmt: skip
+    assert http.get(f"/v1/batches/{batch_id}/webhooks", headers=auth(new_key())).status_code == 404
+    # The secret is never written to the worker's log.
+    logs = "".join(p.read_text(errors="replace") for p in (services.data_dir / "logs").glob("*"))
+    assert secret not in logs
+
+
+def test_webhook_gives_up_after_the_bounded_attempts(http: Any, new_key: Any, worker: Any) -> None:
+    key = new_key()
+    http.post("/v1/webhooks/secret", headers=auth(key))
+    with receiving(fail_first=100) as (url, receiver):
+        body = {"items": [{"input": "A short note."}], "chain": ["local:extractive"],
+                "webhook_url": url}  # fmt: skip
+        batch_id = http.post("/v1/batches", json=body, headers=auth(key)).json()["id"]
+
+        def gave_up() -> dict[str, Any] | None:
+            state: dict[str, Any] = http.get(
+                f"/v1/batches/{batch_id}/webhooks", headers=auth(key)
+            ).json()
+            return state if state["webhook"]["status"] == "failed" else None
+
+        state = wait_for(gave_up, 90, "the webhook to be given up")
+    # Default 6 attempts, backoff 0.2 s doubling (tests), then no more.
+    assert [d["attempt_no"] for d in state["deliveries"]] == [1, 2, 3, 4, 5, 6]
+    assert len(receiver.received) == 6
+    gaps = [
+        (b["created_at"], a["created_at"])
+        for a, b in zip(state["deliveries"], state["deliveries"][1:], strict=False)
+    ]
+    assert all(later > earlier for later, earlier in gaps)
