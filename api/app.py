@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from llmq import logs, tracing
 from llmq.db.engine import get_engine
 from llmq.settings import Settings, get_settings
 from workers.runtime import redis_client
 
-from . import errors, ingest_guard
+from . import errors, ingest_guard, observability
 from .auth import Authenticator
 from .routes import (
     batches,
@@ -25,12 +26,17 @@ from .routes import (
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    logs.configure(settings, "api")
+    tracing.configure(settings.tracing, "api")
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (use `llmq up` for the embedded default)")
     app = FastAPI(
         title="llmq",
         version="0.1.0",
         description="Queue-backed LLM job processing: submit jobs and batches, poll results.",
+        # Request spans only: metrics are Prometheus', and OTel logs of validation errors
+        # would carry request bodies (document text).
+        telemetry={"metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
@@ -47,4 +53,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(usage.router)
+    observability.install(app)
     return app

@@ -13,6 +13,7 @@ from llmq import repository
 from llmq.repository import Principal
 
 from .errors import ApiError
+from .observability import record_tenant
 
 AUTH_CACHE_S = 10.0
 
@@ -41,6 +42,7 @@ class Authenticator:
                 "invalid or revoked API key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        record_tenant(request, principal.tenant_id)
         return principal
 
     def principal_for_key(self, key: str) -> Principal | None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis
 
+from llmq.metrics import CACHE_LOOKUPS
+
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +51,10 @@ class ResultCache:
             raw = self._client.get(key)
         except redis.RedisError as exc:
             self.errors += 1
+            CACHE_LOOKUPS.labels("error").inc()
             log.warning("cache unavailable, continuing without it: %s", type(exc).__name__)
             return None
+        CACHE_LOOKUPS.labels("miss" if raw is None else "hit").inc()
         if raw is None:
             return None
         data = json.loads(raw)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import redis
 
+from llmq.metrics import CIRCUIT_OPENED
+
 log = logging.getLogger(__name__)
 
 UNHEALTHY = frozenset({"server_error", "overloaded", "timeout", "connection_error",
@@ -130,6 +132,7 @@ class CircuitBreaker:
                 state = self._failure(keys=self._keys(link), args=self._args())
                 if state in (b"open", "open"):
                     log.warning("circuit for %s is open", link)
+                    CIRCUIT_OPENED.labels(link).inc()
         except redis.RedisError as exc:
             self.unavailable += 1
             log.warning("circuit store unavailable: %s", type(exc).__name__)

@@ -87,9 +87,14 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="concurrent jobs per process")] = 0,
     pool: Annotated[str, typer.Option(help="threads (recommended) | gevent | prefork")] = "",
     name: Annotated[str, typer.Option(help="node name (default worker@hostname)")] = "",
-    loglevel: Annotated[str, typer.Option(help="log level")] = "INFO",
+    loglevel: Annotated[str, typer.Option(help="log level (default LLMQ_LOG_LEVEL)")] = "",
+    metrics_port: Annotated[
+        int, typer.Option(help="serve /metrics here (default LLMQ_WORKER_METRICS_PORT; 0 = off)")
+    ] = -1,
 ) -> None:
     """Run a Celery worker that processes jobs (needs DATABASE_URL and REDIS_URL)."""
+    if metrics_port >= 0:
+        _use_env({"LLMQ_WORKER_METRICS_PORT": str(metrics_port)})
     settings = get_settings()
     if not settings.database_url or not settings.redis_url:
         raise _fail("the worker needs DATABASE_URL and REDIS_URL")
@@ -108,7 +113,7 @@ def worker(
         "--concurrency",
         str(concurrency or settings.worker_concurrency),
         "--loglevel",
-        loglevel,
+        loglevel or settings.log_level,
         "--without-mingle",
         "--without-gossip",
     ]
@@ -179,6 +184,10 @@ def up(
                     queues=",".join(QUEUES),
                     concurrency=concurrency or settings.worker_concurrency,
                     pool=settings.worker_pool,
+                    # One exporter per process: consecutive ports from the configured one.
+                    metrics_port=settings.worker_metrics_port + index
+                    if settings.worker_metrics_port
+                    else 0,
                 )
             if with_flower:
                 stack.start_flower(settings.flower_port)
@@ -354,6 +363,102 @@ def retry(
             typer.echo(f"retrying {client.retry(batch_id)['retried']} item(s)")
         except ApiError as exc:
             raise _fail(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators: queues and jobs (direct database/broker access, not tenant-scoped)
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Retry or cancel jobs (operators).")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _redis_url(settings: Settings) -> str:
+    from llmq.embedded import running_services
+
+    if settings.redis_url:
+        return settings.redis_url
+    recorded = running_services(settings.data_dir)
+    if recorded:
+        return recorded["REDIS_URL"]
+    raise _fail("REDIS_URL is not set and no `llmq up` is running in this directory")
+
+
+def _uuid(value: str) -> Any:
+    import uuid
+
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise _fail(f"not a job or batch id: {value!r}") from exc
+
+
+@app.command()
+def queues(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Messages waiting per queue (the autoscaling signal), and the live workers."""
+    import redis
+
+    from workers.heartbeat import live_workers
+    from workers.queues import queue_depths
+
+    client = redis.Redis.from_url(_redis_url(get_settings()), socket_timeout=5)
+    try:
+        depths = queue_depths(client)
+        workers = live_workers(client)
+    except redis.RedisError as exc:
+        raise _fail(f"Redis is unreachable: {type(exc).__name__}") from exc
+    if as_json:
+        typer.echo(json.dumps({"queues": depths, "workers": workers}))
+        return
+    for queue, depth in depths.items():
+        typer.echo(f"{queue:<12} {depth}")
+    names = ", ".join(str(w["name"]) for w in workers) or "none"
+    typer.echo(f"workers      {len(workers)} live: {names}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Run a failed, expired, blocked or cancelled job again from the start (earlier cost is
+    kept)."""
+    from llmq import repository
+    from llmq.db.engine import get_engine
+
+    settings = get_settings()
+    engine = get_engine(_database_url(settings))
+    taken = repository.retry_job(engine, _uuid(job_id))
+    if taken is None:
+        raise _fail(f"no failed, expired, blocked or cancelled job {job_id}")
+    _use_env({"REDIS_URL": _redis_url(settings)})
+    from workers.dispatch import publish_jobs
+
+    try:
+        publish_jobs([taken])
+        typer.echo(f"job {job_id} queued again")
+    except Exception as exc:  # a dead broker: the reconciler publishes it instead
+        repository.undo_dispatch(engine, [taken[0]])
+        typer.echo(f"job {job_id} queued again; the broker is down ({type(exc).__name__}), "
+                   "a worker's reconciler will publish it")  # fmt: skip
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(item_id: Annotated[str, typer.Argument(help="job id or batch id")]) -> None:
+    """Cancel a job, or every unfinished job of a batch. Waiting jobs end now; running ones
+    stop at their next step."""
+    from llmq import repository
+    from llmq.db.engine import get_engine
+
+    engine = get_engine(_database_url(get_settings()))
+    target = _uuid(item_id)
+    done: repository.Cancellation | None = None
+    owner = repository.get_job_owner(engine, target)
+    if owner is not None:
+        done = repository.cancel_jobs(engine, owner, job_id=target)
+    elif (owner := repository.get_batch_owner(engine, target)) is not None:
+        done = repository.cancel_jobs(engine, owner, batch_id=target)
+    if done is None:
+        raise _fail(f"no job or batch {item_id}")
+    typer.echo(f"cancelled {done.cancelled}, stopping {done.stopping} running")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from llmq import output_review, repository
+from llmq import observe, output_review, repository
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
@@ -146,7 +146,7 @@ class Pipeline:
         hold = (
             self.leases.hold(job.id, owner) if self.leases is not None else contextlib.nullcontext()
         )
-        with hold:
+        with hold, observe.job(job) as watch:
             try:
                 result = self._process(job, owner)
             except OperationalError:
@@ -160,6 +160,7 @@ class Pipeline:
                     error_code="internal_error",
                     error_message=f"{type(exc).__name__} in the pipeline",
                 )
+            watch.result = result
             if isinstance(result, Deferred):
                 repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
                 return "deferred"
@@ -167,7 +168,7 @@ class Pipeline:
                 assert self.long_documents is not None
                 self.long_documents.start(job, owner, result)
                 return "split"
-            repository.finish_job(self.engine, job.id, owner, result)
+            watch.recorded = repository.finish_job(self.engine, job.id, owner, result)
             if job.parent_id is not None and self.long_documents is not None:
                 self.long_documents.after_child(job.parent_id)
             return result.status
@@ -187,7 +188,8 @@ class Pipeline:
             )
 
         try:
-            guarded = input_guard(template.chat)(self.guardrails.input_for(template), job.input)
+            with observe.stage("guardrails.input"):
+                guarded = input_guard(template.chat)(self.guardrails.input_for(template), job.input)
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -197,6 +199,7 @@ class Pipeline:
             )
         findings = [asdict(f) for f in guarded.findings]
         if guarded.blocked_by:
+            observe.blocked("input", guarded.blocked_by)
             return repository.Outcome(
                 status=JobStatus.BLOCKED,
                 error_code="input_blocked",
@@ -222,13 +225,15 @@ class Pipeline:
         answer_params = {k: v for k, v in job.params.items() if k != "no_cache"}
         key = cache_key(job.chain, template.name, template.version, asdict(rendered), answer_params)
         if self.cache is not None and not job.params.get("no_cache"):
-            hit = self.cache.get(key)
+            with observe.stage("cache.lookup"):
+                hit = self.cache.get(key)
             if hit is not None:
                 return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
 
-        outcome = self._run_chain(
-            job, owner, rendered, findings, self.guardrails.output_for(template)
-        )
+        with observe.stage("provider_chain", chain=",".join(job.chain)):
+            outcome = self._run_chain(
+                job, owner, rendered, findings, self.guardrails.output_for(template)
+            )
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
         if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
@@ -332,6 +337,7 @@ class Pipeline:
                 if self.limiter is not None:
                     wait = self.limiter.acquire(link_text, prompt_tokens + max_tokens)
                     if wait > 0:
+                        observe.rate_limited(link_text, handed_back=policy.should_defer(wait))
                         # No capacity under the shared limit: wait briefly, or give the slot
                         # back and let the job come back when there is room (never eat a 429).
                         if policy.should_defer(wait):
@@ -339,7 +345,8 @@ class Pipeline:
                             return Deferred(wait, route)
                         self._sleep(wait)
                         continue
-                completion, error = self._attempt(job, owner, provider, link_text, request)
+                with observe.stage("provider.call", link=link_text):
+                    completion, error = self._attempt(job, owner, provider, link_text, request)
                 if completion is not None:
                     # Unsafe output is blocked first; then a cut-off answer is retried or
                     # failed; then the JSON the job asked for is checked (llmq/output_review.py).
@@ -379,6 +386,8 @@ class Pipeline:
                             guardrails=findings,
                         )
                     if unsafe:
+                        assert verdict is not None
+                        observe.blocked("output", verdict)
                         route.append({"link": link_text, "result": verdict})
                         findings.extend(output_findings(checked))
                         return repository.Outcome(
@@ -398,6 +407,7 @@ class Pipeline:
                     failure_codes.append(error.code)
                     break
                 delay = policy.delay(tries - 1, self._rng, error.retry_after_s)
+                observe.retry(link_text, error.code)
                 if policy.should_defer(delay):
                     route.append({"link": link_text, "result": error.code, "deferred_s": delay})
                     return Deferred(delay, route)
@@ -451,34 +461,28 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
-        recorded = repository.record_attempt(
-            self.engine,
-            job.id,
-            owner,
-            self.config.lease_s,
-            repository.AttemptRecord(
-                provider=link_text.split(":", 1)[0],
-                model=request.model,
-                outcome="ok" if completion is not None else error.code if error else "error",
-                latency_ms=round(latency_ms, 3),
-                http_status=completion.http_status
-                if completion
-                else error.status
-                if error
-                else None,
-                error_code=error.code if error else None,
-                error_message=error.message[:500] if error else None,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cached_tokens=cached_tokens,
-                cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
-                worker=self.worker_name,
-                # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
-                output=completion.text
-                if completion is not None and completion.finish_reason not in ("refusal", "length")
-                else None,
-            ),
+        record = repository.AttemptRecord(
+            provider=link_text.split(":", 1)[0],
+            model=request.model,
+            outcome="ok" if completion is not None else error.code if error else "error",
+            latency_ms=round(latency_ms, 3),
+            http_status=completion.http_status if completion else error.status if error else None,
+            error_code=error.code if error else None,
+            error_message=error.message[:500] if error else None,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
+            worker=self.worker_name,
+            # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
+            output=completion.text
+            if completion is not None and completion.finish_reason not in ("refusal", "length")
+            else None,
         )
+        recorded = repository.record_attempt(
+            self.engine, job.id, owner, self.config.lease_s, record
+        )
+        observe.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
         if completion is None and recorded is not None and recorded.cancel_requested:
             raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":
@@ -491,7 +495,8 @@ class Pipeline:
 
     def _check_text(self, text: str, guards: list[Guardrail]) -> ChainResult:
         try:
-            return run_chain(guards, text)
+            with observe.stage("guardrails.output"):
+                return run_chain(guards, text)
         except Exception:
             log.exception("output guardrail crashed")
             return ChainResult(text, blocked_by="unsafe_output.guardrail_error")

@@ -1523,3 +1523,36 @@ def usage_by_template(
                 {"t": tenant_id, "since": since},
             ).mappings()
         ]
+
+
+# Operators (llmq jobs ...): not tenant-scoped, run with database access
+
+
+def get_job_owner(engine: Engine, job_id: uuid.UUID) -> uuid.UUID | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar_one_or_none()
+
+
+def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
+    """Put a failed, expired, blocked or cancelled job back in its queue as if new: a fresh
+    deadline, delivery count and retry budget (attempts_floor, as a batch retry does; earlier
+    attempts stay, and so does their cost).
+    Marked dispatched: the caller publishes it (undo_dispatch if that fails). Returns
+    (job id, priority), or None when the job is not in a retryable state."""
+    with _statement(engine) as conn:
+        row = conn.execute(
+            text(
+                "UPDATE jobs SET status = 'queued', result = NULL, provider = NULL, "
+                "model = NULL, cache_hit = false, error_code = NULL, error_message = NULL, "
+                "route = '[]', guardrails = '[]', deliveries = 0, started_at = NULL, "
+                "attempts_floor = attempts_made, finished_at = NULL, not_before = NULL, "
+                "cancel_requested_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+                "dispatched_at = now() "
+                "WHERE id = :id AND status IN ('failed', 'expired', 'blocked', 'cancelled') "
+                "RETURNING id::text, priority"
+            ),
+            {"id": job_id},
+        ).first()
+    return None if row is None else (row[0], row[1])

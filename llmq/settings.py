@@ -143,6 +143,15 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
+    # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
+    log_format: str = "json"  # json | text
+    log_level: str = "INFO"
+    worker_metrics_port: int = 0  # each worker process serves /metrics here; 0 = off
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_cache_s: float = 5.0  # scrape-time Postgres/Redis figures are reused this long
+    tracing: str = "off"  # off | console | otlp (needs `pip install llmq[otel]`)
+    worker_heartbeat_s: float = 5.0  # a worker is live while its key (TTL 3x this) exists
+
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"
     )

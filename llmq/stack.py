@@ -56,7 +56,9 @@ class Stack:
         wait_http(f"http://{host}:{port}/healthz", child, timeout=60)
         return child
 
-    def start_worker(self, name: str, *, queues: str, concurrency: int, pool: str) -> Child:
+    def start_worker(
+        self, name: str, *, queues: str, concurrency: int, pool: str, metrics_port: int = -1
+    ) -> Child:
         return self._spawn(
             name,
             [
@@ -69,6 +71,8 @@ class Stack:
                 str(concurrency),
                 "--pool",
                 pool,
+                "--metrics-port",
+                str(metrics_port),
             ],
         )
 

@@ -13,6 +13,7 @@ from workers import signals as _signals  # noqa: F401  (connects the worker life
 from workers.celery_app import app
 from workers.dispatch import DISPATCH_BATCH, RUN_JOB, publish_jobs
 from workers.runtime import get_pipeline
+from workers.telemetry import consuming
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,18 @@ DISPATCH_CHUNK = 1000
     max_retries=None,
 )
 def run_job(job_id: str) -> str:
-    return get_pipeline().run(job_id)
+    with consuming(run_job.request, "run_job"):
+        return get_pipeline().run(job_id)
 
 
 @app.task(name=DISPATCH_BATCH, ignore_result=True)
 def dispatch_batch(batch_id: str) -> int:
     """Fan a batch out into one message per job, off the API's request path."""
+    with consuming(dispatch_batch.request, "dispatch_batch"):
+        return _dispatch_batch(batch_id)
+
+
+def _dispatch_batch(batch_id: str) -> int:
     settings = get_settings()
     assert settings.database_url
     engine = get_engine(settings.database_url)

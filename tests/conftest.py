@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
+from llmq.embedded import free_port
 from llmq.fake_provider import FakeProviderServer
 from llmq.settings import get_settings
 
-from .helpers import Services
+from .helpers import Services, make_isolated_env
 
 
 def _external_database(base_url: str) -> str:
@@ -91,13 +92,25 @@ def engine(stack_env: dict[str, str]) -> Engine:
 
 
 @pytest.fixture(scope="session")
-def worker(stack_env: dict[str, str], services: Services) -> Iterator[Any]:
+def worker_metrics_port() -> int:
+    """Where the shared worker serves its Prometheus metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    stack_env: dict[str, str], services: Services, worker_metrics_port: int
+) -> Iterator[Any]:
     """One real Celery worker process on all three queues, shared by the tests."""
     from llmq.stack import Stack
 
     stack = Stack(env=stack_env, log_dir=services.data_dir / "logs")
     stack.start_worker(
-        "shared", queues="llm.high,llm.default,llm.low", concurrency=20, pool="threads"
+        "shared",
+        queues="llm.high,llm.default,llm.low",
+        concurrency=20,
+        pool="threads",
+        metrics_port=worker_metrics_port,
     )
     yield stack
     stack.stop()
@@ -128,26 +141,8 @@ def http(app: Any) -> Iterator[Any]:
         yield client
 
 
-_redis_db_counter = iter(range(1, 16))
-
-
 @pytest.fixture()
 def isolated_env(services: Services, stack_env: dict[str, str]) -> dict[str, str]:
     """A stack environment with its own database and Redis DB: for tests that start and kill
     their own workers, so the shared worker never sees their jobs (nor they its)."""
-    from sqlalchemy.engine import make_url
-
-    from llmq.db.migrate import upgrade
-
-    url = make_url(services.database_url)
-    name = f"llmq_iso_{uuid.uuid4().hex[:8]}"
-    admin = url.set(drivername="postgresql", database="postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    database_url = url.set(database=name).render_as_string(hide_password=False)
-    upgrade(database_url)
-    redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db_counter)}"
-    import redis
-
-    redis.Redis.from_url(redis_url).flushdb()
-    return {**stack_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    return make_isolated_env(services, stack_env)

@@ -62,3 +62,40 @@ def submit_batch(
     make_celery(env["REDIS_URL"]).send_task(DISPATCH_BATCH, args=[str(batch_id)],
                                             queue="llm.default")  # fmt: skip
     return batch_id
+
+
+_redis_db_counter = iter(range(1, 16))
+
+
+def make_isolated_env(services: Services, stack_env: dict[str, str]) -> dict[str, str]:
+    """A stack environment with its own new database and Redis DB (see `isolated_env`)."""
+    import uuid
+
+    import psycopg
+    import redis
+    from sqlalchemy.engine import make_url
+
+    from llmq.db.migrate import upgrade
+
+    url = make_url(services.database_url)
+    name = f"llmq_iso_{uuid.uuid4().hex[:8]}"
+    admin = url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    database_url = url.set(database=name).render_as_string(hide_password=False)
+    upgrade(database_url)
+    redis_url = services.redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db_counter)}"
+    redis.Redis.from_url(redis_url).flushdb()
+    return {**stack_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` whose labels include `labels` (0.0 when none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
-from llmq.settings import QUEUES, get_settings
+from llmq.settings import QUEUES, Settings, get_settings
 
 
 def make_celery(broker_url: str | None = None) -> Celery:
-    settings = get_settings()
-    broker = broker_url or settings.redis_url or "redis://127.0.0.1:6379/0"
-    app = Celery("llmq", broker=broker, include=["tasks.jobs", "tasks.webhooks"])
+    app = Celery("llmq", include=["tasks.jobs", "tasks.webhooks"])
+    # The configuration is read when the app is first used, not when this module is imported,
+    # so a process that sets REDIS_URL after importing llmq still talks to its own broker.
+    app.add_defaults(lambda: celery_config(get_settings(), broker_url))
+    return app
+
+
+def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str, Any]:
     visibility_timeout = max(3600, int(settings.job_deadline_s * 2))
-    app.conf.update(
+    return dict(
+        broker_url=broker_url or settings.redis_url or "redis://127.0.0.1:6379/0",
         task_queues=[
             Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES
         ],
@@ -49,7 +57,6 @@ def make_celery(broker_url: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
-    return app
 
 
 app = make_celery()

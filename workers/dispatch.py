@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from llmq.settings import PRIORITY_TO_QUEUE
 
 from .celery_app import app
+from .telemetry import outgoing_headers
 
 RUN_JOB = "llmq.run_job"
 # A dead broker must not hold an API request for long: the job is already durable and the
@@ -19,6 +20,7 @@ def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
     """Publish (job_id, priority) pairs over one producer connection."""
     if not jobs:
         return
+    headers = outgoing_headers()  # request id and trace context travel with every message
     with app.producer_or_acquire() as producer:
         for job_id, priority in jobs:
             app.send_task(
@@ -27,6 +29,7 @@ def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
                 queue=PRIORITY_TO_QUEUE[priority],
                 producer=producer,
                 retry_policy=RETRY_POLICY,
+                headers=headers,
             )
 
 
@@ -36,4 +39,5 @@ def publish_batch_dispatch(batch_id: str, priority: str) -> None:
         args=[batch_id],
         queue=PRIORITY_TO_QUEUE[priority],
         retry_policy=RETRY_POLICY,
+        headers=outgoing_headers(),
     )

@@ -1,4 +1,5 @@
-"""Worker lifecycle: name the pipeline after the Celery node and start the reconciler."""
+"""Worker lifecycle: name the pipeline after the Celery node, start the reconciler, the
+heartbeat and the metrics exporter."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from celery.signals import worker_ready, worker_shutdown
 from llmq.db.engine import get_engine
 from llmq.settings import get_settings
 
-from . import runtime
+from . import runtime, telemetry
+from .heartbeat import Heartbeat
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 _reconciler: Reconciler | None = None
+_heartbeat: Heartbeat | None = None
 
 
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    global _reconciler
+    global _reconciler, _heartbeat
     settings = get_settings()
     if sender is not None:
         runtime.worker_name = sender.hostname
@@ -28,6 +31,14 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
             get_engine(settings.database_url), runtime.redis_client(settings), settings
         )
         _reconciler.start()
+    if settings.redis_url:
+        consumer = getattr(sender, "task_consumer", None)
+        queues = sorted(q.name for q in getattr(consumer, "queues", []))
+        _heartbeat = Heartbeat(
+            runtime.redis_client(settings), runtime.worker_name, queues, settings.worker_heartbeat_s
+        )
+        _heartbeat.start()
+    telemetry.start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)
     log.info("worker %s ready", runtime.worker_name)
 
 
@@ -35,3 +46,5 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _reconciler is not None:
         _reconciler.stop()
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmq.circuit import CircuitBreaker
+from workers.heartbeat import live_workers
 from workers.queues import queue_depths
 from workers.runtime import circuit_policy
 
@@ -42,6 +43,10 @@ def readyz(request: Request) -> JSONResponse:
         checks["circuits"] = {
             link: breaker.state(link) for link in request.app.state.settings.default_chain
         }
+        # Jobs would wait forever with no worker to run them: not ready without one.
+        checks["workers"] = [w["name"] for w in live_workers(client)]
+        if not checks["workers"]:
+            ok = False
     except redis.RedisError as exc:
         ok = False
         checks["redis"] = f"down: {type(exc).__name__}"

@@ -1,0 +1,107 @@
+"""Operators' commands as run from a shell: `llmq queues`, `llmq jobs retry|cancel`."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from llmq import repository
+from llmq.db.engine import get_engine
+from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+
+from ..helpers import submit_batch, wait_for
+from .test_cli import _llmq
+
+DOC = "The museum reopened after a year of repairs. Visitors queued around the block."
+
+
+def _jobs(engine: Engine, batch_id: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                text(
+                    "SELECT id::text, status, error_code, attempts_made, cost_usd FROM jobs "
+                    "WHERE batch_id = :b ORDER BY seq"
+                ),
+                {"b": batch_id},
+            ).mappings()
+        ]
+
+
+def _tenant(engine: Engine) -> uuid.UUID:
+    principal = repository.authenticate(
+        engine, repository.create_api_key(engine, f"ops-{uuid.uuid4().hex[:8]}")
+    )
+    assert principal is not None
+    return principal.tenant_id
+
+
+def test_queues_shows_depths_and_live_workers(isolated_env: dict[str, str]) -> None:
+    from workers.celery_app import make_celery
+
+    broker = make_celery(isolated_env["REDIS_URL"])
+    for _ in range(3):
+        broker.send_task("llmq.run_job", args=[str(uuid.uuid4())], queue="llm.low")
+    shown = _llmq("queues", "--json", env=isolated_env)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        "queues": {"llm.high": 0, "llm.default": 0, "llm.low": 3},
+        "workers": [],
+    }
+    table = _llmq("queues", env=isolated_env).stdout.splitlines()
+    assert table[2].split() == ["llm.low", "3"] and "0 live" in table[3]
+
+
+def test_cancel_a_job_or_a_whole_batch(isolated_env: dict[str, str]) -> None:
+    engine = get_engine(isolated_env["DATABASE_URL"])
+    tenant = _tenant(engine)
+    batch_id = submit_batch(engine, isolated_env, tenant, ["local:extractive"],
+                            [f"{DOC} {i}" for i in range(3)])  # fmt: skip
+    first = _jobs(engine, batch_id)[0]["id"]
+    one = _llmq("jobs", "cancel", first, env=isolated_env)  # no worker: all still queued
+    assert one.returncode == 0, one.stderr
+    assert "cancelled 1" in one.stdout
+    assert [j["status"] for j in _jobs(engine, batch_id)] == ["cancelled", "queued", "queued"]
+    rest = _llmq("jobs", "cancel", str(batch_id), env=isolated_env)
+    assert "cancelled 2" in rest.stdout
+    assert {j["status"] for j in _jobs(engine, batch_id)} == {"cancelled"}
+
+    unknown = _llmq("jobs", "cancel", str(uuid.uuid4()), env=isolated_env)
+    assert unknown.returncode == 1 and "no job or batch" in unknown.stderr
+    garbage = _llmq("jobs", "cancel", "not-an-id", env=isolated_env)
+    assert garbage.returncode == 1 and "not a job or batch id" in garbage.stderr
+
+
+def test_retry_runs_a_failed_job_again_from_a_fresh_start(
+    stack_env: dict[str, str], engine: Engine, worker: Any, fake_provider: FakeProviderServer
+) -> None:
+    model = f"ops-down-{uuid.uuid4().hex[:8]}"
+    fake_provider.set_script(FakeScript(rules=[FaultRule(model=model, fault="status", status=500)]))
+    try:
+        batch_id = submit_batch(engine, stack_env, _tenant(engine), [f"openai:{model}"], [DOC])
+        failed = wait_for(
+            lambda: next((j for j in _jobs(engine, batch_id) if j["status"] == "failed"), None),
+            60,
+            "the job to fail",
+        )
+    finally:
+        fake_provider.set_script(FakeScript())
+    assert failed["error_code"] == "all_providers_failed" and failed["attempts_made"] == 3
+
+    retried = _llmq("jobs", "retry", failed["id"], env=stack_env)
+    assert retried.returncode == 0, retried.stderr
+    assert "queued again" in retried.stdout
+    done = wait_for(
+        lambda: next((j for j in _jobs(engine, batch_id) if j["status"] == "succeeded"), None),
+        60,
+        "the retried job to succeed",
+    )
+    # The provider is healthy now: one more call, after the three that failed before.
+    assert done["attempts_made"] == 4 and done["error_code"] is None
+
+    again = _llmq("jobs", "retry", failed["id"], env=stack_env)
+    assert again.returncode == 1 and "no failed, expired, blocked or cancelled job" in again.stderr
