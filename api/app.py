@@ -10,7 +10,9 @@ from workers.runtime import redis_client
 
 from . import errors
 from .auth import Authenticator
-from .routes import batches, health, jobs
+from .key_limits import KeyLimiter
+from .limits import BodySizeLimit
+from .routes import admin, batches, health, jobs
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,4 +32,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    _install_security(app, settings)
     return app
+
+
+def _install_security(app: FastAPI, settings: Settings) -> None:
+    """Key management, per-key rate limits, the body-size cap and (opt-in) CORS."""
+    app.state.key_limiter = KeyLimiter(app.state.redis, settings)
+    app.include_router(admin.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )

@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     # Pricing override file (JSON with the same shape as llmq/data/pricing.json).
     pricing_file: Path | None = None
 
+    # Security (api/limits.py, api/key_limits.py). Per-key limits: 0 = unlimited; a key's own
+    # limits (POST /v1/admin/keys) override these defaults. Shared by every API instance (Redis).
+    key_requests_per_min: int = 600
+    key_items_per_min: int = 100_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Browser origins allowed to call the API; empty = CORS off (no CORS headers at all).
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"
     )

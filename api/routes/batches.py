@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from llmq import repository
@@ -23,12 +23,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
     422: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    429: {"model": ErrorOut},
 }
 
 
 @router.post("", status_code=202, response_model=BatchAccepted, responses=ERRORS)
 def submit_batch(
-    body: BatchIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
+    body: BatchIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep, request: Request
 ) -> BatchAccepted:
     if len(body.items) > settings.max_batch_items:
         raise ApiError(
@@ -36,6 +38,7 @@ def submit_batch(
             "too_many_items",
             f"a batch holds at most {settings.max_batch_items} items, got {len(body.items)}",
         )
+    request.app.state.key_limiter.check_items(who, len(body.items))
     defaults = body.params.model_dump(exclude_none=True)
     # Items without their own params share the defaults object (stored once, checked once).
     params = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from llmq import repository
 from workers.dispatch import publish_jobs
@@ -20,13 +20,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
     404: {"model": ErrorOut},
     422: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    429: {"model": ErrorOut},
 }
 
 
 @router.post("", status_code=202, response_model=JobAccepted, responses=ERRORS)
 def submit_job(
-    body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
+    body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep, request: Request
 ) -> JobAccepted:
+    request.app.state.key_limiter.check_items(who, 1)
     template = resolve_template(body.template, [body.params])
     job_id = repository.insert_job(
         engine,
