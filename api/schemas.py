@@ -71,7 +71,9 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are rejected, and so are lax coercions ("5" or true for a number, 1 for a
+    # boolean): a client that sends the wrong type learns it now, not from a surprising result.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Params(Strict):
