@@ -42,9 +42,10 @@ unit: $(VENV)/.installed-dev
 up: $(VENV)/.installed
 	$(BIN)/llmq up
 
-## Known vulnerabilities in the installed dependencies (needs the PyPI/OSV advisory services).
+## Known vulnerabilities in the installed dependencies (needs the PyPI/OSV advisory services;
+## --strict: a package that cannot be checked fails the run instead of passing silently).
 audit: $(VENV)/.installed-dev
-	$(BIN)/pip-audit --progress-spinner off --skip-editable
+	$(BIN)/pip-audit --progress-spinner off --skip-editable --strict
 
 clean:
 	rm -rf $(VENV) .llmq .pytest_cache .mypy_cache .ruff_cache
