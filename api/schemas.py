@@ -32,6 +32,8 @@ def _storable(value: str) -> str:
     # INSERT time (a 500), so they are refused here with a 422.
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
+    if value.isascii():  # the common case, without copying the text
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -52,6 +54,8 @@ def _strings(value: object) -> Iterator[str]:
 
 
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if not value:  # most batch items carry none
+        return value
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
