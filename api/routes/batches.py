@@ -38,7 +38,6 @@ def submit_batch(
             "too_many_items",
             f"a batch holds at most {settings.max_batch_items} items, got {len(body.items)}",
         )
-    request.app.state.key_limiter.check_items(who, len(body.items))
     defaults = body.params.model_dump(exclude_none=True)
     # Items without their own params share the defaults object (stored once, checked once).
     params = [
@@ -49,6 +48,7 @@ def submit_batch(
     template = resolve_template(
         body.template, [body.params.model_validate(p) for p in distinct.values()]
     )
+    request.app.state.key_limiter.check_items(who, len(body.items))  # only what would be written
     batch_id = repository.insert_batch(
         engine,
         tenant_id=who.tenant_id,

@@ -29,8 +29,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def submit_job(
     body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep, request: Request
 ) -> JobAccepted:
-    request.app.state.key_limiter.check_items(who, 1)
     template = resolve_template(body.template, [body.params])
+    request.app.state.key_limiter.check_items(who, 1)  # only requests that would be written
     job_id = repository.insert_job(
         engine,
         tenant_id=who.tenant_id,

@@ -185,7 +185,7 @@ def test_items_per_minute_count_batch_items_and_write_nothing_when_refused(
 
 
 def test_default_limits_apply_to_keys_without_their_own(
-    stack_env: dict[str, str], new_key: Any, monkeypatch: pytest.MonkeyPatch
+    stack_env: dict[str, str], new_key: Any
 ) -> None:
     from api.app import create_app
     from llmq.settings import Settings
