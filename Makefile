@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
-.PHONY: demo test lint typecheck unit install install-dev up bench clean
+.PHONY: demo test lint typecheck unit install install-dev up bench clean audit
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required"; exit 1; }
@@ -41,6 +41,11 @@ unit: $(VENV)/.installed-dev
 ## Run the stack (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
 up: $(VENV)/.installed
 	$(BIN)/llmq up
+
+## Known vulnerabilities in the installed dependencies (needs the PyPI/OSV advisory services;
+## --strict: a package that cannot be checked fails the run instead of passing silently).
+audit: $(VENV)/.installed-dev
+	$(BIN)/pip-audit --progress-spinner off --skip-editable --strict
 
 clean:
 	rm -rf $(VENV) .llmq .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,10 @@ from workers.runtime import redis_client
 
 from . import errors, ingest_guard, observability
 from .auth import Authenticator
+from .key_limits import KeyLimiter
+from .limits import BodySizeLimit
 from .routes import (
+    admin,
     batches,
     compat_anthropic,
     compat_openai,
@@ -54,4 +57,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(usage.router)
     observability.install(app)
+    _install_security(app, settings)
     return app
+
+
+def _install_security(app: FastAPI, settings: Settings) -> None:
+    """Key management, per-key rate limits, the body-size cap and (opt-in) CORS."""
+    app.state.key_limiter = KeyLimiter(app.state.redis, settings)
+    app.include_router(admin.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Request-ID",
+                "x-api-key",
+                "anthropic-version",
+                "Last-Event-ID",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
+        )

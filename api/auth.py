@@ -24,6 +24,11 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """Drop every cached lookup (after a revoke, so it takes effect here at once)."""
+        with self._lock:
+            self._cache.clear()
+
     def __call__(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")

@@ -20,7 +20,9 @@ def settings(request: Request) -> Settings:
 
 
 def principal(request: Request) -> Principal:
-    return request.app.state.authenticator(request)
+    who: Principal = request.app.state.authenticator(request)
+    request.app.state.key_limiter.check_request(who)  # 429 past the key's requests/min
+    return who
 
 
 EngineDep = Annotated[Engine, Depends(engine)]

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from llmq import repository
 from llmq.repository import Idempotency, IdempotentReplay, Principal, StoredResponse
@@ -65,7 +66,10 @@ def _check_size(count: int, max_items: int) -> None:
 
 
 async def _read_upload(request: Request, max_items: int) -> BatchIn:
-    form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
+    try:
+        form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 1)
+    except HTTPException as exc:  # Starlette's answer to a malformed multipart body (400)
+        raise ApiError(422, "invalid_multipart", f"body: {exc.detail}") from None
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, "invalid_request", "file: upload the JSONL as a form field 'file'")

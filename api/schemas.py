@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,14 +28,64 @@ Priority = Literal["high", "default", "low"]
 Usd = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 MAX_INPUT_CHARS = 2_000_000
 MAX_COMPLETION_WINDOW_S = 7 * 86_400
+MAX_METADATA_BYTES = 16_384
+
+
+def _storable(value: str) -> str:
+    # Postgres text cannot hold NUL, and lone surrogates are not UTF-8: both would fail at
+    # INSERT time (a 500), so they are refused here with a 422.
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    if value.isascii():  # the common case, without copying the text
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if not value:  # most batch items carry none
+        return value
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except (ValueError, UnicodeEncodeError):
+        raise ValueError("metadata must be plain JSON without lone surrogates") from None
+    if any("\x00" in part for part in _strings(value)):  # JSONB refuses NUL
+        raise ValueError("metadata must not contain NUL characters")
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; the cap is {MAX_METADATA_BYTES}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_storable)]
+Link = Annotated[str, Field(max_length=200)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are rejected, and so are lax coercions ("5" or true for a number, 1 for a
+    # boolean): a client that sends the wrong type learns it now, not from a surprising result.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Params(Strict):
-    style: str | None = Field(
+    style: Annotated[str, Field(max_length=50)] | None = Field(
         default=None, description="summary style: paragraph|short|bullets|executive"
     )
     max_tokens: int | None = Field(default=None, ge=1, le=32_000)
@@ -55,7 +108,7 @@ class Params(Strict):
     )
 
 
-def _check_chain(chain: list[str] | None) -> list[str] | None:
+def _check_chain(chain: list[Link] | None) -> list[Link] | None:
     if chain is None:
         return None
     if not chain:
@@ -66,13 +119,13 @@ def _check_chain(chain: list[str] | None) -> list[str] | None:
 
 
 class JobIn(Strict):
-    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="document or prompt")
-    template: str = "summarize"
+    input: Text = Field(min_length=1, max_length=MAX_INPUT_CHARS, description="document or prompt")
+    template: Name = "summarize"
     params: Params = Params()
     priority: Priority = "default"
-    chain: list[str] | None = Field(default=None, max_length=10)
-    custom_id: str | None = Field(default=None, max_length=200)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    chain: list[Link] | None = Field(default=None, max_length=10)
+    custom_id: Text | None = Field(default=None, max_length=200)
+    metadata: Metadata = Field(default_factory=dict)
     template_version: int | None = Field(
         default=None, ge=1, description="pin a template version (no A/B assignment)"
     )
@@ -81,19 +134,19 @@ class JobIn(Strict):
 
 
 class BatchItem(Strict):
-    custom_id: str | None = Field(default=None, max_length=200)
-    input: str = Field(min_length=1, max_length=MAX_INPUT_CHARS)
+    custom_id: Text | None = Field(default=None, max_length=200)
+    input: Text = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     params: Params | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class BatchIn(Strict):
     items: list[BatchItem] = Field(min_length=1)
-    template: str = "summarize"
+    template: Name = "summarize"
     params: Params = Params()
     priority: Priority = "default"
-    chain: list[str] | None = Field(default=None, max_length=10)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    chain: list[Link] | None = Field(default=None, max_length=10)
+    metadata: Metadata = Field(default_factory=dict)
     completion_window: int | str | None = Field(
         default=None,
         description="jobs not done this long after submission end `expired`: seconds or "
@@ -264,3 +317,37 @@ class WebhookDeliveriesOut(BaseModel):
     batch_id: str
     webhook: WebhookState | None
     deliveries: list[WebhookDeliveryOut]
+
+
+# ---------------------------------------------------------------------------------------------
+# API keys (admin scope): api/routes/admin.py
+
+
+class KeyIn(Strict):
+    tenant: Text = Field(min_length=1, max_length=200, description="tenant name (created if new)")
+    admin: bool = Field(default=False, description="may manage keys")
+    requests_per_min: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="own limit; null = default, 0 = unlimited"
+    )
+    items_per_min: int | None = Field(
+        default=None, ge=0, le=100_000_000, description="own limit; null = default, 0 = unlimited"
+    )
+
+
+class KeyOut(BaseModel):
+    id: str
+    prefix: str
+    tenant: str
+    admin: bool
+    requests_per_min: int | None
+    items_per_min: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret: shown this once, stored only as a hash")
+
+
+class KeyList(BaseModel):
+    data: list[KeyOut]

@@ -50,7 +50,8 @@ def main() -> None:
         env = {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url}
         os.environ.update(env)
         engine = get_engine(services.database_url)
-        key = repository.create_api_key(engine, "ingest")
+        # Unlimited: the benchmark measures ingest, not the per-key rate limit.
+        key = repository.create_api_key(engine, "ingest", requests_per_min=0, items_per_min=0)
         port = free_port()
         stack = Stack(env=env, log_dir=data_dir / "logs")
         stack.start_api("127.0.0.1", port)

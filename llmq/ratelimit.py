@@ -84,7 +84,13 @@ class RateLimiter:
     def acquire(self, link: str, tokens: int) -> float:
         """Reserve one call of `tokens` on `link`: 0.0 if admitted, else seconds to wait."""
         limit = self._limits.get(link)
-        if limit is None or (not limit.requests and not limit.tokens):
+        if limit is None:
+            return 0.0
+        return self.acquire_limit(link, limit, tokens)
+
+    def acquire_limit(self, link: str, limit: Limit, tokens: int) -> float:
+        """Like `acquire`, with the limit given by the caller (e.g. per API key)."""
+        if not limit.requests and not limit.tokens:
             return 0.0
         if limit.tokens and tokens > limit.tokens:
             tokens = limit.tokens  # a call bigger than the whole budget waits for an empty window

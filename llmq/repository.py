@@ -41,7 +41,14 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(engine: Engine, tenant_name: str, *, admin: bool = False) -> str:
+def create_api_key(
+    engine: Engine,
+    tenant_name: str,
+    *,
+    admin: bool = False,
+    requests_per_min: int | None = None,
+    items_per_min: int | None = None,
+) -> str:
     """Create the tenant if needed and return a new key. The key is shown once, stored hashed."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with engine.begin() as conn:
@@ -54,8 +61,9 @@ def create_api_key(engine: Engine, tenant_name: str, *, admin: bool = False) -> 
         ).scalar_one()
         conn.execute(
             text(
-                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, is_admin) "
-                "VALUES (:id, :tenant_id, :key_hash, :prefix, :admin)"
+                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, is_admin, "
+                "rate_requests_per_min, rate_items_per_min) "
+                "VALUES (:id, :tenant_id, :key_hash, :prefix, :admin, :rpm, :ipm)"
             ),
             {
                 "id": uuid.uuid4(),
@@ -63,6 +71,8 @@ def create_api_key(engine: Engine, tenant_name: str, *, admin: bool = False) -> 
                 "key_hash": hash_key(key),
                 "prefix": key[: len(KEY_PREFIX) + 6],
                 "admin": admin,
+                "rpm": requests_per_min,
+                "ipm": items_per_min,
             },
         )
     return key
@@ -74,13 +84,17 @@ class Principal:
     tenant_name: str
     key_id: uuid.UUID
     is_admin: bool
+    # The key's own per-minute limits; None = the settings' defaults.
+    requests_per_min: int | None = None
+    items_per_min: int | None = None
 
 
 def authenticate(engine: Engine, key: str) -> Principal | None:
     with engine.connect() as conn:
         row = conn.execute(
             text(
-                "SELECT k.id, k.tenant_id, k.is_admin, t.name FROM api_keys k "
+                "SELECT k.id, k.tenant_id, k.is_admin, t.name, k.rate_requests_per_min, "
+                "k.rate_items_per_min FROM api_keys k "
                 "JOIN tenants t ON t.id = k.tenant_id "
                 "WHERE k.key_hash = :h AND k.revoked_at IS NULL"
             ),
@@ -89,18 +103,25 @@ def authenticate(engine: Engine, key: str) -> Principal | None:
     if row is None:
         return None
     return Principal(
-        tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, is_admin=row.is_admin
+        tenant_id=row.tenant_id,
+        tenant_name=row.name,
+        key_id=row.id,
+        is_admin=row.is_admin,
+        requests_per_min=row.rate_requests_per_min,
+        items_per_min=row.rate_items_per_min,
     )
+
+
+_KEY_ROWS = (
+    "SELECT k.id, k.prefix, t.name AS tenant, k.is_admin, k.created_at, k.revoked_at, "
+    "k.rate_requests_per_min AS requests_per_min, k.rate_items_per_min AS items_per_min "
+    "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+)
 
 
 def list_api_keys(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT k.id, k.prefix, t.name AS tenant, k.is_admin, k.created_at, k.revoked_at "
-                "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id ORDER BY k.created_at"
-            )
-        ).mappings()
+        rows = conn.execute(text(_KEY_ROWS + "ORDER BY k.created_at")).mappings()
         return [dict(row) for row in rows]
 
 
@@ -1556,3 +1577,21 @@ def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
             {"id": job_id},
         ).first()
     return None if row is None else (row[0], row[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# API keys over HTTP (api/routes/admin.py)
+
+
+def get_api_key_by_hash(engine: Engine, key_hash: str) -> dict[str, Any] | None:
+    """The listing row of one key (never the key itself), found by its hash."""
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                text(_KEY_ROWS + "WHERE k.key_hash = :h"),
+                {"h": key_hash},
+            )
+            .mappings()
+            .first()
+        )
+    return dict(row) if row else None

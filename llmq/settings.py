@@ -152,6 +152,21 @@ class Settings(BaseSettings):
     tracing: str = "off"  # off | console | otlp (needs `pip install llmq[otel]`)
     worker_heartbeat_s: float = 5.0  # a worker is live while its key (TTL 3x this) exists
 
+    # Security (api/limits.py, api/key_limits.py). Per-key limits: 0 = unlimited; a key's own
+    # limits (POST /v1/admin/keys) override these defaults. Shared by every API instance (Redis).
+    key_requests_per_min: int = 600
+    key_items_per_min: int = 100_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Browser origins allowed to call the API; empty = CORS off (no CORS headers at all).
+    cors_origins: list[str] = []
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"
     )

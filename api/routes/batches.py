@@ -24,6 +24,7 @@ from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, read_batch, submit_once
+from ..key_limits import KeyLimiter
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
 from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
@@ -34,6 +35,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
     422: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    429: {"model": ErrorOut},
 }
 
 
@@ -73,8 +76,9 @@ async def submit_batch(
     guards: GuardrailSelection = Depends(selection),
 ) -> BatchAccepted | JSONResponse:
     body = await read_batch(request, settings.max_batch_items)
+    limiter: KeyLimiter = request.app.state.key_limiter
     return await run_in_threadpool(
-        accept_batch, body, engine, settings, who, idempotency_key, guards
+        accept_batch, body, engine, settings, who, idempotency_key, guards, limiter
     )
 
 
@@ -85,6 +89,7 @@ def accept_batch(
     who: Principal,
     idempotency_key: str | None,
     guards: GuardrailSelection,
+    limiter: KeyLimiter,
 ) -> BatchAccepted | JSONResponse:
     defaults = body.params.model_dump(exclude_none=True)
     # Items without their own params share the defaults object (stored once, checked once).
@@ -99,6 +104,7 @@ def accept_batch(
         body.template_version,
         settings,
     )
+    limiter.check_items(who, len(body.items))  # only what would be written
     window = parse_duration(body.completion_window) if body.completion_window else None
     if body.webhook_url and (
         settings.webhook_signing_key is None

@@ -41,9 +41,15 @@ def _render(error: CompatError, request_id: str) -> dict[str, Any]:
             "request_id": request_id}  # fmt: skip
 
 
+COMPAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": "Anthropic-shaped error body"}
+    for code in (400, 401, 404, 409, 413, 422, 429, 503, 504)
+}
 router = APIRouter(
     prefix="/anthropic/v1/messages/batches",
     tags=["anthropic-compatible"],
+    # The status codes the real API uses for errors, in its own error body shape.
+    responses=COMPAT_ERRORS,
     route_class=route_class(_render, ("request-id",)),
 )
 

@@ -41,9 +41,15 @@ def _render(error: CompatError, _request_id: str) -> dict[str, Any]:
                       "code": error.code}}  # fmt: skip
 
 
+COMPAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": "OpenAI-shaped error body"}
+    for code in (400, 401, 404, 409, 413, 422, 429, 503, 504)
+}
 router = APIRouter(
     prefix="/openai/v1",
     tags=["openai-compatible"],
+    # The status codes the real API uses for errors, in its own error body shape.
+    responses=COMPAT_ERRORS,
     route_class=route_class(_render, ("x-request-id",)),
 )
 PRIORITIES = ("high", "default", "low")

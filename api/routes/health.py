@@ -23,7 +23,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "a dependency or every worker is down"}})
 def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     ok = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from llmq import mapreduce, repository
@@ -26,6 +26,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
     422: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    429: {"model": ErrorOut},
 }
 
 
@@ -37,10 +39,12 @@ def submit_job(
     engine: EngineDep,
     settings: SettingsDep,
     who: PrincipalDep,
+    request: Request,
     guards: GuardrailSelection = Depends(selection),
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted | JSONResponse:
     template = resolve_template(body.template, [body.params], body.template_version, settings)
+    request.app.state.key_limiter.check_items(who, 1)  # only requests that would be written
     version = assign_version(
         template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
     )

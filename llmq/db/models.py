@@ -83,6 +83,9 @@ class ApiKey(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Per-key rate limits (per minute); NULL = the settings' defaults (api/key_limits.py).
+    rate_requests_per_min: Mapped[int | None] = mapped_column(Integer)
+    rate_items_per_min: Mapped[int | None] = mapped_column(Integer)
 
 
 class Batch(Base):

@@ -1,0 +1,149 @@
+"""Flower as an operator uses it: the stack (API, a worker, Flower) as real processes, a batch
+through the API, then Flower's HTTP API lists the worker and the three queues' lengths, and its
+dashboard renders in headless Chromium with the worker on it. The screenshot in docs/ comes
+from this test: LLMQ_UPDATE_SCREENSHOTS=1 pytest tests/integration/test_flower.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmq import repository
+from llmq.db.engine import get_engine
+from llmq.stack import Stack, wait_http
+
+from ..helpers import auth, wait_for
+
+FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"
+WINDOW = (1280, 800)
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "flower.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def png_size_and_distinct_bytes(path: Path) -> tuple[int, int, int]:
+    """Width, height and the number of distinct byte values in the decoded pixel rows (a blank
+    page decodes to a handful; a rendered table with text to dozens)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    return width, height, len(set(zlib.decompress(idat)))
+
+
+@pytest.fixture()
+def stack(isolated_env: dict[str, str], services: Any) -> Any:
+    env = {**isolated_env, "LLMQ_FLOWER_USER": FLOWER_USER, "LLMQ_FLOWER_PASSWORD": FLOWER_PASSWORD}
+    running = Stack(env=env, log_dir=services.data_dir / "logs-flower")
+    yield running
+    running.stop()
+
+
+def test_flower_shows_the_worker_and_queue_lengths(
+    stack: Stack, isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    api_port, flower_port = free_port(), free_port()
+    stack.start_api("127.0.0.1", api_port)
+    worker = stack.start_worker("flowerw", queues="llm.high,llm.default,llm.low", concurrency=4,
+                                pool="threads")  # fmt: skip
+    flower = stack.start_flower(flower_port)
+    api, base = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{flower_port}"
+    basic = (FLOWER_USER, FLOWER_PASSWORD)
+    wait_http(f"{base}/healthcheck", flower, timeout=60)  # Flower's own unauthenticated probe
+
+    # Not public: no credentials, no data.
+    assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
+
+    # The dashboard lists the worker once Flower has heard its events (Flower enables them).
+    def dashboard() -> str | None:
+        page = httpx.get(f"{base}/", auth=basic, timeout=10)
+        return page.text if page.status_code == 200 and "flowerw@" in page.text else None
+
+    wait_for(dashboard, timeout=60, what="the worker on Flower's dashboard")
+
+    key = repository.create_api_key(get_engine(isolated_env["DATABASE_URL"]), "flower-tenant")
+    items = [{"input": f"Document {i}. It has two sentences about queues."} for i in range(5)]
+    batch = httpx.post(f"{api}/v1/batches", headers=auth(key), timeout=10,
+                       json={"items": items, "chain": ["local:extractive"]})  # fmt: skip
+    assert batch.status_code == 202, batch.text
+    batch_url = f"{api}/v1/batches/{batch.json()['id']}"
+    done = wait_for(
+        lambda: (b := httpx.get(batch_url, headers=auth(key), timeout=5).json())["status"]
+        == "completed" and b,
+        timeout=90, what="the batch to complete",
+    )  # fmt: skip
+    assert done["counts"]["succeeded"] == 5
+
+    # /api/workers (refresh=1 makes Flower inspect the workers now) lists ours by node name.
+    def our_worker() -> str | None:
+        listed = httpx.get(f"{base}/api/workers", params={"refresh": 1}, auth=basic, timeout=15)
+        return next((n for n in listed.json() if n.startswith("flowerw@")), None)
+
+    node = wait_for(our_worker, timeout=60, what="Flower to list the worker")
+    queues = httpx.get(f"{base}/api/queues/length", auth=basic, timeout=10).json()
+    assert {q["name"]: q["messages"] for q in queues["active_queues"]} == {
+        "llm.high": 0, "llm.default": 0, "llm.low": 0,
+    }  # fmt: skip
+
+    assert node in (dashboard() or "")
+    screenshot = _screenshot(
+        tmp_path, f"http://{FLOWER_USER}:{FLOWER_PASSWORD}@127.0.0.1:{flower_port}/"
+    )
+
+    # Queue lengths with messages waiting: stop the worker, submit to two tiers, and Flower's
+    # sums over kombu's priority-step keys match what was queued.
+    worker.proc.terminate()
+    worker.proc.wait(timeout=60)
+    for priority in ("low", "low", "high"):
+        job = httpx.post(f"{api}/v1/jobs", headers=auth(key), timeout=10,
+                         json={"input": "waiting", "priority": priority})  # fmt: skip
+        assert job.status_code == 202
+
+    def lengths() -> dict[str, int] | None:
+        got = httpx.get(f"{base}/api/queues/length", auth=basic, timeout=10).json()
+        found = {q["name"]: q["messages"] for q in got["active_queues"]}
+        return found if found == {"llm.high": 1, "llm.default": 0, "llm.low": 2} else None
+
+    wait_for(lengths, timeout=30, what="Flower's queue lengths to show the waiting jobs")
+    if not screenshot:
+        pytest.skip("chromium is not installed (apt-get install chromium): screenshot skipped")
+
+
+def _screenshot(tmp_path: Path, url: str) -> bool:
+    """Screenshot `url` in headless Chromium and check the picture; False without Chromium."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return False
+    taken = tmp_path / "flower.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=5000",
+         f"--screenshot={taken}", url],
+        check=True, timeout=90, capture_output=True, env={**os.environ, "HOME": str(tmp_path)},
+    )  # fmt: skip
+    width, height, distinct = png_size_and_distinct_bytes(taken)
+    assert (width, height) == WINDOW
+    assert distinct > 40, "the screenshot is blank"
+    if os.environ.get("LLMQ_UPDATE_SCREENSHOTS"):  # refresh the one shipped in docs/
+        shutil.copyfile(taken, SCREENSHOT)
+    return True
