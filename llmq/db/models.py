@@ -85,6 +85,8 @@ class Batch(Base):
     item_count: Mapped[int] = mapped_column(Integer)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Cost and budgets (0002): spending cap of the whole batch, checked before each provider call.
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
 
     __table_args__ = (Index("ix_batches_tenant_created", "tenant_id", "created_at"),)
 
@@ -130,6 +132,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Cost and budgets (0002): the key that submitted the job, for usage per key.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
@@ -171,3 +177,21 @@ class Attempt(Base):
         UniqueConstraint("job_id", "attempt_no", name="uq_attempts_job_attempt"),
         Index("ix_attempts_tenant_created", "tenant_id", "created_at"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost and budgets (migration 0002).
+
+
+class Budget(Base):
+    """A tenant's spending limits in USD per UTC day and per UTC calendar month (NULL = none)."""
+
+    __tablename__ = "budgets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    daily_usd: Mapped[Decimal | None] = mapped_column(COST)
+    monthly_usd: Mapped[Decimal | None] = mapped_column(COST)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
