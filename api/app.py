@@ -10,7 +10,7 @@ from workers.runtime import redis_client
 
 from . import errors
 from .auth import Authenticator
-from .routes import batches, health, jobs
+from .routes import batches, health, jobs, usage
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,4 +30,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(batches.router)
+    app.include_router(usage.router)
     return app

@@ -72,6 +72,14 @@ class BatchIn(Strict):
     priority: Priority = "default"
     chain: list[str] | None = Field(default=None, max_length=10)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    max_cost_usd: Decimal | None = Field(
+        default=None,
+        gt=0,
+        max_digits=20,
+        decimal_places=10,
+        description="spending cap of the whole batch in USD: once its remaining jobs cannot be "
+        "covered, they end failed with budget_exceeded",
+    )
 
     _chain = field_validator("chain")(_check_chain)
 
@@ -156,6 +164,7 @@ class BatchOut(BaseModel):
     cost_usd: Usd
     created_at: datetime
     finished_at: datetime | None
+    max_cost_usd: Usd | None = None
 
 
 class ErrorBody(BaseModel):

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from llmq import repository
+from llmq.budgets import BudgetGuard, Hold
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
@@ -65,6 +66,7 @@ class Pipeline:
         worker_name: str | None = None,
         sleep: Any = time.sleep,
         rng: random.Random | None = None,
+        budgets: BudgetGuard | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -77,6 +79,7 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.budgets = budgets
         self._input_guards: list[Guardrail] = build_chain(
             config.input_guardrails, banned_terms=config.banned_terms
         )
@@ -252,7 +255,20 @@ class Pipeline:
                             return Deferred(wait, route)
                         self._sleep(wait)
                         continue
-                completion, error = self._attempt(job, owner, provider, link_text, request)
+                # Budgets: no call whose estimate the budget left cannot cover.
+                hold = None
+                if self.budgets is not None:
+                    hold = self.budgets.reserve(
+                        job.tenant_id, job.batch_id, link_text, prompt_tokens, max_tokens
+                    )
+                    if hold.refused is not None:
+                        route.append({"link": link_text, "skipped": "budget_exceeded"})
+                        return repository.Outcome(
+                            status=JobStatus.FAILED, error_code="budget_exceeded",
+                            error_message=hold.refused.message(), route=route,
+                            guardrails=findings,
+                        )  # fmt: skip
+                completion, error = self._attempt(job, owner, provider, link_text, request, hold)
                 if completion is not None:
                     verdict = self._check_output(completion)
                     if verdict is None:
@@ -313,6 +329,7 @@ class Pipeline:
         provider: Provider,
         link_text: str,
         request: CompletionRequest,
+        hold: Hold | None = None,
     ) -> tuple[Completion | None, ProviderError | None]:
         started = time.perf_counter()
         completion: Completion | None = None
@@ -330,6 +347,7 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
+        cost = self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens)
         repository.record_attempt(
             self.engine,
             job.id,
@@ -350,10 +368,12 @@ class Pipeline:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 cached_tokens=cached_tokens,
-                cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
+                cost_usd=cost,
                 worker=self.worker_name,
             ),
         )
+        if hold is not None and self.budgets is not None:
+            self.budgets.settle(hold, cost)
         if completion is not None and completion.finish_reason == "refusal":
             return None, ProviderError("refusal", "the model refused", retryable=False)
         return completion, error

@@ -142,6 +142,7 @@ def _copy_text(value: object) -> str:
 _JOB_COPY_COLUMNS = (
     "id", "seq", "custom_id", "input", "params", "metadata",
     "tenant_id", "batch_id", "status", "priority", "template", "template_version", "chain",
+    "api_key_id",
 )  # fmt: skip
 
 
@@ -194,6 +195,8 @@ def insert_batch(
     chain: list[str],
     meta: dict[str, Any],
     items: Sequence[NewJob],
+    api_key_id: uuid.UUID | None = None,
+    max_cost_usd: Decimal | None = None,
 ) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none."""
     batch_id = uuid.uuid4()
@@ -201,8 +204,8 @@ def insert_batch(
         conn.execute(
             text(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
-                "item_count) VALUES (:id, :tenant_id, :template, :priority, "
-                "CAST(:chain AS jsonb), CAST(:meta AS jsonb), :n)"
+                "item_count, max_cost_usd) VALUES (:id, :tenant_id, :template, :priority, "
+                "CAST(:chain AS jsonb), CAST(:meta AS jsonb), :n, :max_cost)"
             ),
             {
                 "id": batch_id,
@@ -212,10 +215,11 @@ def insert_batch(
                 "chain": json.dumps(chain),
                 "meta": json.dumps(meta),
                 "n": len(items),
+                "max_cost": max_cost_usd,
             },
         )
         shared = (str(tenant_id), str(batch_id), "queued", priority, template,
-                  template_version, chain)  # fmt: skip
+                  template_version, chain, str(api_key_id) if api_key_id else None)  # fmt: skip
         _copy_jobs(conn, shared, items)
     return batch_id
 
@@ -229,15 +233,17 @@ def insert_job(
     priority: str,
     chain: list[str],
     item: NewJob,
+    api_key_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     job_id = uuid.uuid4()
     with _statement(engine) as conn:
         conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
-                "template_version, input, params, chain, metadata, dispatched_at) VALUES (:id, "
-                ":tenant_id, :custom_id, :priority, :template, :version, :input, "
-                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now())"
+                "template_version, input, params, chain, metadata, dispatched_at, api_key_id) "
+                "VALUES (:id, :tenant_id, :custom_id, :priority, :template, :version, :input, "
+                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now(), "
+                ":api_key_id)"
             ),
             {
                 "id": job_id,
@@ -250,6 +256,7 @@ def insert_job(
                 "params": json.dumps(item.params or {}),
                 "chain": json.dumps(chain),
                 "meta": json.dumps(item.meta or {}),
+                "api_key_id": api_key_id,
             },
         )
     return job_id
@@ -512,8 +519,8 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
         row = (
             conn.execute(
                 text(
-                    "SELECT id, template, priority, chain, metadata, item_count, created_at "
-                    "FROM batches WHERE id = :id AND tenant_id = :t"
+                    "SELECT id, template, priority, chain, metadata, item_count, created_at, "
+                    "max_cost_usd FROM batches WHERE id = :id AND tenant_id = :t"
                 ),
                 {"id": batch_id, "t": tenant_id},
             )

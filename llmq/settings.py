@@ -6,6 +6,7 @@ URLs use the conventional DATABASE_URL / REDIS_URL; everything else is prefixed 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,6 +101,12 @@ class Settings(BaseSettings):
 
     # Pricing override file (JSON with the same shape as llmq/data/pricing.json).
     pricing_file: Path | None = None
+
+    # Cost and budgets (llmq/budgets.py). The Redis copy of each budget's spend is re-read from
+    # Postgres this often; budget changes reach workers within budget_cache_s.
+    budget_reconcile_s: float = 30.0
+    budget_cache_s: float = 5.0
+    budget_soft_fraction: Decimal = Decimal("0.8")
 
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"

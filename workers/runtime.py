@@ -7,6 +7,7 @@ import threading
 
 import redis
 
+from llmq.budgets import BudgetGuard
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
@@ -60,10 +61,11 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
     )
     client = redis_client(settings)
+    prices = load_price_table(settings.pricing_file)
     return Pipeline(
         engine,
         build_providers(settings),
-        load_price_table(settings.pricing_file),
+        prices,
         config,
         cache=ResultCache(client, settings.cache_ttl_s),
         breaker=CircuitBreaker(client, circuit_policy(settings)),
@@ -74,6 +76,15 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
+        budgets=BudgetGuard(
+            engine,
+            client,
+            prices,
+            reconcile_s=settings.budget_reconcile_s,
+            hold_ttl_s=settings.job_deadline_s + settings.job_lease_s,
+            limits_cache_s=settings.budget_cache_s,
+            soft_fraction=settings.budget_soft_fraction,
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from llmq import repository
 from workers.dispatch import publish_batch_dispatch
 
+from ..budget_gate import enforce_budget
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut
@@ -21,6 +22,7 @@ from .submit import publish_quietly, resolve_chain, resolve_template
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
+    402: {"model": ErrorOut},
     404: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }
@@ -46,13 +48,18 @@ def submit_batch(
     template = resolve_template(
         body.template, [body.params.model_validate(p) for p in distinct.values()]
     )
+    chain = resolve_chain(body.chain, settings)
+    enforce_budget(
+        engine, settings, who.tenant_id, template, chain,
+        [(item.input, p) for item, p in zip(body.items, params, strict=True)],
+    )  # fmt: skip
     batch_id = repository.insert_batch(
         engine,
         tenant_id=who.tenant_id,
         template=template.name,
         template_version=template.version,
         priority=body.priority,
-        chain=resolve_chain(body.chain, settings),
+        chain=chain,
         meta=body.metadata,
         items=[
             repository.NewJob(
@@ -60,6 +67,8 @@ def submit_batch(
             )
             for item, p in zip(body.items, params, strict=True)
         ],
+        api_key_id=who.key_id,
+        max_cost_usd=body.max_cost_usd,
     )
     publish_quietly(
         lambda: publish_batch_dispatch(str(batch_id), body.priority), f"batch {batch_id}"

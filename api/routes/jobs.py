@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from llmq import repository
 from workers.dispatch import publish_jobs
 
+from ..budget_gate import enforce_budget
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
@@ -18,6 +19,7 @@ from .submit import publish_quietly, resolve_chain, resolve_template
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
+    402: {"model": ErrorOut},
     404: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }
@@ -28,19 +30,23 @@ def submit_job(
     body: JobIn, engine: EngineDep, settings: SettingsDep, who: PrincipalDep
 ) -> JobAccepted:
     template = resolve_template(body.template, [body.params])
+    chain = resolve_chain(body.chain, settings)
+    params = body.params.model_dump(exclude_none=True)
+    enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
     job_id = repository.insert_job(
         engine,
         tenant_id=who.tenant_id,
         template=template.name,
         template_version=template.version,
         priority=body.priority,
-        chain=resolve_chain(body.chain, settings),
+        chain=chain,
         item=repository.NewJob(
             input=body.input,
             custom_id=body.custom_id,
-            params=body.params.model_dump(exclude_none=True),
+            params=params,
             meta=body.metadata,
         ),
+        api_key_id=who.key_id,
     )
     # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
     if not publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):

@@ -194,4 +194,3 @@ class Budget(Base):
     daily_usd: Mapped[Decimal | None] = mapped_column(COST)
     monthly_usd: Mapped[Decimal | None] = mapped_column(COST)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
