@@ -337,6 +337,17 @@ def results(
                 sink.close()
 
 
+# Cost and budgets: `llmq usage`, `llmq budgets set|list` (llmq/cli_cost.py).
+def _add_cost_commands() -> None:
+    from llmq.cli_cost import budgets_app, usage
+
+    app.add_typer(budgets_app, name="budgets")
+    app.command()(usage)
+
+
+_add_cost_commands()
+
+
 def main() -> None:
     app()
 

@@ -52,6 +52,10 @@ class Client:
     def batch(self, batch_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/batches/{batch_id}"))
 
+    def usage(self, **params: str) -> dict[str, Any]:
+        """GET /v1/usage with from/to/group_by."""
+        return self._json(self._http.get("/v1/usage", params=params))
+
     def results(self, batch_id: str) -> Iterator[dict[str, Any]]:
         with self._http.stream("GET", f"/v1/batches/{batch_id}/results") as response:
             if response.status_code >= 400:
