@@ -125,6 +125,9 @@ class FakeScript(BaseModel):
     seed: int = 0
     """Seed of the random generator that decides probabilistic rules."""
     rules: list[FaultRule] = Field(default_factory=list)
+    cached_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of each prompt reported as read from the prompt cache (OpenAI
+    ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
 
 
 # --------------------------------------------------------------------------- state
@@ -434,7 +437,7 @@ def _json(
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def _openai_completion(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
+def _openai_completion(parsed: _Parsed, refusal: bool, cached: int = 0) -> dict[str, Any]:
     if refusal:
         text, truncated = REFUSAL_TEXT, False
     else:
@@ -467,14 +470,14 @@ def _openai_completion(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
             "prompt_tokens": parsed.prompt_tokens,
             "completion_tokens": total_completion,
             "total_tokens": parsed.prompt_tokens + total_completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
         "system_fingerprint": None,
     }
 
 
-def _anthropic_message(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
+def _anthropic_message(parsed: _Parsed, refusal: bool, cached: int = 0) -> dict[str, Any]:
     stop_details: dict[str, Any] | None = None
     if refusal:
         text, stop_reason = REFUSAL_TEXT, "refusal"
@@ -493,10 +496,11 @@ def _anthropic_message(parsed: _Parsed, refusal: bool) -> dict[str, Any]:
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": parsed.prompt_tokens,
+            # Anthropic reports cache reads apart from (not included in) input_tokens.
+            "input_tokens": parsed.prompt_tokens - cached,
             "output_tokens": _approx_tokens(len(text)),
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": cached,
         },
     }
     if stop_details is not None:
@@ -617,9 +621,10 @@ async def _handle(request: Request, api: ApiName) -> Response:
             refusal = True
 
     state.record_status(200)
+    cached = int(parsed.prompt_tokens * script.cached_fraction)
     if api == "openai":
-        return _json(_openai_completion(parsed, refusal), 200, headers)
-    return _json(_anthropic_message(parsed, refusal), 200, headers)
+        return _json(_openai_completion(parsed, refusal, cached), 200, headers)
+    return _json(_anthropic_message(parsed, refusal, cached), 200, headers)
 
 
 async def _openai_chat(request: Request) -> Response:
