@@ -383,7 +383,11 @@ class BudgetGuard:
                 self._alert_once(scope, value)
 
     def _alert_once(self, scope: Scope, spent: Decimal) -> None:
-        if not self.redis.set(f"{scope.key}:alerted", 1, nx=True, ex=scope.alert_ttl_s):
+        try:
+            first = self.redis.set(f"{scope.key}:alerted", 1, nx=True, ex=scope.alert_ttl_s)
+        except redis.RedisError:
+            return  # the next settle raises it once Redis is back
+        if not first:
             return
         BUDGET_SOFT_LIMIT.inc(scope=scope.name)
         log.warning(

@@ -119,7 +119,7 @@ def fail_waiting_jobs(engine: Engine, batch_id: uuid.UUID, message: str) -> int:
         return conn.execute(
             text(
                 "UPDATE jobs SET status = 'failed', error_code = 'budget_exceeded', "
-                "error_message = :m, finished_at = now(), lease_owner = NULL, "
+                "error_message = :m, finished_at = now(), cost_usd = 0, lease_owner = NULL, "
                 "lease_expires_at = NULL WHERE batch_id = :b AND status IN ('queued', 'retrying')"
             ),
             {"b": batch_id, "m": message},

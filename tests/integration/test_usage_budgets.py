@@ -310,8 +310,21 @@ def test_batch_cap_stops_the_batch_mid_run_with_no_call_beyond_the_cap(
     # succeeded, the stopped jobs made none, and everything spent fits under the cap.
     calls = fake.stats()["by_model"].get(model, 0)
     assert calls == len(succeeded) == sum(r.attempts_made for r in rows)
-    assert all(r.attempts_made == 0 for r in stopped)
+    assert all(r.attempts_made == 0 and r.cost_usd == 0 for r in stopped)
     spent = ledger.batch_spend(engine, batch_id)
     assert 0 < spent <= cap
     # ... and at most what the cap allows: every call costs at least the cheapest one seen.
     assert calls <= cap // min(r.cost_usd for r in succeeded)
+
+
+def test_batch_cap_is_stored_shown_and_validated(http: Any, new_key: Callable[[], str]) -> None:
+    key = new_key()
+    batch = {"items": [{"input": "A short note."}], "chain": ["local:extractive"]}
+    accepted = http.post("/v1/batches", json={**batch, "max_cost_usd": "0.25"}, headers=auth(key))
+    assert accepted.status_code == 202, accepted.text
+    shown = http.get(f"/v1/batches/{accepted.json()['id']}", headers=auth(key)).json()
+    assert Decimal(shown["max_cost_usd"]) == Decimal("0.25")
+    for bad in (0, -1, "abc", "0.00000000001"):
+        response = http.post("/v1/batches", json={**batch, "max_cost_usd": bad}, headers=auth(key))
+        assert response.status_code == 422, bad
+        assert response.json()["error"]["code"] == "invalid_request"
