@@ -158,6 +158,14 @@ class BatchIn(Strict):
     template_version: int | None = Field(
         default=None, ge=1, description="pin a template version (no A/B assignment)"
     )
+    max_cost_usd: Decimal | None = Field(
+        default=None,
+        gt=0,
+        max_digits=20,
+        decimal_places=10,
+        description="spending cap of the whole batch in USD: once its remaining jobs cannot be "
+        "covered, they end failed with budget_exceeded",
+    )
 
     _chain = field_validator("chain")(_check_chain)
 
@@ -276,6 +284,7 @@ class BatchOut(BaseModel):
     completion_window_s: int | None = None
     expires_at: datetime | None = None
     webhook: WebhookState | None = None
+    max_cost_usd: Usd | None = None
 
 
 class ErrorBody(BaseModel):

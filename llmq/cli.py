@@ -461,6 +461,17 @@ def jobs_cancel(item_id: Annotated[str, typer.Argument(help="job id or batch id"
     typer.echo(f"cancelled {done.cancelled}, stopping {done.stopping} running")
 
 
+# Cost and budgets: `llmq usage`, `llmq budgets set|list` (llmq/cli_cost.py).
+def _add_cost_commands() -> None:
+    from llmq.cli_cost import budgets_app, usage
+
+    app.add_typer(budgets_app, name="budgets")
+    app.command()(usage)
+
+
+_add_cost_commands()
+
+
 def main() -> None:
     app()
 

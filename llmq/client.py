@@ -54,6 +54,10 @@ class Client:
     def batch(self, batch_id: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v1/batches/{batch_id}"))
 
+    def usage(self, **params: str) -> dict[str, Any]:
+        """GET /v1/usage with from/to/group_by."""
+        return self._json(self._http.get("/v1/usage", params=params))
+
     def results(self, batch_id: str, status: str | None = None) -> Iterator[dict[str, Any]]:
         params = {"status": status} if status else None
         with self._http.stream("GET", f"/v1/batches/{batch_id}/results", params=params) as response:

@@ -136,6 +136,9 @@ class FakeScript(BaseModel):
     seed: int = 0
     """Seed of the random generator that decides probabilistic rules."""
     rules: list[FaultRule] = Field(default_factory=list)
+    cached_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of each prompt reported as read from the prompt cache (OpenAI
+    ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
 
 
 # --------------------------------------------------------------------------- state
@@ -446,7 +449,7 @@ def _json(
 
 
 def _openai_completion(
-    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None
+    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None, cached: int = 0
 ) -> dict[str, Any]:
     if refusal:
         text, truncated = REFUSAL_TEXT, False
@@ -482,7 +485,7 @@ def _openai_completion(
             "prompt_tokens": parsed.prompt_tokens,
             "completion_tokens": total_completion,
             "total_tokens": parsed.prompt_tokens + total_completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached},
             "completion_tokens_details": {"reasoning_tokens": 0},
         },
         "system_fingerprint": None,
@@ -490,7 +493,7 @@ def _openai_completion(
 
 
 def _anthropic_message(
-    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None
+    parsed: _Parsed, refusal: bool, reply: FaultRule | None = None, cached: int = 0
 ) -> dict[str, Any]:
     stop_details: dict[str, Any] | None = None
     if refusal:
@@ -513,10 +516,11 @@ def _anthropic_message(
         "stop_reason": stop_reason,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": parsed.prompt_tokens,
+            # Anthropic reports cache reads apart from (not included in) input_tokens.
+            "input_tokens": parsed.prompt_tokens - cached,
             "output_tokens": _approx_tokens(len(text)),
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": cached,
         },
     }
     if stop_details is not None:
@@ -638,9 +642,10 @@ async def _handle(request: Request, api: ApiName) -> Response:
             refusal = True
 
     state.record_status(200)
+    cached = int(parsed.prompt_tokens * script.cached_fraction)
     if api == "openai":
-        return _json(_openai_completion(parsed, refusal, reply), 200, headers)
-    return _json(_anthropic_message(parsed, refusal, reply), 200, headers)
+        return _json(_openai_completion(parsed, refusal, reply, cached), 200, headers)
+    return _json(_anthropic_message(parsed, refusal, reply, cached), 200, headers)
 
 
 async def _openai_chat(request: Request) -> Response:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from llmq import observe, output_review, repository
+from llmq.budgets import BudgetGuard, Hold
 from llmq.cache import CachedResult, ResultCache, cache_key
 from llmq.chat import effective_chain, input_guard
 from llmq.circuit import CircuitBreaker
@@ -91,6 +92,7 @@ class Pipeline:
         rng: random.Random | None = None,
         events: EventPublisher | None = None,
         long_documents: LongDocuments | None = None,
+        budgets: BudgetGuard | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -103,6 +105,7 @@ class Pipeline:
         self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self.budgets = budgets
         self.events = events
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
@@ -345,8 +348,23 @@ class Pipeline:
                             return Deferred(wait, route)
                         self._sleep(wait)
                         continue
+                # Budgets: no call whose estimate the budget left cannot cover.
+                hold = None
+                if self.budgets is not None:
+                    hold = self.budgets.reserve(
+                        job.tenant_id, job.batch_id, link_text, prompt_tokens, max_tokens
+                    )
+                    if hold.refused is not None:
+                        route.append({"link": link_text, "skipped": "budget_exceeded"})
+                        return repository.Outcome(
+                            status=JobStatus.FAILED, error_code="budget_exceeded",
+                            error_message=hold.refused.message(), route=route,
+                            guardrails=findings,
+                        )  # fmt: skip
                 with observe.stage("provider.call", link=link_text):
-                    completion, error = self._attempt(job, owner, provider, link_text, request)
+                    completion, error = self._attempt(
+                        job, owner, provider, link_text, request, hold
+                    )
                 if completion is not None:
                     # Unsafe output is blocked first; then a cut-off answer is retried or
                     # failed; then the JSON the job asked for is checked (llmq/output_review.py).
@@ -444,6 +462,7 @@ class Pipeline:
         provider: Provider,
         link_text: str,
         request: CompletionRequest,
+        hold: Hold | None = None,
     ) -> tuple[Completion | None, ProviderError | None]:
         started = time.perf_counter()
         completion: Completion | None = None
@@ -461,6 +480,7 @@ class Pipeline:
         input_tokens = usage.input_tokens if usage else 0
         output_tokens = usage.output_tokens if usage else 0
         cached_tokens = usage.cached_tokens if usage else 0
+        cost = self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens)
         record = repository.AttemptRecord(
             provider=link_text.split(":", 1)[0],
             model=request.model,
@@ -472,7 +492,7 @@ class Pipeline:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_tokens=cached_tokens,
-            cost_usd=self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens),
+            cost_usd=cost,
             worker=self.worker_name,
             # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
             output=completion.text
@@ -483,6 +503,8 @@ class Pipeline:
             self.engine, job.id, owner, self.config.lease_s, record
         )
         observe.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
+        if hold is not None and self.budgets is not None:
+            self.budgets.settle(hold, cost)
         if completion is None and recorded is not None and recorded.cancel_requested:
             raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":

@@ -165,7 +165,7 @@ def _copy_text(value: object) -> str:
 # Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
     "id", "seq", "custom_id", "input", "params", "metadata", "guardrails", "template_version",
-    "tenant_id", "batch_id", "status", "priority", "template", "chain",
+    "tenant_id", "batch_id", "status", "priority", "template", "chain", "api_key_id",
 )  # fmt: skip
 
 
@@ -226,6 +226,8 @@ def insert_batch(
     completion_window_s: int | None = None,
     webhook_url: str | None = None,
     idempotency: Idempotency | None = None,
+    api_key_id: uuid.UUID | None = None,
+    max_cost_usd: Decimal | None = None,
 ) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none.
 
@@ -237,10 +239,11 @@ def insert_batch(
         conn.execute(
             text(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
-                "item_count, completion_window_s, expires_at, webhook_url) VALUES (:id, "
-                ":tenant_id, :template, :priority, CAST(:chain AS jsonb), CAST(:meta AS jsonb), "
-                ":n, CAST(:window AS integer), "
-                "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url)"
+                "item_count, completion_window_s, expires_at, webhook_url, max_cost_usd) VALUES "
+                "(:id, :tenant_id, :template, :priority, CAST(:chain AS jsonb), "
+                "CAST(:meta AS jsonb), :n, CAST(:window AS integer), "
+                "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url, "
+                ":max_cost)"
             ),
             {
                 "id": batch_id,
@@ -252,9 +255,11 @@ def insert_batch(
                 "n": len(items),
                 "window": completion_window_s,
                 "webhook_url": webhook_url,
+                "max_cost": max_cost_usd,
             },
         )
-        shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain)
+        shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain,
+                  str(api_key_id) if api_key_id else None)  # fmt: skip
         _copy_jobs(conn, shared, items, template_version)
         if also is not None:
             also(conn, batch_id)
@@ -271,6 +276,7 @@ def insert_job(
     chain: list[str],
     item: NewJob,
     idempotency: Idempotency | None = None,
+    api_key_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     job_id = uuid.uuid4()
     scope = engine.begin() if idempotency is not None else _statement(engine)
@@ -280,10 +286,10 @@ def insert_job(
         conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant_id, custom_id, priority, template, "
-                "template_version, input, params, chain, metadata, dispatched_at, guardrails) "
-                "VALUES (:id, :tenant_id, :custom_id, :priority, :template, :version, :input, "
-                "CAST(:params AS jsonb), CAST(:chain AS jsonb), CAST(:meta AS jsonb), now(), "
-                "CAST(:guardrails AS jsonb))"
+                "template_version, input, params, chain, metadata, dispatched_at, guardrails, "
+                "api_key_id) VALUES (:id, :tenant_id, :custom_id, :priority, :template, "
+                ":version, :input, CAST(:params AS jsonb), CAST(:chain AS jsonb), "
+                "CAST(:meta AS jsonb), now(), CAST(:guardrails AS jsonb), :api_key_id)"
             ),
             {
                 "id": job_id,
@@ -297,6 +303,7 @@ def insert_job(
                 "chain": json.dumps(chain),
                 "meta": json.dumps(item.meta or {}),
                 "guardrails": json.dumps(item.guardrails or []),
+                "api_key_id": api_key_id,
             },
         )
     return job_id
@@ -679,7 +686,7 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
             conn.execute(
                 text(
                     "SELECT id, template, priority, chain, metadata, item_count, created_at, "
-                    "cancelled_at FROM batches WHERE id = :id AND tenant_id = :t"
+                    "cancelled_at, max_cost_usd FROM batches WHERE id = :id AND tenant_id = :t"
                 ),
                 {"id": batch_id, "t": tenant_id},
             )

@@ -7,6 +7,7 @@ URLs use the conventional DATABASE_URL / REDIS_URL; everything else is prefixed 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -166,6 +167,12 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    # Cost and budgets (llmq/budgets.py). The Redis copy of each budget's spend is re-read from
+    # Postgres this often; budget changes reach workers within budget_cache_s.
+    budget_reconcile_s: float = 30.0
+    budget_cache_s: float = 5.0
+    budget_soft_fraction: Decimal = Decimal("0.8")
 
     @field_validator(
         "default_chain", "input_guardrails", "output_guardrails", "banned_terms", mode="before"

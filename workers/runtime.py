@@ -8,6 +8,7 @@ import threading
 import redis
 from sqlalchemy import Engine
 
+from llmq.budgets import BudgetGuard
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
@@ -71,10 +72,11 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
     )
     client = redis_client(settings)
+    prices = load_price_table(settings.pricing_file)
     return Pipeline(
         engine,
         build_providers(settings),
-        load_price_table(settings.pricing_file),
+        prices,
         config,
         cache=ResultCache(client, settings.cache_ttl_s),
         breaker=CircuitBreaker(client, circuit_policy(settings)),
@@ -87,6 +89,15 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         worker_name=name or worker_name,
         events=EventPublisher(client),
         long_documents=long_documents(settings, engine),
+        budgets=BudgetGuard(
+            engine,
+            client,
+            prices,
+            reconcile_s=settings.budget_reconcile_s,
+            hold_ttl_s=settings.job_deadline_s + settings.job_lease_s,
+            limits_cache_s=settings.budget_cache_s,
+            soft_fraction=settings.budget_soft_fraction,
+        ),
     )
 
 

@@ -20,6 +20,7 @@ from llmq.repository import Principal
 from llmq.settings import Settings
 from workers.dispatch import publish_batch_dispatch
 
+from ..budget_gate import enforce_budget
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
@@ -32,6 +33,7 @@ from .submit import assign_version, publish_quietly, resolve_chain, resolve_temp
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
+    402: {"model": ErrorOut},
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
     422: {"model": ErrorOut},
@@ -105,6 +107,11 @@ def accept_batch(
         settings,
     )
     limiter.check_items(who, len(body.items))  # only what would be written
+    chain = resolve_chain(body.chain, settings)
+    enforce_budget(
+        engine, settings, who.tenant_id, template, chain,
+        [(item.input, p) for item, p in zip(body.items, params, strict=True)],
+    )  # fmt: skip
     window = parse_duration(body.completion_window) if body.completion_window else None
     if body.webhook_url and (
         settings.webhook_signing_key is None
@@ -129,7 +136,7 @@ def accept_batch(
             template=template.name,
             template_version=template.version,
             priority=body.priority,
-            chain=resolve_chain(body.chain, settings),
+            chain=chain,
             meta=body.metadata,
             items=[
                 repository.NewJob(
@@ -152,6 +159,8 @@ def accept_batch(
             completion_window_s=window,
             webhook_url=body.webhook_url,
             idempotency=idempotency,
+            api_key_id=who.key_id,
+            max_cost_usd=body.max_cost_usd,
         )
 
     answer = BatchAccepted(id="", item_count=len(body.items))

@@ -13,6 +13,7 @@ from llmq.db.models import TERMINAL_STATUSES, JobStatus
 from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_jobs
 
+from ..budget_gate import enforce_budget
 from ..deps import EngineDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
@@ -23,6 +24,7 @@ from .submit import assign_version, publish_quietly, resolve_chain, resolve_temp
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut},
+    402: {"model": ErrorOut},
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
     422: {"model": ErrorOut},
@@ -45,6 +47,9 @@ def submit_job(
 ) -> JobAccepted | JSONResponse:
     template = resolve_template(body.template, [body.params], body.template_version, settings)
     request.app.state.key_limiter.check_items(who, 1)  # only requests that would be written
+    chain = resolve_chain(body.chain, settings)
+    params = body.params.model_dump(exclude_none=True)
+    enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
     version = assign_version(
         template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
     )
@@ -58,16 +63,17 @@ def submit_job(
             template=template.name,
             template_version=template.version,
             priority=body.priority,
-            chain=resolve_chain(body.chain, settings),
+            chain=chain,
             item=repository.NewJob(
                 input=stored_input,
                 custom_id=body.custom_id,
-                params=body.params.model_dump(exclude_none=True),
+                params=params,
                 meta=body.metadata,
                 guardrails=ingest_findings,
                 template_version=version,
             ),
             idempotency=idempotency,
+            api_key_id=who.key_id,
         )
 
     outcome = submit_once(engine, who, idempotency_key, "jobs", body, JobAccepted(id=""), insert)

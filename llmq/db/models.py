@@ -109,6 +109,8 @@ class Batch(Base):
     webhook_event_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
     webhook_attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     webhook_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Cost and budgets (0002): spending cap of the whole batch, checked before each provider call.
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
 
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at"),
@@ -180,6 +182,10 @@ class Job(Base):
     parent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     chunk_level: Mapped[int | None] = mapped_column(Integer)
     chunk_index: Mapped[int | None] = mapped_column(Integer)
+    # Cost and budgets (0002): the key that submitted the job, for usage per key.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
@@ -325,3 +331,20 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "attempt_no", name="uq_webhook_deliveries_batch_attempt"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost and budgets (migration 0002).
+
+
+class Budget(Base):
+    """A tenant's spending limits in USD per UTC day and per UTC calendar month (NULL = none)."""
+
+    __tablename__ = "budgets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    daily_usd: Mapped[Decimal | None] = mapped_column(COST)
+    monthly_usd: Mapped[Decimal | None] = mapped_column(COST)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
