@@ -77,7 +77,10 @@ TEMPLATES: dict[str, Template] = {
     "prompt": Template(
         name="prompt", version=1, system=None, user="{input}", max_input_tokens=32_000
     ),
-    "chat": Template(name="chat", version=1, system=None, user="{input}", chat=True),
+    # The budget applies to each stored text (system prompt, each message), as for `prompt`.
+    "chat": Template(
+        name="chat", version=1, system=None, user="{input}", chat=True, max_input_tokens=32_000
+    ),
 }
 
 

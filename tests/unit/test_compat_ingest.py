@@ -61,8 +61,9 @@ def test_each_message_is_redacted_and_the_stored_json_stays_valid() -> None:
 
 
 def test_with_redaction_at_ingest_off_the_text_is_stored_as_sent() -> None:
+    ingest = _ingest(redact_pii_at_ingest=False)
     job = openai_format.chat_request(
-        _openai_body(("user", f"Mail {EMAIL}.")), MODELS.resolve, _ingest(redact_pii_at_ingest=False)
+        _openai_body(("user", f"Mail {EMAIL}.")), MODELS.resolve, ingest
     )
     assert chat.decode(job.input).messages[0]["content"] == f"Mail {EMAIL}."
     assert job.guardrails == []
@@ -132,9 +133,7 @@ def test_an_uploaded_file_is_stored_redacted_and_its_findings_reach_the_jobs() -
     assert shown["body"]["user"] == "[EMAIL]"
     assert shown["body"]["messages"][1]["content"] == "Refund [CARD] for [EMAIL]."
 
-    parsed = openai_format.parse_batch_file(
-        stored.content, ENDPOINT, MODELS.resolve, 10, _ingest()
-    )
+    parsed = openai_format.parse_batch_file(stored.content, ENDPOINT, MODELS.resolve, 10, _ingest())
     assert [(e["line"], e["code"]) for e in parsed.errors] == [(4, "invalid_json_line")]
     findings = {item.custom_id: item.guardrails for item in parsed.items}
     # Every redaction made in the line at upload (the pii rules in their order, then the
