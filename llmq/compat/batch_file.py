@@ -44,10 +44,9 @@ def redact_file(content: bytes, redact: TextRedactor | None) -> StoredFile:
         kept, shown = _redact_line(body, redact)
         stored.append(kept + end)
         served.append(shown + end)
-    encode = "".join
     return StoredFile(
-        content=encode(stored).encode("utf-8", errors="surrogateescape"),
-        size=len(encode(served).encode("utf-8", errors="surrogateescape")),
+        content="".join(stored).encode("utf-8", errors="surrogateescape"),
+        size=len("".join(served).encode("utf-8", errors="surrogateescape")),
     )
 
 
@@ -67,7 +66,9 @@ def _redact_line(line: str, redact: TextRedactor | None) -> tuple[str, str]:
     except ValueError:
         shown = redact(line)[0] if redact is not None else line
         return shown, shown
-    forged = isinstance(request, dict) and request.pop(FINDINGS_KEY, None) is not None
+    forged = isinstance(request, dict) and FINDINGS_KEY in request
+    if forged:
+        del request[FINDINGS_KEY]
     findings: list[dict[str, Any]] = []
     if redact is not None:
         request = _redact_strings(request, redact, findings, ())
