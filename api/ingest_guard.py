@@ -10,6 +10,8 @@ from typing import Any
 
 from fastapi import Request
 
+from llmq.chat import Conversation, input_guard
+from llmq.compat.common import ChatIngest, FieldError, TextRedactor
 from llmq.guardrails import load_plugins
 from llmq.guardrails.selection import GuardrailSelection, redact
 from llmq.settings import Settings
@@ -43,9 +45,25 @@ def check_prompt_size(
 ) -> None:
     """422 if any plain prompt is over the template's budget. Documents are never refused for
     size: a document over a model's window is the long-document path's business."""
+    details = oversized_inputs(selection, template, inputs, loc)
+    if details:
+        first = details[0]
+        raise ApiError(
+            422,
+            "input_too_long",
+            f"{first['loc']}: {first['message']}"
+            + (f" ({len(details)} items over the limit)" if len(details) > 1 else ""),
+            details=details[:MAX_DETAILS],
+        )
+
+
+def oversized_inputs(
+    selection: GuardrailSelection, template: Template, inputs: Sequence[str], loc: str
+) -> list[dict[str, Any]]:
+    """One detail ({loc, message, type}) per input over the template's token budget."""
     limit = selection.token_limit(template)
     if limit is None or template.summarizes:
-        return
+        return []
     # The estimate is at most max(chars/4, 2/3 chars + 1): shorter texts need no counting.
     quick = max(0, (limit - 1) * 3 // 2)
     details: list[dict[str, Any]] = []
@@ -62,15 +80,7 @@ def check_prompt_size(
                     "type": "too_many_tokens",
                 }
             )
-    if details:
-        first = details[0]
-        raise ApiError(
-            422,
-            "input_too_long",
-            f"{first['loc']}: {first['message']}"
-            + (f" ({len(details)} items over the limit)" if len(details) > 1 else ""),
-            details=details[:MAX_DETAILS],
-        )
+    return details
 
 
 def redact_inputs(
@@ -81,4 +91,39 @@ def redact_inputs(
     redactors = selection.redactors_for(template) if settings.redact_pii_at_ingest else []
     if not redactors:
         return [(text, []) for text in inputs]
-    return [redact(redactors, text) for text in inputs]
+    # A chat's input is a JSON conversation: redact each message's text, never the JSON itself.
+    runner = input_guard(template.chat)
+    return [redact(redactors, text, runner) for text in inputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAI- and Anthropic-compatible routes: the same checks on each message of a chat job
+
+
+def chat_ingest(selection: GuardrailSelection, settings: Settings) -> ChatIngest:
+    """The size check and redaction above, for a conversation about to be stored as a job of
+    the `chat` template. A text over the budget raises FieldError("input_too_long") naming the
+    request's own parameter, which each API reports in its own way."""
+    template = TEMPLATES["chat"]
+
+    def ingest(
+        conversation: Conversation, params: Sequence[str]
+    ) -> tuple[str, list[dict[str, Any]]]:
+        # Per text, as the worker's token-limit guardrail measures a stored conversation.
+        too_long = oversized_inputs(selection, template, conversation.texts(), "{index}")
+        if too_long:
+            param = params[int(too_long[0]["loc"])]
+            raise FieldError("input_too_long", param, f"{param}: {too_long[0]['message']}")
+        [stored] = redact_inputs(selection, settings, template, [conversation.encode()])
+        return stored
+
+    return ingest
+
+
+def text_redactor(selection: GuardrailSelection, settings: Settings) -> TextRedactor | None:
+    """Redaction of one plain text with the `chat` template's redactors (for the strings of an
+    uploaded batch file); None when redaction at ingest is off or there is no redactor."""
+    redactors = selection.redactors_for(TEMPLATES["chat"]) if settings.redact_pii_at_ingest else []
+    if not redactors:
+        return None
+    return lambda text: redact(redactors, text)

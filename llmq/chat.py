@@ -31,6 +31,11 @@ class Conversation:
         # ensure_ascii=False keeps the text as written, so guardrails and token estimates see it.
         return json.dumps({"system": self.system, "messages": self.messages}, ensure_ascii=False)
 
+    def texts(self) -> list[str]:
+        """Each piece of text the guardrails check, in order: the system prompt, then turns."""
+        head = [self.system] if self.system is not None else []
+        return head + [message["content"] for message in self.messages]
+
 
 def decode(text: str) -> Conversation:
     try:

@@ -865,8 +865,14 @@ COMPAT_BATCH_COLUMNS = (
 
 
 def insert_compat_file(
-    engine: Engine, tenant_id: uuid.UUID, filename: str, purpose: str, content: bytes
+    engine: Engine,
+    tenant_id: uuid.UUID,
+    filename: str,
+    purpose: str,
+    content: bytes,
+    size: int | None = None,
 ) -> dict[str, Any]:
+    """`size` is the file's size as downloaded when that differs from the stored `content`."""
     with _statement(engine) as conn:
         row = conn.execute(
             text(
@@ -875,7 +881,7 @@ def insert_compat_file(
                 "RETURNING id, filename, purpose, bytes, created_at"
             ),
             {"id": uuid.uuid4(), "t": tenant_id, "filename": filename, "purpose": purpose,
-             "bytes": len(content), "content": content},
+             "bytes": len(content) if size is None else size, "content": content},
         ).mappings().one()  # fmt: skip
     return dict(row)
 

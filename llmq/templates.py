@@ -215,7 +215,17 @@ FAMILIES: dict[str, Family] = {
             Template(name="prompt", version=1, system=None, user="{input}", max_input_tokens=32_000)
         ),
         # The OpenAI/Anthropic-compatible APIs' conversations (llmq/chat.py).
-        _family(Template(name="chat", version=1, system=None, user="{input}", chat=True)),
+        # The budget applies to each stored text (system prompt, each message), as for `prompt`.
+        _family(
+            Template(
+                name="chat",
+                version=1,
+                system=None,
+                user="{input}",
+                chat=True,
+                max_input_tokens=32_000,
+            )
+        ),
         # Map-reduce of long documents (llmq/mapreduce.py).
         _family(
             Template(

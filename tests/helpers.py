@@ -99,3 +99,46 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def database_text(engine: Any) -> str:
+    """Every row of every table as text, plus every binary column decoded as UTF-8 (a row's
+    text shows bytea as hex): what a breach of the database would expose."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        tables = list(
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+        )
+        found = [
+            row
+            for table in tables
+            for row in conn.execute(text(f'SELECT t::text FROM "{table}" t')).scalars()
+        ]
+        binary = conn.execute(
+            text(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND data_type = 'bytea'"
+            )
+        ).all()
+        for table, column in binary:
+            values = conn.execute(
+                text(f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL')
+            ).scalars()
+            found.extend(bytes(value).decode("utf-8", errors="replace") for value in values)
+    return "\n".join(found)
+
+
+def luhn_card() -> str:
+    """A fresh Visa-shaped number that passes Luhn, so no other test can have stored it."""
+    import random
+
+    digits = [4, *(random.randint(0, 9) for _ in range(14))]
+    total = 0
+    for position, d in enumerate(reversed(digits)):
+        d = d * 2 if position % 2 == 0 else d
+        total += d - 9 if d > 9 else d
+    digits.append((10 - total % 10) % 10)
+    return "".join(map(str, digits))

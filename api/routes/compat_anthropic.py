@@ -11,15 +11,17 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from llmq import repository
 from llmq.compat import anthropic_format as fmt
 from llmq.compat.common import FieldError, parse_public_id, public_id
+from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_batch_dispatch
 
 from ..deps import EngineDep, SettingsDep
+from ..ingest_guard import chat_ingest, selection
 from .compat_common import (
     CompatError,
     CompatPrincipal,
@@ -85,12 +87,15 @@ def create_batch(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
+    guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     unknown = set(body) - {"requests"}
     if unknown:
         raise CompatError(400, f"{sorted(unknown)[0]}: Extra inputs are not permitted")
     try:
-        items, rejected = fmt.parse_requests(body.get("requests"), models.resolve)
+        items, rejected = fmt.parse_requests(
+            body.get("requests"), models.resolve, chat_ingest(guards, settings)
+        )
     except FieldError as exc:
         raise CompatError(400, exc.message) from exc
     if len(items) > settings.max_batch_items:

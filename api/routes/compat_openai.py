@@ -12,17 +12,20 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from llmq import repository
 from llmq.compat import openai_format as fmt
+from llmq.compat.batch_file import redact_file, served_content
 from llmq.compat.common import FieldError, parse_public_id, public_id
 from llmq.db.models import TERMINAL_STATUSES
+from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_batch_dispatch, publish_jobs
 
 from ..deps import EngineDep, SettingsDep
+from ..ingest_guard import chat_ingest, selection, text_redactor
 from .compat_common import (
     CompatError,
     CompatPrincipal,
@@ -66,6 +69,7 @@ def upload_file(
     who: CompatPrincipal,
     file: UploadFile = File(...),
     purpose: str = Form(...),
+    guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise CompatError(400, "only purpose 'batch' is supported", param="purpose")
@@ -73,9 +77,12 @@ def upload_file(
     content = file.file.read(limit + 1)
     if len(content) > limit:
         raise CompatError(413, f"the file exceeds {limit} bytes", param="file")
+    # Never stored raw: see llmq/compat/batch_file.py.
+    stored = redact_file(content, text_redactor(guards, settings))
     row = repository.insert_compat_file(
-        engine, who.tenant_id, file.filename or "upload.jsonl", purpose, content
-    )
+        engine, who.tenant_id, file.filename or "upload.jsonl", purpose, stored.content,
+        size=stored.size,
+    )  # fmt: skip
     return fmt.file_object(
         public_id(fmt.FILE_PREFIX, row["id"]), row["filename"], row["purpose"], row["bytes"],
         row["created_at"],
@@ -134,7 +141,8 @@ def _uploaded(file_id: str, engine: Any, who: Any, *, with_content: bool) -> dic
 def file_content(
     file_id: str, engine: EngineDep, who: CompatPrincipal
 ) -> Response | StreamingResponse:
-    """An uploaded file as sent, or a batch's results so far (partial while it runs)."""
+    """An uploaded file as sent (personal data redacted), or a batch's results so far
+    (partial while it runs)."""
     generated = _batch_file(file_id, engine, who)
     if generated is not None:
         which, record = generated
@@ -142,7 +150,7 @@ def file_content(
             _file_lines(engine, record["batch_id"], which), media_type="application/jsonl"
         )
     row = _uploaded(file_id, engine, who, with_content=True)
-    return Response(bytes(row["content"]), media_type="application/octet-stream")
+    return Response(served_content(bytes(row["content"])), media_type="application/octet-stream")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +195,7 @@ def create_batch(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
+    guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     if body.endpoint != fmt.CHAT_ENDPOINT:
         raise CompatError(400, f"endpoint {body.endpoint!r} is not supported; use "
@@ -205,8 +214,9 @@ def create_batch(
     if source["purpose"] != "batch":
         raise CompatError(400, "the input file must have purpose 'batch'", param="input_file_id")
     parsed = fmt.parse_batch_file(
-        bytes(source["content"]), body.endpoint, models.resolve, settings.max_batch_items
-    )
+        bytes(source["content"]), body.endpoint, models.resolve, settings.max_batch_items,
+        chat_ingest(guards, settings),
+    )  # fmt: skip
     record = repository.CompatBatchRecord(
         api="openai", input_file_id=body.input_file_id, endpoint=body.endpoint,
         completion_window=body.completion_window, meta=metadata,
@@ -272,9 +282,10 @@ def chat_completions(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
+    guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     try:
-        item = fmt.chat_request(body, models.resolve)
+        item = fmt.chat_request(body, models.resolve, chat_ingest(guards, settings))
     except FieldError as exc:
         status = 404 if exc.code == "model_not_found" else 400
         raise CompatError(status, exc.message, code=exc.code, param=exc.param) from exc

@@ -11,7 +11,7 @@ from typing import Any
 from llmq.chat import Conversation
 from llmq.repository import NewJob
 
-from .common import MAX_TOKENS_LIMIT, FieldError, check_number, public_id, text_of
+from .common import MAX_TOKENS_LIMIT, ChatIngest, FieldError, check_number, public_id, text_of
 
 BATCH_PREFIX = "msgbatch_"
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -27,6 +27,7 @@ _ERROR_TYPES = {
     "unsupported_parameter": "invalid_request_error",
     "unsupported_content": "invalid_request_error",
     "input_blocked": "invalid_request_error",
+    "input_too_long": "invalid_request_error",
     "output_blocked": "invalid_request_error",
     "context_too_long": "invalid_request_error",
     "bad_template": "invalid_request_error",
@@ -38,8 +39,11 @@ def rfc3339(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
-def message_params(params: Any, resolve: Callable[[object, str], str]) -> NewJob:
-    """Messages API params -> a chat job (raises FieldError, reported as an errored result)."""
+def message_params(
+    params: Any, resolve: Callable[[object, str], str], ingest: ChatIngest
+) -> NewJob:
+    """Messages API params -> a chat job, checked and redacted by `ingest` (raises FieldError,
+    reported as an errored result)."""
     if not isinstance(params, dict):
         raise FieldError("invalid_request", "params", "params must be an object")
     for key in params:
@@ -70,11 +74,16 @@ def message_params(params: Any, resolve: Callable[[object, str], str]) -> NewJob
     job_params: dict[str, Any] = {"model": link, "max_tokens": params["max_tokens"]}
     if params.get("temperature") is not None:
         job_params["temperature"] = params["temperature"]
-    return NewJob(input=Conversation(system_text or None, turns).encode(), params=job_params)
+    conversation = Conversation(system_text or None, turns)
+    texts = [f"params.messages.{index}.content" for index in range(len(turns))]
+    stored, findings = ingest(
+        conversation, ["params.system", *texts] if conversation.system is not None else texts
+    )
+    return NewJob(input=stored, params=job_params, guardrails=findings)
 
 
 def parse_requests(
-    requests: Any, resolve: Callable[[object, str], str]
+    requests: Any, resolve: Callable[[object, str], str], ingest: ChatIngest
 ) -> tuple[list[NewJob], dict[int, tuple[str, str]]]:
     """The batch's jobs and, by position, the requests that are invalid (they end `errored`).
 
@@ -102,11 +111,12 @@ def parse_requests(
                              f"{where}.custom_id: {custom_id!r} is a duplicate")  # fmt: skip
         seen.add(custom_id)
         try:
-            job = message_params(request.get("params"), resolve)
+            job = message_params(request.get("params"), resolve, ingest)
         except FieldError as exc:
             rejected[index] = (exc.code, exc.message)
             job = NewJob(input="", params={})
-        items.append(NewJob(input=job.input, custom_id=custom_id, params=job.params))
+        items.append(NewJob(input=job.input, custom_id=custom_id, params=job.params,
+                            guardrails=job.guardrails))  # fmt: skip
     return items, rejected
 
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from llmq.chat import Conversation
 from llmq.providers.registry import KNOWN_PROVIDERS
 
 MAX_TOKENS_LIMIT = 32_000  # the native API's bound on params.max_tokens
+
+# What runs on a conversation before it is stored (api/ingest_guard.chat_ingest): returns the
+# text to store (redacted) and the ingest findings, or raises FieldError("input_too_long").
+# `params` names each of `conversation.texts()` as the request spelled it, for that error.
+ChatIngest = Callable[[Conversation, Sequence[str]], tuple[str, list[dict[str, Any]]]]
+# Redaction of one string: the text to store and its findings (api/ingest_guard.text_redactor).
+TextRedactor = Callable[[str], tuple[str, list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)

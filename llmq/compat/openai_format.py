@@ -12,7 +12,16 @@ from typing import Any
 from llmq.chat import Conversation
 from llmq.repository import NewJob
 
-from .common import MAX_TOKENS_LIMIT, FieldError, check_number, public_id, text_of, unix
+from .batch_file import FINDINGS_KEY
+from .common import (
+    MAX_TOKENS_LIMIT,
+    ChatIngest,
+    FieldError,
+    check_number,
+    public_id,
+    text_of,
+    unix,
+)
 
 BATCH_PREFIX = "batch_"
 FILE_PREFIX = "file-"
@@ -28,8 +37,11 @@ _HONOURED = {"model", "messages", "max_tokens", "max_completion_tokens", "temper
 _IGNORED = {"user", "metadata", "store", "seed", "service_tier", "stream_options"}
 
 
-def chat_request(body: Any, resolve: Callable[[object, str], str], prefix: str = "") -> NewJob:
-    """A Chat Completions request body -> a chat job (raises FieldError)."""
+def chat_request(
+    body: Any, resolve: Callable[[object, str], str], ingest: ChatIngest, prefix: str = ""
+) -> NewJob:
+    """A Chat Completions request body -> a chat job, checked and redacted by `ingest` (raises
+    FieldError)."""
     if not isinstance(body, dict):
         raise FieldError(
             "invalid_request", prefix.rstrip(".") or None, "the body must be an object"
@@ -54,6 +66,9 @@ def chat_request(body: Any, resolve: Callable[[object, str], str], prefix: str =
         )
     system: list[str] = []
     turns: list[dict[str, str]] = []
+    # The parameter each stored text came from (the joined system prompt: its first message).
+    system_param: list[str] = []
+    turn_params: list[str] = []
     for index, message in enumerate(messages):
         where = f"{prefix}messages[{index}]"
         if not isinstance(message, dict):
@@ -62,8 +77,10 @@ def chat_request(body: Any, resolve: Callable[[object, str], str], prefix: str =
         text = text_of(message.get("content"), f"{where}.content")
         if role in ("system", "developer"):
             system.append(text)
+            system_param = system_param or [f"{where}.content"]
         elif role in ("user", "assistant"):
             turns.append({"role": role, "content": text})
+            turn_params.append(f"{where}.content")
         else:
             raise FieldError(
                 "unsupported_parameter", f"{where}.role", f"role {role!r} is not supported"
@@ -77,7 +94,10 @@ def chat_request(body: Any, resolve: Callable[[object, str], str], prefix: str =
     if body.get("temperature") is not None:
         params["temperature"] = body["temperature"]
     conversation = Conversation(system="\n\n".join(system) or None, messages=turns)
-    return NewJob(input=conversation.encode(), params=params)
+    stored, findings = ingest(
+        conversation, (system_param if conversation.system is not None else []) + turn_params
+    )
+    return NewJob(input=stored, params=params, guardrails=findings)
 
 
 @dataclass
@@ -88,7 +108,11 @@ class ParsedFile:
 
 
 def parse_batch_file(
-    content: bytes, endpoint: str, resolve: Callable[[object, str], str], max_items: int
+    content: bytes,
+    endpoint: str,
+    resolve: Callable[[object, str], str],
+    max_items: int,
+    ingest: ChatIngest,
 ) -> ParsedFile:
     """Validate a batch input file line by line, as OpenAI does before a batch starts: any
     error fails the whole batch, reported as errors.data[{code, line, message, param}]."""
@@ -119,6 +143,8 @@ def parse_batch_file(
         if not isinstance(request, dict):
             error(number, "invalid_json_line", "each line must be a JSON object")
             continue
+        # Findings of the redaction at upload (llmq/compat/batch_file.py), kept with the line.
+        uploaded = request.pop(FINDINGS_KEY, None) or []
         custom_id = request.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 200:
             error(number, "invalid_custom_id", "custom_id must be a string of 1-200 characters",
@@ -137,12 +163,13 @@ def parse_batch_file(
                   "url")  # fmt: skip
             continue
         try:
-            item = chat_request(request.get("body"), resolve, prefix="body.")
+            item = chat_request(request.get("body"), resolve, ingest, prefix="body.")
         except FieldError as exc:
             error(number, exc.code, exc.message, exc.param)
             continue
         parsed.models.add(str(item.params["model"]) if item.params else "")
-        parsed.items.append(NewJob(input=item.input, custom_id=custom_id, params=item.params))
+        parsed.items.append(NewJob(input=item.input, custom_id=custom_id, params=item.params,
+                                   guardrails=[*uploaded, *(item.guardrails or [])]))  # fmt: skip
     return parsed
 
 
@@ -230,6 +257,7 @@ def chat_completion(
 # Our job error codes -> the HTTP status and OpenAI error type a direct call would have had.
 _JOB_ERRORS: dict[str, tuple[int, str]] = {
     "input_blocked": (400, "invalid_request_error"),
+    "input_too_long": (400, "invalid_request_error"),
     "output_blocked": (400, "invalid_request_error"),
     "context_too_long": (400, "invalid_request_error"),
     "bad_template": (400, "invalid_request_error"),

@@ -3,6 +3,7 @@ the SDK parsing our responses (and raising its typed errors) is the test."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from anthropic.types.messages import MessageBatch
 
 from llmq.fake_provider import FakeScript
 
-from ..helpers import auth, wait_for
+from ..helpers import auth, database_text, luhn_card, wait_for
 from ..live_api import serve
 
 TEXT = "The ferry timetable changes on Sunday: the first boat leaves at 6:40."
@@ -212,3 +213,64 @@ def test_another_keys_batch_is_not_found(client_for: Any, new_key: Any) -> None:
         with pytest.raises(anthropic.NotFoundError):
             call()
     assert [b.id for b in stranger.messages.batches.list()] == []
+
+
+def test_personal_data_is_redacted_per_message_before_it_is_stored(
+    client_for: Any, new_key: Any, worker: Any, fake_provider: Any, http: Any, engine: Any
+) -> None:
+    fake_provider.set_script(FakeScript())
+    key = new_key()
+    client = client_for(key)
+    email, card = f"noa.{uuid.uuid4().hex[:10]}@example.com", luhn_card()
+    grouped = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    content = [{"type": "text", "text": f'Refund card "{grouped}" today.'}]
+    batch = client.messages.batches.create(
+        requests=[
+            _request("pii", system=f"The customer is {email}.",
+                     messages=[{"role": "user", "content": content}]),
+            _request("plain"),
+        ]
+    )  # fmt: skip
+    _wait_ended(client, batch.id)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert results["plain"].type == "succeeded" and results["pii"].type == "succeeded"
+    assert '"[CARD]"' in results["pii"].message.content[0].text  # type: ignore[union-attr]
+
+    native = http.get(f"/v1/batches/{uuid.UUID(hex=batch.id.removeprefix('msgbatch_'))}/results",
+                      headers=auth(key)).text.splitlines()  # fmt: skip
+    findings = {
+        row["custom_id"]: http.get(f"/v1/jobs/{row['job_id']}", headers=auth(key)).json()[
+            "guardrails"
+        ]
+        for row in map(json.loads, native)
+    }
+    assert findings == {
+        "pii": [
+            {"rule": "pii.email", "action": "redact", "count": 1, "stage": "ingest"},
+            {"rule": "pii.card", "action": "redact", "count": 1, "stage": "ingest"},
+        ],
+        "plain": [],
+    }
+
+    stored = database_text(engine)
+    assert batch.id.removeprefix("msgbatch_") in stored.replace("-", "")  # the scan sees them
+    for raw in (email, card, grouped):
+        assert raw not in stored
+
+
+def test_a_text_over_the_budget_ends_as_an_errored_result(
+    client_for: Any, new_key: Any, worker: Any, fake_provider: Any
+) -> None:
+    fake_provider.set_script(FakeScript())
+    client = client_for(new_key())
+    huge = "word " * 30_000  # about 40,000 tokens; a chat text takes 32,000
+    batch = client.messages.batches.create(
+        requests=[_request("ok"), _request("big", messages=[{"role": "user", "content": huge}])]
+    )
+    assert batch.request_counts.errored == 1  # refused at submission, never run
+    _wait_ended(client, batch.id)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert results["ok"].type == "succeeded"
+    big = results["big"]
+    assert big.type == "errored" and big.error.error.type == "invalid_request_error"
+    assert big.error.error.message.startswith("params.messages.0.content: about")

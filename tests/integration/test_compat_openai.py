@@ -13,10 +13,12 @@ import openai
 import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
+from sqlalchemy import text
 
+from llmq import repository
 from llmq.fake_provider import FakeScript, FaultRule
 
-from ..helpers import auth, wait_for
+from ..helpers import auth, database_text, luhn_card, wait_for
 from ..live_api import serve
 
 TEXT = "The harbour office reopened on Monday after the storm repairs were finished."
@@ -298,3 +300,89 @@ def test_raw_http_error_shape(base_url: str, new_key: Any) -> None:
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     unknown = httpx.get(f"{base_url}/no-such-thing", headers=auth(new_key()))
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
+
+
+# ---------------------------------------------------------------------------------------------
+# Guardrails at ingest, as on the native routes
+
+
+def _ingest_finding(rule: str) -> dict[str, Any]:
+    return {"rule": rule, "action": "redact", "count": 1, "stage": "ingest"}
+
+
+def _job(http: Any, key: str, public: str, prefix: str) -> dict[str, Any]:
+    job: dict[str, Any] = http.get(
+        f"/v1/jobs/{uuid.UUID(hex=public.removeprefix(prefix))}", headers=auth(key)
+    ).json()
+    return job
+
+
+def test_personal_data_in_files_batches_and_chat_calls_is_never_stored(
+    client_for: Any, new_key: Any, worker: Any, fake_provider: Any, http: Any, engine: Any
+) -> None:
+    fake_provider.set_script(FakeScript())
+    key = new_key()
+    client = client_for(key)
+    email, card = f"ola.{uuid.uuid4().hex[:10]}@example.com", luhn_card()
+    grouped = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    messages = [{"role": "system", "content": f"The customer is {email}."},
+                {"role": "user", "content": f"Refund card {grouped} today."}]  # fmt: skip
+    upload = _upload(client, [_line("pii", messages=messages, user=email), _line("plain")])
+    # The stored file is the redacted one: a download shows what was kept.
+    downloaded = client.files.content(upload).text
+    assert "[EMAIL]" in downloaded and "[CARD]" in downloaded
+    assert len(downloaded.encode()) == client.files.retrieve(upload).bytes
+
+    batch = client.batches.create(input_file_id=upload, endpoint="/v1/chat/completions",
+                                  completion_window="24h")  # fmt: skip
+    done = _wait(client, batch.id, "completed")
+    assert done.output_file_id is not None
+    rows = {r["custom_id"]: r for r in _jsonl(client, done.output_file_id)}
+    answer = rows["pii"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert "[CARD]" in answer  # the provider saw (and echoed) only the placeholder
+    # The findings of the upload (system message, user message, the `user` field) are the job's.
+    assert _job(http, key, rows["pii"]["id"], "batch_req_")["guardrails"] == [
+        _ingest_finding("pii.email"), _ingest_finding("pii.card"), _ingest_finding("pii.email"),
+    ]  # fmt: skip
+    assert _job(http, key, rows["plain"]["id"], "batch_req_")["guardrails"] == []
+
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=messages,
+        user=email,  # type: ignore[arg-type]
+    )
+    assert "[CARD]" in (reply.choices[0].message.content or "")
+    assert _job(http, key, reply.id, "chatcmpl-")["guardrails"] == [
+        _ingest_finding("pii.email"), _ingest_finding("pii.card"),
+    ]  # fmt: skip
+
+    stored = database_text(engine)
+    assert upload.removeprefix("file-") in stored.replace("-", "")  # the scan sees these rows
+    for raw in (email, card, grouped):
+        assert raw not in stored
+
+
+def test_texts_over_the_budget_are_line_errors_and_400s_with_nothing_run(
+    client_for: Any, new_key: Any, engine: Any
+) -> None:
+    key = new_key()
+    client = client_for(key)
+    huge = "word " * 30_000  # about 40,000 tokens; a chat text takes 32,000
+    too_long = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": huge}]
+    batch = _create(client, [_line("ok"), _line("big", messages=too_long)])
+    assert batch.status == "failed" and batch.errors is not None
+    errors = [(e.line, e.code, e.param) for e in batch.errors.data or []]
+    assert errors == [(2, "input_too_long", "body.messages[1].content")]
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", messages=too_long)  # type: ignore[arg-type]
+    assert (refused.value.code, refused.value.param) == ("input_too_long", "messages[1].content")
+    assert refused.value.status_code == 400
+
+    tenant = repository.authenticate(engine, key)
+    assert tenant is not None
+    with engine.connect() as conn:
+        jobs = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant.tenant_id}
+        )
+        assert jobs.scalar_one() == 0  # nothing of either request was written

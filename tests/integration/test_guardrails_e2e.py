@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -24,7 +23,7 @@ from llmq.pricing import load_price_table
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.settings import Settings
 
-from ..helpers import Services, auth, wait_for
+from ..helpers import Services, auth, database_text, luhn_card, wait_for
 
 SCHEMA = {
     "type": "object",
@@ -58,30 +57,6 @@ def _submit(http: Any, key: str, body: dict[str, Any]) -> str:
     response = http.post("/v1/jobs", json=body, headers=auth(key))
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
-
-
-def _card() -> str:
-    """A fresh Visa-shaped number that passes Luhn, so no other test can have stored it."""
-    digits = [4, *(random.randint(0, 9) for _ in range(14))]
-    total = 0
-    for position, d in enumerate(reversed(digits)):
-        d = d * 2 if position % 2 == 0 else d
-        total += d - 9 if d > 9 else d
-    digits.append((10 - total % 10) % 10)
-    return "".join(map(str, digits))
-
-
-def _database_text(engine: Engine) -> str:
-    """Every row of every table, as text: what a breach of the database would expose."""
-    with engine.connect() as conn:
-        tables = conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        ).scalars()
-        return "\n".join(
-            row
-            for table in list(tables)
-            for row in conn.execute(text(f'SELECT t::text FROM "{table}" t')).scalars()
-        )
 
 
 def _logs(services: Services) -> str:
@@ -150,7 +125,7 @@ def test_pii_is_redacted_before_anything_is_stored_or_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     key, model = new_key(), _model("pii")
-    email, card = f"pat.{uuid.uuid4().hex[:10]}@example.com", _card()
+    email, card = f"pat.{uuid.uuid4().hex[:10]}@example.com", luhn_card()
     grouped = " ".join(card[i : i + 4] for i in range(0, 16, 4))
     document = f"Refund requested by {email}; card {grouped} was charged twice."
     job_id = _submit(http, key, {"input": document, "chain": [f"openai:{model}"]})
@@ -203,7 +178,7 @@ def test_pii_is_redacted_before_anything_is_stored_or_logged(
     ]
     assert findings["c"] == []
 
-    stored = _database_text(engine)
+    stored = database_text(engine)
     assert job_id in stored  # the scan does see this test's rows
     for raw in (email, card, grouped):
         assert raw not in stored

@@ -12,13 +12,17 @@ from anthropic.types.messages import MessageBatch, MessageBatchIndividualRespons
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
+from api.ingest_guard import build_selection, chat_ingest
 from llmq import chat
 from llmq.compat import anthropic_format, openai_format
 from llmq.compat.common import FieldError, ModelResolver, parse_public_id, public_id
 from llmq.guardrails import build_chain
+from llmq.settings import Settings
 from llmq.templates import TemplateError, get_template
 
 MODELS = ModelResolver(["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "local:extractive"])
+# The ingest checks the routes use, with the default settings (redaction at ingest on).
+INGEST = chat_ingest(build_selection(Settings()), Settings())
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
@@ -71,7 +75,7 @@ def test_chat_request_maps_messages_and_params() -> None:
                       {"role": "user", "content": "Hello"},
                       {"role": "assistant", "content": "Hi"},
                       {"role": "user", "content": "Summarize"}]},
-        MODELS.resolve,
+        MODELS.resolve, INGEST,
     )  # fmt: skip
     assert job.params == {"model": "openai:gpt-4o-mini", "max_tokens": 20, "temperature": 0.5}
     conversation = chat.decode(job.input)
@@ -99,7 +103,7 @@ def test_chat_request_rejects_what_it_cannot_honour(
 ) -> None:
     request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **body}
     with pytest.raises(FieldError) as error:
-        openai_format.chat_request(request, MODELS.resolve)
+        openai_format.chat_request(request, MODELS.resolve, INGEST)
     assert (error.value.code, error.value.param) == (code, param)
 
 
@@ -109,7 +113,7 @@ def test_batch_file_errors_name_line_code_and_param() -> None:
     lines = [json.dumps(good), "", "[1]", json.dumps({**good, "custom_id": 7}),
              json.dumps({**good, "custom_id": "b", "body": {"model": "gpt-4o-mini"}})]  # fmt: skip
     parsed = openai_format.parse_batch_file(
-        "\n".join(lines).encode(), "/v1/chat/completions", MODELS.resolve, 100
+        "\n".join(lines).encode(), "/v1/chat/completions", MODELS.resolve, 100, INGEST
     )
     assert [(e["line"], e["code"], e["param"]) for e in parsed.errors] == [
         (3, "invalid_json_line", None),
@@ -118,11 +122,11 @@ def test_batch_file_errors_name_line_code_and_param() -> None:
     ]
     assert [item.custom_id for item in parsed.items] == ["a"]
     too_many = openai_format.parse_batch_file(
-        (json.dumps(good) + "\n").encode() * 3, "/v1/chat/completions", MODELS.resolve, 2
+        (json.dumps(good) + "\n").encode() * 3, "/v1/chat/completions", MODELS.resolve, 2, INGEST
     )
     assert [e["code"] for e in too_many.errors] == ["too_many_requests"]
     binary = openai_format.parse_batch_file(b"\xff\xfe", "/v1/chat/completions",
-                                            MODELS.resolve, 2)  # fmt: skip
+                                            MODELS.resolve, 2, INGEST)  # fmt: skip
     assert [e["code"] for e in binary.errors] == ["invalid_file_format"]
 
 
@@ -215,7 +219,7 @@ def test_anthropic_requests_split_into_jobs_and_errored_ones() -> None:
         [{"custom_id": "a", "params": ok},
          {"custom_id": "b", "params": {**ok, "model": "gpt-9"}},
          {"custom_id": "c", "params": {**ok, "tools": []}}],
-        MODELS.resolve,
+        MODELS.resolve, INGEST,
     )  # fmt: skip
     assert [i.custom_id for i in items] == ["a", "b", "c"]
     assert items[0].params == {"model": "anthropic:claude-haiku-4-5", "max_tokens": 9}
@@ -226,7 +230,7 @@ def test_anthropic_requests_split_into_jobs_and_errored_ones() -> None:
     }
     for bad in ([], [{"custom_id": "a b", "params": ok}], [{"custom_id": "a"}, {"x": 1}]):
         with pytest.raises(FieldError):
-            anthropic_format.parse_requests(bad, MODELS.resolve)
+            anthropic_format.parse_requests(bad, MODELS.resolve, INGEST)
 
 
 def test_chat_guardrails_redact_inside_messages_and_keep_the_json_valid() -> None:
