@@ -362,6 +362,6 @@ SCENARIOS: dict[str, Callable[[Rig], Audit]] = {
 }
 # Settings a scenario needs in its workers (fewer deliveries keep poison-job short).
 SCENARIO_ENV: dict[str, dict[str, str]] = {
-    "error-storm": {"LLMQ_RETRY_MAX_ATTEMPTS": "6"},
+    "error-storm": {"LLMQ_RETRY_MAX_ATTEMPTS": "8"},
     "poison-job": {"LLMQ_MAX_DELIVERIES": "2"},
 }

@@ -87,7 +87,7 @@ class CircuitPolicy:
     cooldown_s: float = 30.0
     failure_rate: float = 0.5  # share of the window's calls that must have failed
     # Below this many calls in the window the rate is noise: open only if all of them failed.
-    min_calls: int = 20
+    min_calls: int = 50
 
 
 class CircuitBreaker:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     circuit_window_s: float = 30.0
     circuit_cooldown_s: float = 30.0
     circuit_failure_rate: float = 0.5
-    circuit_min_calls: int = 20
+    circuit_min_calls: int = 50
 
     # Shared provider limits per window: {"openai:gpt-4o-mini": {"requests": 500, "tokens": 2e5}}
     rate_limits: dict[str, dict[str, int]] = {}
