@@ -243,38 +243,39 @@ def sigterm_worker(r: Rig, jobs: int = 60) -> Audit:
     return audit
 
 
+def _break_mid_batch(r: Rig, jobs: int, breakage: Callable[[], object]) -> Audit:
+    """Run a batch on one worker, break something once a sixth has succeeded, audit."""
+    batch_id = r.submit(jobs)
+    r.worker("w1")
+    r.wait_count(batch_id, "succeeded", jobs // 6)
+    breakage()
+    r.wait_ended(batch_id)
+    return r.audit(batch_id)
+
+
 def redis_flush(r: Rig, jobs: int = 60) -> Audit:
     """FLUSHALL the broker mid-batch: every queued message is gone."""
     import redis
 
-    batch_id = r.submit(jobs)
-    r.worker("w1")
-    r.wait_count(batch_id, "succeeded", jobs // 6)
-    redis.Redis.from_url(r.env["REDIS_URL"]).flushall()
-    r.wait_ended(batch_id)
-    return r.audit(batch_id)
+    return _break_mid_batch(r, jobs, redis.Redis.from_url(r.env["REDIS_URL"]).flushall)
+
+
+def _restart(server: Any) -> Callable[[], None]:
+    def kill_and_start() -> None:
+        server.stop(kill=True)
+        server.start()
+
+    return kill_and_start
 
 
 def redis_restart(r: Rig, jobs: int = 60) -> Audit:
     """Kill Redis (no persistence) and start it again on the same port, empty."""
-    batch_id = r.submit(jobs)
-    r.worker("w1")
-    r.wait_count(batch_id, "succeeded", jobs // 6)
-    r.services.redis.stop(kill=True)
-    r.services.redis.start()
-    r.wait_ended(batch_id)
-    return r.audit(batch_id)
+    return _break_mid_batch(r, jobs, _restart(r.services.redis))
 
 
 def postgres_restart(r: Rig, jobs: int = 60) -> Audit:
     """Kill PostgreSQL mid-batch and start it again (crash recovery, same data)."""
-    batch_id = r.submit(jobs)
-    r.worker("w1")
-    r.wait_count(batch_id, "succeeded", jobs // 6)
-    r.services.postgres.stop(kill=True)
-    r.services.postgres.start()
-    r.wait_ended(batch_id)
-    return r.audit(batch_id)
+    return _break_mid_batch(r, jobs, _restart(r.services.postgres))
 
 
 def error_storm(r: Rig, jobs: int = 200) -> Audit:
