@@ -14,51 +14,36 @@ Prints a table and writes bench/results/pools.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmq import repository  # noqa: E402
-from llmq.db.engine import get_engine  # noqa: E402
-from llmq.db.migrate import upgrade  # noqa: E402
-from llmq.embedded import embedded_services, free_port  # noqa: E402
-from llmq.stack import Stack, wait_http  # noqa: E402
+from bench.harness import (
+    ROOT,
+    bar_chart,
+    bench_services,
+    count_jobs,
+    fake_provider,
+    wait_until,
+    wait_workers,
+    write_results,
+)
+from llmq import repository
+from llmq.db.engine import get_engine
+from llmq.stack import Stack
 
 DOC = (
     "The port authority approved a new container terminal on Tuesday. It will cost 240 "
     "million euros and add 1,200 jobs. Construction begins next spring. Environmental groups "
     "asked for a review of dredging plans; the authority agreed to publish one in June."
 )
-
-
-def _wait_until(predicate: Any, timeout: float) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > timeout:
-            raise TimeoutError("benchmark run did not finish in time")
-        time.sleep(0.05)
-    return time.perf_counter() - start
-
-
-def _wait_workers(redis_url: str, count: int, app: Any = None) -> None:
-    """Until `count` workers answer a remote-control ping (i.e. are consuming)."""
-    if app is None:
-        from workers.celery_app import make_celery
-
-        app = make_celery(redis_url)
-    _wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= count, 60)
 
 
 def run_llmq(
@@ -83,7 +68,7 @@ def run_llmq(
             pool=pool,
         )
     try:
-        _wait_workers(env["REDIS_URL"], processes)  # the clock starts once all consume
+        wait_workers(env["REDIS_URL"], processes)  # the clock starts once all consume
         batch_id = repository.insert_batch(
             engine,
             tenant_id=principal.tenant_id,
@@ -107,14 +92,9 @@ def run_llmq(
 
         def done() -> bool:
             stack.check_alive()
-            with engine.connect() as conn:
-                n = conn.execute(
-                    text("SELECT count(*) FROM jobs WHERE batch_id = :b AND status = 'succeeded'"),
-                    {"b": batch_id},
-                ).scalar_one()
-            return int(n) >= jobs
+            return count_jobs(engine, batch_id, "succeeded") >= jobs
 
-        _wait_until(done, timeout)
+        wait_until(done, timeout)
         return jobs / (time.perf_counter() - start)
     finally:
         stack.stop()
@@ -158,12 +138,12 @@ def run_raw(
     try:
         from bench.raw_celery import app as raw_app
 
-        _wait_workers(env["REDIS_URL"], 1, raw_app)
+        wait_workers(env["REDIS_URL"], 1, raw_app)
         start = time.perf_counter()
         with raw_app.producer_or_acquire() as producer:
             for _ in range(jobs):
                 raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
-        _wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, timeout)
+        wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, timeout)
         return jobs / (time.perf_counter() - start)
     finally:
         proc.terminate()
@@ -178,79 +158,48 @@ def main() -> None:
     parser.add_argument("--gevent", action="store_true", help="also try the gevent pool")
     args = parser.parse_args()
     latency_s = args.latency_ms / 1000
-    data_dir = Path(tempfile.mkdtemp(prefix="llmq-bench-"))
-    log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True)
-    fake_port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmq.cli",
-            "fake-provider",
-            "--port",
-            str(fake_port),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     results: list[dict[str, Any]] = []
-    try:
-        wait_http(f"http://127.0.0.1:{fake_port}/_fake/health")
-        with embedded_services(data_dir, durable=False) as services:
-            upgrade(services.database_url)
-            env = {
-                "DATABASE_URL": services.database_url,
-                "REDIS_URL": services.redis_url,
-                "OPENAI_API_KEY": "bench",
-                "OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
-                "LLMQ_LOG_LEVEL": "WARNING",
-            }
-            os.environ.update(env)
-            timeout = 600.0
-            half = args.concurrency // 2
-            runs: list[tuple[str, Any]] = [
-                (
-                    f"raw-celery/threads 1x{args.concurrency}",
-                    lambda: run_raw(env, log_dir, args.concurrency, args.jobs, latency_s, timeout),
-                ),
-                (
-                    f"llmq/threads 1x{args.concurrency}",
-                    lambda: run_llmq(env, log_dir, "threads", args.concurrency, args.jobs, timeout),
-                ),
-                (
-                    f"llmq/threads 2x{half}",
-                    lambda: run_llmq(env, log_dir, "threads", half, args.jobs, timeout, 2),
-                ),
-            ]
-            if args.gevent:
-                runs.append(
-                    (
-                        f"llmq/gevent 1x{args.concurrency}",
-                        lambda: run_llmq(env, log_dir, "gevent", args.concurrency, args.jobs, 180),
-                    )
-                )
-            tutorial_jobs = max(40, args.jobs // 20)
+    with fake_provider(args.latency_ms) as fake, bench_services("pools", fake) as bench:
+        env, log_dir = bench.env, bench.log_dir
+        timeout = 600.0
+        half = args.concurrency // 2
+        runs: list[tuple[str, Any]] = [
+            (
+                f"raw-celery/threads 1x{args.concurrency}",
+                lambda: run_raw(env, log_dir, args.concurrency, args.jobs, latency_s, timeout),
+            ),
+            (
+                f"llmq/threads 1x{args.concurrency}",
+                lambda: run_llmq(env, log_dir, "threads", args.concurrency, args.jobs, timeout),
+            ),
+            (
+                f"llmq/threads 2x{half}",
+                lambda: run_llmq(env, log_dir, "threads", half, args.jobs, timeout, 2),
+            ),
+        ]
+        if args.gevent:
             runs.append(
                 (
-                    "llmq/prefork-c2 (tutorial)",
-                    lambda: run_llmq(env, log_dir, "prefork", 2, tutorial_jobs, timeout),
+                    f"llmq/gevent 1x{args.concurrency}",
+                    lambda: run_llmq(env, log_dir, "gevent", args.concurrency, args.jobs, 180),
                 )
             )
-            for name, run in runs:
-                try:
-                    rate = run()
-                except Exception as exc:
-                    print(f"{name}: failed: {exc}", file=sys.stderr)
-                    results.append({"setup": name, "jobs_per_s": None, "error": str(exc)})
-                    continue
-                results.append({"setup": name, "jobs_per_s": round(rate, 1)})
-                print(f"{name:30s} {rate:8.1f} jobs/s", flush=True)
-    finally:
-        fake.terminate()
-        fake.wait(timeout=10)
+        tutorial_jobs = max(40, args.jobs // 20)
+        runs.append(
+            (
+                "llmq/prefork-c2 (tutorial)",
+                lambda: run_llmq(env, log_dir, "prefork", 2, tutorial_jobs, timeout),
+            )
+        )
+        for name, run in runs:
+            try:
+                rate = run()
+            except Exception as exc:
+                print(f"{name}: failed: {exc}", file=sys.stderr)
+                results.append({"setup": name, "jobs_per_s": None, "error": str(exc)})
+                continue
+            results.append({"setup": name, "jobs_per_s": round(rate, 1)})
+            print(f"{name:30s} {rate:8.1f} jobs/s", flush=True)
     raw = next((r["jobs_per_s"] for r in results if r["setup"].startswith("raw")), None)
     bound = args.concurrency / latency_s
     print(f"\ntheoretical bound concurrency/latency = {bound:.0f} jobs/s")
@@ -258,22 +207,24 @@ def main() -> None:
         if raw and r["jobs_per_s"]:
             r["vs_raw_celery"] = round(r["jobs_per_s"] / raw, 3)
             print(f"{r['setup']:30s} {r['vs_raw_celery']:.2f} x raw Celery")
-    out = ROOT / "bench" / "results" / "pools.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                f"Python {platform.python_version()}",
-                "jobs": args.jobs,
-                "latency_ms": args.latency_ms,
-                "concurrency": args.concurrency,
-                "theoretical_bound_jobs_per_s": bound,
-                "results": results,
-            },
-            indent=2,
-        )
+    write_results(
+        "pools",
+        {
+            "jobs": args.jobs,
+            "latency_ms": args.latency_ms,
+            "concurrency": args.concurrency,
+            "theoretical_bound_jobs_per_s": bound,
+            "results": results,
+        },
     )
-    print(f"wrote {out}")
+    measured = [r for r in results if r["jobs_per_s"]]
+    bar_chart(
+        "pools",
+        [r["setup"] for r in measured],
+        [r["jobs_per_s"] for r in measured],
+        title=f"{args.jobs} jobs at {args.latency_ms:g} ms provider latency",
+        ylabel="jobs/s (end to end)",
+    )
 
 
 if __name__ == "__main__":
