@@ -681,7 +681,9 @@ def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str
 
 
 def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict[str, Any] | None:
-    with engine.connect() as conn:
+    # One snapshot for both reads: a cancel committing between them would otherwise show
+    # every job cancelled under a batch that is not, and the batch would read "completed".
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         row = (
             conn.execute(
                 text(
