@@ -55,6 +55,14 @@ STAGES = {
     ("put", "cache.py"): "cache",
     ("job_changed", "events.py"): "events",
     ("run", "pipeline.py"): "pipeline (other)",
+    ("span", "tracing.py"): "tracing",
+    ("publish_jobs", "dispatch.py"): "batch fan-out (publishing)",
+    ("run_job", "tasks/"): "task wrapper (logging, telemetry)",
+    ("trace_task", "celery/app/trace.py"): "celery task execution",
+    ("on_task_received", "celery/worker/"): "celery message intake",
+    ("_deliver", "kombu/"): "kombu message intake",
+    ("_brpop_read", "kombu/"): "kombu message intake",
+    ("ack", "kombu/"): "kombu ack",
 }
 
 

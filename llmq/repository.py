@@ -369,25 +369,28 @@ class ClaimedJob:
     parent_id: uuid.UUID | None = None  # a chunk or reduce job of a long document
 
 
+_CLAIM_SQL = text(
+    "UPDATE jobs SET status = 'running', lease_owner = :owner, "
+    "lease_expires_at = now() + make_interval(secs => :lease), "
+    "deliveries = deliveries + 1, started_at = coalesce(started_at, now()), "
+    "not_before = NULL "
+    "WHERE id = :id AND (status IN ('queued', 'retrying') "
+    "OR (status = 'running' AND lease_expires_at < now())) "
+    "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
+    "chain, attempts_made, deliveries, created_at, "
+    "cancel_requested_at IS NOT NULL AS cancel_requested, "
+    "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s, "
+    "(SELECT extract(epoch FROM b.expires_at - now())::float8 FROM batches b "
+    "WHERE b.id = jobs.batch_id) AS expires_in_s, "
+    "parent_id"
+)
+
+
 def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
     """Take the job for `owner` if it is waiting, or running under an expired lease."""
     with _statement(engine) as conn:
         row = conn.execute(
-            text(
-                "UPDATE jobs SET status = 'running', lease_owner = :owner, "
-                "lease_expires_at = now() + make_interval(secs => :lease), "
-                "deliveries = deliveries + 1, started_at = coalesce(started_at, now()), "
-                "not_before = NULL "
-                "WHERE id = :id AND (status IN ('queued', 'retrying') "
-                "OR (status = 'running' AND lease_expires_at < now())) "
-                "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
-                "chain, attempts_made, deliveries, created_at, "
-                "cancel_requested_at IS NOT NULL AS cancel_requested, "
-                "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s, "
-                "(SELECT extract(epoch FROM b.expires_at - now())::float8 FROM batches b "
-                "WHERE b.id = jobs.batch_id) AS expires_in_s, "
-                "parent_id"
-            ),
+            _CLAIM_SQL,
             {"id": job_id, "owner": owner, "lease": lease_s},
         ).first()
     if row is None:
@@ -419,6 +422,22 @@ class RecordedAttempt:
     cancel_requested: bool
 
 
+_RECORD_ATTEMPT_SQL = text(
+    "WITH j AS (UPDATE jobs SET attempts_made = attempts_made + 1, "
+    "lease_expires_at = now() + make_interval(secs => :lease) "
+    "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
+    "RETURNING tenant_id, attempts_made, cancel_requested_at), "
+    "ins AS (INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, "
+    "outcome, http_status, error_code, error_message, latency_ms, input_tokens, "
+    "output_tokens, cached_tokens, cost_usd, worker, output) "
+    "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
+    ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
+    ":output_tokens, :cached_tokens, :cost_usd, :worker, :output FROM j "
+    "RETURNING attempt_no) "
+    "SELECT ins.attempt_no, j.cancel_requested_at IS NOT NULL FROM ins, j"
+)
+
+
 def record_attempt(
     engine: Engine, job_id: uuid.UUID, owner: str, lease_s: float, attempt: AttemptRecord
 ) -> RecordedAttempt | None:
@@ -429,20 +448,7 @@ def record_attempt(
     """
     with _statement(engine) as conn:
         row = conn.execute(
-            text(
-                "WITH j AS (UPDATE jobs SET attempts_made = attempts_made + 1, "
-                "lease_expires_at = now() + make_interval(secs => :lease) "
-                "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
-                "RETURNING tenant_id, attempts_made, cancel_requested_at), "
-                "ins AS (INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, "
-                "outcome, http_status, error_code, error_message, latency_ms, input_tokens, "
-                "output_tokens, cached_tokens, cost_usd, worker, output) "
-                "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
-                ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
-                ":output_tokens, :cached_tokens, :cost_usd, :worker, :output FROM j "
-                "RETURNING attempt_no) "
-                "SELECT ins.attempt_no, j.cancel_requested_at IS NOT NULL FROM ins, j"
-            ),
+            _RECORD_ATTEMPT_SQL,
             {"id": job_id, "owner": owner, "lease": lease_s, **attempt.__dict__},
         ).first()
     return None if row is None else RecordedAttempt(row[0], row[1])
@@ -476,28 +482,31 @@ class Outcome:
     guardrails: list[dict[str, Any]] | None = None
 
 
+_FINISH_SQL = text(
+    "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
+    "model = :model, cache_hit = :cache_hit, error_code = :error_code, "
+    "error_message = :error_message, route = CAST(:route AS jsonb), "
+    # Appended: the findings of the redaction at ingest stay on the record.
+    "guardrails = jobs.guardrails || CAST(:guardrails AS jsonb), "
+    "input_tokens = a.input_tokens, "
+    "output_tokens = a.output_tokens, cost_usd = a.cost_usd, finished_at = now(), "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    "FROM (SELECT coalesce(sum(input_tokens), 0) AS input_tokens, "
+    "coalesce(sum(output_tokens), 0) AS output_tokens, "
+    # An unpriced model makes the total unknown (NULL), never silently low.
+    "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
+    "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd "
+    "FROM attempts WHERE job_id = :id) a "
+    "WHERE jobs.id = :id AND jobs.lease_owner = :owner AND jobs.status = 'running'"
+)
+
+
 def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) -> bool:
     """Write the terminal state and roll the attempts up into the job's totals, once."""
     assert outcome.status in TERMINAL_STATUSES
     with _statement(engine) as conn:
         result = conn.execute(
-            text(
-                "UPDATE jobs SET status = :status, result = :result, provider = :provider, "
-                "model = :model, cache_hit = :cache_hit, error_code = :error_code, "
-                "error_message = :error_message, route = CAST(:route AS jsonb), "
-                # Appended: the findings of the redaction at ingest stay on the record.
-                "guardrails = jobs.guardrails || CAST(:guardrails AS jsonb), "
-                "input_tokens = a.input_tokens, "
-                "output_tokens = a.output_tokens, cost_usd = a.cost_usd, finished_at = now(), "
-                "lease_owner = NULL, lease_expires_at = NULL "
-                "FROM (SELECT coalesce(sum(input_tokens), 0) AS input_tokens, "
-                "coalesce(sum(output_tokens), 0) AS output_tokens, "
-                # An unpriced model makes the total unknown (NULL), never silently low.
-                "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
-                "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd "
-                "FROM attempts WHERE job_id = :id) a "
-                "WHERE jobs.id = :id AND jobs.lease_owner = :owner AND jobs.status = 'running'"
-            ),
+            _FINISH_SQL,
             {
                 "id": job_id,
                 "owner": owner,
@@ -515,6 +524,14 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
         return result.rowcount == 1
 
 
+_DEFER_SQL = text(
+    "UPDATE jobs SET status = 'retrying', deliveries = deliveries - 1, "
+    "not_before = now() + make_interval(secs => :delay), dispatched_at = NULL, "
+    "lease_owner = NULL, lease_expires_at = NULL, route = CAST(:route AS jsonb) "
+    "WHERE id = :id AND lease_owner = :owner AND status = 'running'"
+)
+
+
 def defer_job(
     engine: Engine, job_id: uuid.UUID, owner: str, delay_s: float, route: list[dict[str, Any]]
 ) -> bool:
@@ -523,12 +540,7 @@ def defer_job(
     A planned hand-back is not a lost delivery, so it does not count towards max_deliveries."""
     with _statement(engine) as conn:
         result = conn.execute(
-            text(
-                "UPDATE jobs SET status = 'retrying', deliveries = deliveries - 1, "
-                "not_before = now() + make_interval(secs => :delay), dispatched_at = NULL, "
-                "lease_owner = NULL, lease_expires_at = NULL, route = CAST(:route AS jsonb) "
-                "WHERE id = :id AND lease_owner = :owner AND status = 'running'"
-            ),
+            _DEFER_SQL,
             {"id": job_id, "owner": owner, "delay": delay_s, "route": json.dumps(route)},
         )
         return result.rowcount == 1

@@ -112,3 +112,49 @@ def test_a_success_that_started_before_opening_does_not_close_it(client: redis.R
         breaker.record(link, ok=False, error_code="server_error")
     breaker.record(link, ok=True)  # a slow call that was in flight
     assert breaker.state(link) == "open" and not breaker.allow(link)
+
+
+def test_successes_sent_in_batches_still_count_when_a_failure_is_judged(
+    client: redis.Redis,
+) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    breaker = _breaker(client, clock)
+    assert breaker.allow(link)  # closed: this process now batches its successes
+    for _ in range(7):
+        breaker.record(link, ok=True)  # the first is sent, six wait for the next flush
+    assert client.zcard(f"llmq:cb:{link}:oks") == 1
+    for _ in range(3):  # 3 of 10 calls failed: degraded, not down
+        breaker.record(link, ok=False, error_code="server_error")
+    assert breaker.state(link) == "closed"
+    assert client.zcard(f"llmq:cb:{link}:oks") == 7
+
+
+def test_successes_of_calls_made_before_it_opened_elsewhere_do_not_count(
+    client: redis.Redis,
+) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    here, elsewhere = _breaker(client, clock), _breaker(client, clock)
+    assert here.allow(link)  # closed, as this process will believe for a moment
+    for _ in range(3):
+        elsewhere.record(link, ok=False, error_code="server_error")
+    here.record(link, ok=True)  # sent as a batch: ignored, the circuit is open
+    here.record(link, ok=True)
+    assert here.state(link) == "open"
+    assert client.zcard(f"llmq:cb:{link}:oks") == 0
+    clock.now += 5.1  # half-open: the probe's success closes it
+    assert elsewhere.allow(link)
+    elsewhere.record(link, ok=True)
+    assert here.state(link) == "closed"
+
+
+def test_a_circuit_opened_elsewhere_is_seen_once_the_cached_answer_expires(
+    client: redis.Redis,
+) -> None:
+    clock, link = Clock(), f"openai:m-{uuid.uuid4().hex[:6]}"
+    here, elsewhere = _breaker(client, clock), _breaker(client, clock)
+    assert here.allow(link)
+    for _ in range(3):
+        elsewhere.record(link, ok=False, error_code="server_error")
+    assert here.allow(link)  # still trusting its "closed" from 0 s ago
+    clock.now += CircuitPolicy().allow_cache_s
+    assert not here.allow(link)
