@@ -160,6 +160,8 @@ class FakeProviderState:
         self.by_model: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
         self.timestamps: deque[float] = deque(maxlen=TIMESTAMP_CAP)
+        self.in_flight = 0
+        self.max_in_flight = 0  # requests answered at the same time, at most
 
     def set_script(self, script: FakeScript) -> None:
         self.script = script
@@ -172,6 +174,7 @@ class FakeProviderState:
         self.by_model.clear()
         self.by_status.clear()
         self.timestamps.clear()
+        self.max_in_flight = self.in_flight
 
     def record_request(self, api: ApiName, model: str) -> None:
         self.requests += 1
@@ -201,6 +204,7 @@ class FakeProviderState:
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
             "timestamps": list(self.timestamps),
+            "max_in_flight": self.max_in_flight,
         }
 
 
@@ -612,7 +616,13 @@ async def _handle(request: Request, api: ApiName) -> Response:
 
     script = state.script
     rule = state.choose_rule(api, parsed.model, parsed.last_user_text)
-    if await _sleep(request, script.latency_ms / 1000):
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        closed = await _sleep(request, script.latency_ms / 1000)
+    finally:
+        state.in_flight -= 1
+    if closed:
         state.record_status(CLIENT_CLOSED)
         return Response(status_code=CLIENT_CLOSED)
 

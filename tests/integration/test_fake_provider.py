@@ -248,7 +248,7 @@ def test_hang_times_out_client_and_server_notices(fake: FakeProviderServer) -> N
         ask_openai(oai(fake, timeout=0.5))
     with pytest.raises(anthropic.APITimeoutError):
         ask_anthropic(anth(fake, timeout=0.5))
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # two 0.5 s timeouts, not two 3 s hangs
     # the server stops hanging as soon as the client goes away (recorded as 499)
     wait_for(lambda: fake.stats()["by_status"].get("499") == 2, timeout=2)
 
@@ -359,7 +359,7 @@ def test_control_endpoints(fake: FakeProviderServer) -> None:
 
 
 def test_many_concurrent_requests(fake: FakeProviderServer) -> None:
-    fake.set_script(FakeScript(latency_ms=100))
+    fake.set_script(FakeScript(latency_ms=500))
     count = 200
 
     async def fire() -> list[int]:
@@ -374,12 +374,13 @@ def test_many_concurrent_requests(fake: FakeProviderServer) -> None:
             )
         return [r.status_code for r in responses]
 
-    started = time.monotonic()
     statuses = asyncio.run(fire())
-    elapsed = time.monotonic() - started
     assert statuses == [200] * count
-    assert elapsed < 5  # serial would take >= 20 s
-    assert fake.stats()["by_status"] == {"200": count}
+    stats = fake.stats()
+    assert stats["by_status"] == {"200": count}
+    # Answered side by side, not one after another (serial would be 1; the bound leaves room
+    # for a slow machine that sends the requests over more than one latency period).
+    assert stats["max_in_flight"] >= 20
 
 
 def test_load_script(tmp_path: Path) -> None:
