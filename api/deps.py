@@ -1,4 +1,5 @@
-"""What route handlers receive: the engine, settings and the authenticated caller."""
+"""What route handlers receive: the engine, settings, the authenticated caller, and the
+publisher that wakes event streams."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
+from llmq.events import EventPublisher
 from llmq.repository import Principal
 from llmq.settings import Settings
 
@@ -25,6 +27,11 @@ def principal(request: Request) -> Principal:
     return who
 
 
+def events(request: Request) -> EventPublisher:
+    return EventPublisher(request.app.state.redis)
+
+
 EngineDep = Annotated[Engine, Depends(engine)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
+EventsDep = Annotated[EventPublisher, Depends(events)]

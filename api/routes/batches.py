@@ -20,8 +20,9 @@ from llmq.repository import Principal
 from llmq.settings import Settings
 from workers.dispatch import publish_batch_dispatch
 
+from .. import cancel
 from ..budget_gate import enforce_budget
-from ..deps import EngineDep, PrincipalDep, SettingsDep
+from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, read_batch, submit_once
@@ -208,12 +209,14 @@ def batch_extras(extras: dict[str, Any] | None) -> dict[str, Any]:
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut, responses=ERRORS)
-def cancel_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
+def cancel_batch(
+    batch_id: str, engine: EngineDep, events: EventsDep, who: PrincipalDep
+) -> BatchOut:
     """Cancel every waiting job at once and every running one at its next step. Idempotent."""
     current = get_batch(batch_id, engine, who)
     if current.status == "completed":
         raise ApiError(409, "not_cancellable", f"batch {batch_id} already completed")
-    repository.cancel_jobs(engine, who.tenant_id, batch_id=uuid.UUID(current.id))
+    cancel.cancel_batch(engine, events, who.tenant_id, uuid.UUID(current.id))
     return get_batch(batch_id, engine, who)
 
 

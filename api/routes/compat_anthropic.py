@@ -20,7 +20,8 @@ from llmq.compat.common import FieldError, parse_public_id, public_id
 from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_batch_dispatch
 
-from ..deps import EngineDep, SettingsDep
+from .. import cancel
+from ..deps import EngineDep, EventsDep, SettingsDep
 from ..ingest_guard import chat_ingest, selection
 from .compat_common import (
     CompatError,
@@ -128,13 +129,15 @@ def batch_results(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> Str
 
 
 @router.post("/{batch_id}/cancel")
-def cancel_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict[str, Any]:
+def cancel_batch(
+    batch_id: str, engine: EngineDep, events: EventsDep, who: CompatPrincipal
+) -> dict[str, Any]:
     """Idempotent: a canceling batch, or one that ended by a cancel, is returned as it is."""
     record = _record(batch_id, engine, who)
     current = _batch(record, engine, who)
     if current["processing_status"] == "ended" and current["cancel_initiated_at"] is None:
         raise CompatError(409, f"message batch {batch_id!r} has already ended")
-    repository.cancel_jobs(engine, who.tenant_id, batch_id=record["batch_id"])
+    cancel.cancel_batch(engine, events, who.tenant_id, record["batch_id"])
     return _batch(record, engine, who)
 
 

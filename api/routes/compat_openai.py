@@ -24,7 +24,8 @@ from llmq.db.models import TERMINAL_STATUSES
 from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_batch_dispatch, publish_jobs
 
-from ..deps import EngineDep, SettingsDep
+from .. import cancel
+from ..deps import EngineDep, EventsDep, SettingsDep
 from ..ingest_guard import chat_ingest, selection, text_redactor
 from .compat_common import (
     CompatError,
@@ -242,13 +243,15 @@ def get_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict[st
 
 
 @router.post("/batches/{batch_id}/cancel")
-def cancel_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict[str, Any]:
+def cancel_batch(
+    batch_id: str, engine: EngineDep, events: EventsDep, who: CompatPrincipal
+) -> dict[str, Any]:
     """Idempotent: cancelling a cancelling or cancelled batch returns it as it is."""
     record = _record(batch_id, engine, who)
     current = _batch(record, engine, who)
     if current["status"] in ("failed", "completed"):
         raise CompatError(409, f"Cannot cancel a batch with status '{current['status']}'.")
-    repository.cancel_jobs(engine, who.tenant_id, batch_id=record["batch_id"])
+    cancel.cancel_batch(engine, events, who.tenant_id, record["batch_id"])
     return _batch(record, engine, who)
 
 

@@ -13,8 +13,9 @@ from llmq.db.models import TERMINAL_STATUSES, JobStatus
 from llmq.guardrails.selection import GuardrailSelection
 from workers.dispatch import publish_jobs
 
+from .. import cancel
 from ..budget_gate import enforce_budget
-from ..deps import EngineDep, PrincipalDep, SettingsDep
+from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, submit_once
@@ -106,7 +107,7 @@ def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
-def cancel_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
+def cancel_job(job_id: str, engine: EngineDep, events: EventsDep, who: PrincipalDep) -> JobOut:
     """Cancel a waiting job at once, a running one at its next step. Idempotent."""
     job_uuid = parse_id(job_id, "job")
     current = repository.get_job(engine, who.tenant_id, job_uuid)
@@ -114,5 +115,5 @@ def cancel_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     if current["status"] in TERMINAL_STATUSES and current["status"] != JobStatus.CANCELLED:
         raise ApiError(409, "not_cancellable", f"job {job_id} already {current['status']}")
-    repository.cancel_jobs(engine, who.tenant_id, job_id=job_uuid)
+    cancel.cancel_job(engine, events, who.tenant_id, job_uuid, current["batch_id"])
     return get_job(job_id, engine, who)
