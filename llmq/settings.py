@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 10.0
     webhook_backoff_cap_s: float = 3600.0
+    # Webhooks may go to loopback/private/link-local addresses (llmq/webhook_destinations.py).
+    webhook_allow_private: bool = False
     # Long documents (llmq/mapreduce.py): a summarizing job whose document has more tokens than
     # this (or than its chain's smallest context window leaves room for) is split into chunk
     # jobs and reduced. 0: split only what does not fit the context windows.

@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 
 from llmq import repository
 from llmq.settings import Settings
+from llmq.webhook_destinations import destination_refusal
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,13 @@ def deliver_attempt(engine: Engine, settings: Settings, batch_id: str, attempt_n
     if salt is None or settings.webhook_signing_key is None:
         result = DeliveryResult(False, None, "no webhook signing secret is configured", 0.0)
         retry_in: float | None = None
+    elif (
+        not settings.webhook_allow_private
+        and (refusal := destination_refusal(claim.url)) is not None
+    ):
+        # Not retried: the tenant must fix the URL (or the operator allow private networks).
+        result = DeliveryResult(False, None, f"destination refused: {refusal}", 0.0)
+        retry_in = None
     else:
         secret = derive_secret(settings.webhook_signing_key.get_secret_value(), salt)
         body = payload(str(claim.event_id), batch_snapshot(engine, claim.tenant_id, batch_id))

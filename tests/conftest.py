@@ -75,6 +75,8 @@ def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str
         # Batch API: a test signing key, and webhook redelivery in tenths of a second.
         "LLMQ_WEBHOOK_SIGNING_KEY": "test-webhook-master-key",
         "LLMQ_WEBHOOK_BACKOFF_BASE_S": "0.2",
+        # The receivers in the tests listen on 127.0.0.1.
+        "LLMQ_WEBHOOK_ALLOW_PRIVATE": "true",
     }
     os.environ.update(env)
     get_settings.cache_clear()

@@ -18,6 +18,7 @@ from llmq.durations import parse_duration
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.repository import Principal
 from llmq.settings import Settings
+from llmq.webhook_destinations import literal_refusal
 from workers.dispatch import publish_batch_dispatch
 
 from .. import cancel
@@ -125,6 +126,15 @@ def accept_batch(
             if settings.webhook_signing_key
             else "webhooks are disabled: the server has no LLMQ_WEBHOOK_SIGNING_KEY",
         )
+
+    if body.webhook_url and not settings.webhook_allow_private:
+        refusal = literal_refusal(body.webhook_url)
+        if refusal is not None:
+            raise ApiError(
+                422,
+                "webhook_destination_refused",
+                f"webhook_url is refused: {refusal} (deliveries go to public addresses only)",
+            )
 
     inputs = [item.input for item in body.items]
     check_prompt_size(guards, template, inputs, "body.items.{index}.input")

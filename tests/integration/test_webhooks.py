@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from llmq import webhooks
+from llmq import repository, webhooks
 
 from ..helpers import Services, auth, wait_for
 
@@ -133,3 +134,33 @@ def test_webhook_gives_up_after_the_bounded_attempts(http: Any, new_key: Any, wo
         for a, b in zip(state["deliveries"], state["deliveries"][1:], strict=False)
     ]
     assert all(later > earlier for later, earlier in gaps)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:6379/", "http://[::1]/"]
+)
+def test_internal_webhook_destinations_are_refused_at_submission(
+    new_key: Any, engine: Any, url: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from llmq.settings import Settings
+
+    key = new_key()
+    with TestClient(create_app(Settings(webhook_allow_private=False))) as client:
+        assert client.post("/v1/webhooks/secret", headers=auth(key)).status_code == 201
+        body = {"items": [{"input": "It snowed."}], "chain": ["local:extractive"],
+                "webhook_url": url}  # fmt: skip
+        refused = client.post("/v1/batches", json=body, headers=auth(key))
+        assert refused.status_code == 422
+        error = refused.json()["error"]
+        assert error["code"] == "webhook_destination_refused"
+        assert "public addresses" in error["message"]
+    principal = repository.authenticate(engine, key)
+    assert principal is not None
+    with engine.connect() as conn:
+        written = conn.execute(
+            text("SELECT count(*) FROM batches WHERE tenant_id = :t"), {"t": principal.tenant_id}
+        ).scalar_one()
+    assert written == 0
