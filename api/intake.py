@@ -164,16 +164,17 @@ def submit_once(
     body: BaseModel,
     answer: BaseModel,
     insert: Callable[[Idempotency | None], uuid.UUID],
+    ttl_s: float,
 ) -> JSONResponse | uuid.UUID:
     """Run `insert` under the key (or without one). `answer` is the 202 body minus its id.
     Returns the new id, or the stored response when this is a retry."""
     if key is None:
         return insert(None)
     digest = request_hash(endpoint, body)
-    stored = repository.find_idempotent(engine, who.tenant_id, key)
+    stored = repository.find_idempotent(engine, who.tenant_id, key, ttl_s)
     if stored is not None:
         return replay(stored, key, endpoint, digest)
-    idem = Idempotency(key, endpoint, digest, 202, answer.model_dump(mode="json"))
+    idem = Idempotency(key, endpoint, digest, 202, answer.model_dump(mode="json"), ttl_s)
     try:
         return insert(idem)
     except IdempotentReplay as race:  # a concurrent request with the key committed first

@@ -1080,6 +1080,7 @@ class Idempotency:
     request_hash: str
     status_code: int
     response: dict[str, Any]
+    ttl_s: float = 86_400.0  # after this a key is free again (and the reconciler deletes it)
 
 
 @dataclass(frozen=True)
@@ -1107,7 +1108,12 @@ def remember_idempotency(
         text(
             "INSERT INTO idempotency_keys (tenant_id, key, endpoint, request_hash, status_code, "
             "response) VALUES (:t, :k, :e, :h, :c, CAST(:r AS jsonb)) "
-            "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING key"
+            # An expired key is taken over as if it were new.
+            "ON CONFLICT (tenant_id, key) DO UPDATE SET endpoint = EXCLUDED.endpoint, "
+            "request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code, "
+            "response = EXCLUDED.response, created_at = now() "
+            "WHERE idempotency_keys.created_at < now() - make_interval(secs => :ttl) "
+            "RETURNING key"
         ),
         {
             "t": tenant_id,
@@ -1116,6 +1122,7 @@ def remember_idempotency(
             "h": idem.request_hash,
             "c": idem.status_code,
             "r": json.dumps({**idem.response, "id": str(resource_id)}),
+            "ttl": idem.ttl_s,
         },
     ).first()
     if inserted is not None:
@@ -1130,17 +1137,32 @@ def remember_idempotency(
     raise IdempotentReplay(StoredResponse(**row._asdict()))
 
 
-def find_idempotent(engine: Engine, tenant_id: uuid.UUID, key: str) -> StoredResponse | None:
+def find_idempotent(
+    engine: Engine, tenant_id: uuid.UUID, key: str, ttl_s: float
+) -> StoredResponse | None:
     """Cheap early answer for a retry, before a big body is validated and copied again."""
     with engine.connect() as conn:
         row = conn.execute(
             text(
                 "SELECT endpoint, request_hash, status_code, response FROM idempotency_keys "
-                "WHERE tenant_id = :t AND key = :k"
+                "WHERE tenant_id = :t AND key = :k "
+                "AND created_at >= now() - make_interval(secs => :ttl)"
             ),
-            {"t": tenant_id, "k": key},
+            {"t": tenant_id, "k": key, "ttl": ttl_s},
         ).first()
     return StoredResponse(**row._asdict()) if row is not None else None
+
+
+def delete_expired_idempotency_keys(conn: Connection, ttl_s: float, limit: int) -> int:
+    """At most `limit` expired keys per call, so one reconciler tick stays short."""
+    return conn.execute(
+        text(
+            "DELETE FROM idempotency_keys WHERE (tenant_id, key) IN (SELECT tenant_id, key "
+            "FROM idempotency_keys WHERE created_at < now() - make_interval(secs => :ttl) "
+            "LIMIT :limit)"
+        ),
+        {"ttl": ttl_s, "limit": limit},
+    ).rowcount
 
 
 BATCH_EXTRA_COLUMNS = (

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     webhook_backoff_cap_s: float = 3600.0
     # Webhooks may go to loopback/private/link-local addresses (llmq/webhook_destinations.py).
     webhook_allow_private: bool = False
+    # An Idempotency-Key is remembered this long; then it may be used for a new submission.
+    idempotency_ttl_s: float = 86_400.0
     # Long documents (llmq/mapreduce.py): a summarizing job whose document has more tokens than
     # this (or than its chain's smallest context window leaves room for) is split into chunk
     # jobs and reduced. 0: split only what does not fit the context windows.

@@ -1,5 +1,6 @@
 """The reconciler's batch chores: close completion windows (jobs end `expired`), notice
-completed batches that carry a webhook, and publish the webhook attempts that are due."""
+completed batches that carry a webhook, publish the webhook attempts that are due, and forget
+expired idempotency keys."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .dispatch import RETRY_POLICY
 
 DELIVER_WEBHOOK = "llmq.deliver_webhook"
 WEBHOOK_LIMIT = 500
+KEYS_LIMIT = 5000  # expired idempotency keys deleted per tick
 
 
 @dataclass
@@ -31,6 +33,7 @@ def collect(conn: Connection, settings: Settings) -> Upkeep:
     expired = repository.expire_overdue_jobs(conn)
     repository.mark_completed_batches_for_webhook(conn)
     due = repository.take_due_webhooks(conn, settings.webhook_timeout_s + 30, WEBHOOK_LIMIT)
+    repository.delete_expired_idempotency_keys(conn, settings.idempotency_ttl_s, KEYS_LIMIT)
     return Upkeep(expired, due)
 
 

@@ -175,7 +175,9 @@ def accept_batch(
         )
 
     answer = BatchAccepted(id="", item_count=len(body.items))
-    outcome = submit_once(engine, who, idempotency_key, "batches", body, answer, insert)
+    outcome = submit_once(
+        engine, who, idempotency_key, "batches", body, answer, insert, settings.idempotency_ttl_s
+    )
     if isinstance(outcome, JSONResponse):
         return outcome
     batch_id = outcome

@@ -77,7 +77,10 @@ def submit_job(
             api_key_id=who.key_id,
         )
 
-    outcome = submit_once(engine, who, idempotency_key, "jobs", body, JobAccepted(id=""), insert)
+    outcome = submit_once(
+        engine, who, idempotency_key, "jobs", body, JobAccepted(id=""), insert,
+        settings.idempotency_ttl_s,
+    )  # fmt: skip
     if isinstance(outcome, JSONResponse):
         return outcome
     job_id = outcome

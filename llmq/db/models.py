@@ -287,6 +287,7 @@ class IdempotencyKey(Base):
     so the unique key makes a retried or concurrent submission find the first one's answer."""
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True

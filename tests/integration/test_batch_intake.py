@@ -128,6 +128,37 @@ def test_idempotent_job_submission_returns_the_first_job(
     assert _count(engine, jobs, t=tenant.tenant_id) == 1
 
 
+def test_an_expired_idempotency_key_is_free_again_and_gets_deleted(
+    http: Any, new_key: Any, engine: Engine
+) -> None:
+    key = new_key()
+    tenant = repository.authenticate(engine, key)
+    assert tenant is not None
+    headers = {**auth(key), "Idempotency-Key": "nightly-2026-11-22"}
+    body = {"input": "The council met and approved the budget.", "chain": ["local:extractive"]}
+    first = http.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202
+    with engine.begin() as conn:  # a day and a bit later
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
+                 "WHERE tenant_id = :t"), {"t": tenant.tenant_id},
+        )  # fmt: skip
+    reused = http.post("/v1/jobs", json={**body, "input": "Another day."}, headers=headers)
+    assert reused.status_code == 202 and "Idempotent-Replayed" not in reused.headers
+    assert reused.json()["id"] != first.json()["id"]
+    replayed = http.post("/v1/jobs", json={**body, "input": "Another day."}, headers=headers)
+    assert replayed.json() == reused.json()  # the key now belongs to the new submission
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
+                 "WHERE tenant_id = :t"), {"t": tenant.tenant_id},
+        )  # fmt: skip
+        assert repository.delete_expired_idempotency_keys(conn, 86_400, 5000) >= 1
+    keys = "SELECT count(*) FROM idempotency_keys WHERE tenant_id = :t"
+    assert _count(engine, keys, t=tenant.tenant_id) == 0
+
+
 def test_idempotent_batch_upload_and_json_are_the_same_submission(
     http: Any, new_key: Any, engine: Engine
 ) -> None:
