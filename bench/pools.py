@@ -340,7 +340,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     write_results(
         "pools",
         {
-            "command": "bench/pools.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["bench/pools.py", *sys.argv[1:]]),
             "jobs": args.jobs,
             "prefork_jobs": prefork_jobs(args.jobs),
             "latency_ms": args.latency_ms,

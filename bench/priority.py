@@ -235,7 +235,7 @@ def main() -> None:
     write_results(
         "priority",
         {
-            "command": "bench/priority.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["bench/priority.py", *sys.argv[1:]]),
             "latency_ms": args.latency_ms,
             "processes": args.processes,
             "concurrency_per_process": args.concurrency,

@@ -128,7 +128,7 @@ def main() -> None:
     write_results(
         "scaling",
         {
-            "command": "bench/scaling.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["bench/scaling.py", *sys.argv[1:]]),
             "jobs": args.jobs,
             "latency_ms": args.latency_ms,
             "concurrency_per_process": args.concurrency,
