@@ -201,3 +201,268 @@ def line_chart(
     plt.close(fig)
     print(f"wrote {out}")
     return out
+
+
+# --------------------------------------------------------------------------- throughput family
+# Shared by bench/pools.py, scaling.py, priority.py and faults.py: a tenant, a batch of
+# distinct jobs submitted the way the API does, llmq worker processes, waiting on a batch, and
+# the memory of worker processes.
+
+DOC = (
+    "The port authority approved a new container terminal on Tuesday. It will cost 240 "
+    "million euros and add 1,200 jobs. Construction begins next spring. Environmental groups "
+    "asked for a review of dredging plans; the authority agreed to publish one in June."
+)
+ALL_QUEUES = "llm.high,llm.default,llm.low"
+FAKE_CHAIN = ["openai:gpt-4o-mini"]  # the fake provider behind OPENAI_BASE_URL
+
+
+def bench_tenant(engine: Engine, name: str) -> Any:
+    """A fresh tenant (via an API key): its id."""
+    from llmq import repository
+
+    principal = repository.authenticate(engine, repository.create_api_key(engine, name))
+    assert principal is not None
+    return principal.tenant_id
+
+
+def insert_jobs(
+    engine: Engine, tenant_id: Any, count: int, *, priority: str = "default", label: str = ""
+) -> Any:
+    """One batch of `count` distinct summarize jobs, cache off (every job calls the provider),
+    written in one transaction as POST /v1/batches does: the batch id."""
+    from llmq import repository
+
+    return repository.insert_batch(
+        engine,
+        tenant_id=tenant_id,
+        template="summarize",
+        template_version=1,
+        priority=priority,
+        chain=list(FAKE_CHAIN),
+        meta={},
+        items=[
+            repository.NewJob(input=f"{DOC} ({label}{i})", params={"no_cache": True})
+            for i in range(count)
+        ],
+    )
+
+
+def dispatch_batch(redis_url: str, batch_id: Any, priority: str = "default") -> float:
+    """Publish the batch's fan-out task as the API does; the wall-clock time (epoch s) just
+    before, which is when a benchmark's clock starts."""
+    from llmq.settings import PRIORITY_TO_QUEUE
+    from workers.celery_app import make_celery
+    from workers.dispatch import DISPATCH_BATCH
+
+    app = make_celery(redis_url)
+    started = time.time()
+    app.send_task(DISPATCH_BATCH, args=[str(batch_id)], queue=PRIORITY_TO_QUEUE[priority])
+    return started
+
+
+def status_counts(engine: Engine, batch_id: Any) -> dict[str, int]:
+    sql = "SELECT status, count(*) FROM jobs WHERE batch_id = :b GROUP BY status"
+    with engine.connect() as conn:
+        return {str(s): int(n) for s, n in conn.execute(text(sql), {"b": batch_id})}
+
+
+FINAL = ("succeeded", "failed", "blocked", "cancelled", "expired")
+
+
+def wait_batch(
+    engine: Engine,
+    batch_id: Any,
+    jobs: int,
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> float:
+    """Until every job of the batch is in a final state; the epoch time the last one finished
+    (from Postgres, so the polling interval does not add to the measurement)."""
+
+    def done() -> bool:
+        if check is not None:
+            check()
+        counts = status_counts(engine, batch_id)
+        return sum(counts.get(s, 0) for s in FINAL) >= jobs
+
+    wait_until(done, timeout, interval=0.25)
+    sql = "SELECT extract(epoch FROM max(finished_at)) FROM jobs WHERE batch_id = :b"
+    with engine.connect() as conn:
+        return float(conn.execute(text(sql), {"b": batch_id}).scalar_one())
+
+
+@contextmanager
+def llmq_workers(
+    env: dict[str, str],
+    log_dir: Path,
+    name: str,
+    *,
+    processes: int,
+    concurrency: int,
+    pool: str = "threads",
+    queues: str = ALL_QUEUES,
+) -> Iterator[Any]:
+    """`processes` x `llmq worker --pool POOL --concurrency N`, consuming once this yields (the
+    Stack: check_alive() and the children's pids); stopped on exit."""
+    from llmq.stack import Stack
+
+    stack = Stack(env=env, log_dir=log_dir)
+    try:
+        for index in range(processes):
+            stack.start_worker(f"{name}-{index}", queues=queues, concurrency=concurrency, pool=pool)
+        wait_workers(env["REDIS_URL"], processes)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _vm_hwm_bytes(pid: int) -> int | None:
+    """The kernel's peak resident set of a process (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class MemoryWatch:
+    """Peak resident memory of process trees (a worker and its pool's children), sampled by a
+    thread while the benchmark runs. Per tree: the peak of the summed RSS (children share pages
+    with their parent, so for prefork this over-counts), and the largest single process's peak,
+    taken from the kernel's high-water mark (VmHWM) where it exists so a spike between two
+    samples is not missed."""
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.25) -> None:
+        import threading
+
+        import psutil  # comes with the [bench] extra (locust depends on it)
+
+        self._psutil = psutil
+        self.roots = roots
+        self.interval = interval
+        self.tree_peak: dict[str, int] = dict.fromkeys(roots, 0)
+        self.process_peak: dict[str, int] = dict.fromkeys(roots, 0)
+        self.process_count: dict[str, int] = dict.fromkeys(roots, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()  # the processes are still alive here: read their high-water marks
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        psutil = self._psutil
+        for name, pid in self.roots.items():
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            total = 0
+            for proc in procs:
+                try:
+                    rss = int(proc.memory_info().rss)
+                except psutil.Error:
+                    continue
+                total += rss
+                peak = max(rss, _vm_hwm_bytes(proc.pid) or 0)
+                self.process_peak[name] = max(self.process_peak[name], peak)
+            self.tree_peak[name] = max(self.tree_peak[name], total)
+            self.process_count[name] = max(self.process_count[name], len(procs))
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """MiB per tree: peak of one process, peak of the tree's sum, and how many processes."""
+        mib = 1024 * 1024
+        return {
+            name: {
+                "peak_rss_process_mib": round(self.process_peak[name] / mib, 1),
+                "peak_rss_tree_mib": round(self.tree_peak[name] / mib, 1),
+                "processes": self.process_count[name],
+            }
+            for name in self.roots
+        }
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds used so far by these processes and their children: read
+    before and after a run, the difference is the workers' CPU for that run."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+    return total
+
+
+def finish_times(engine: Engine, batch_id: Any) -> list[float]:
+    """Epoch seconds at which each finished job of the batch finished, in order."""
+    sql = (
+        "SELECT extract(epoch FROM finished_at) FROM jobs "
+        "WHERE batch_id = :b AND finished_at IS NOT NULL ORDER BY finished_at"
+    )
+    with engine.connect() as conn:
+        return [float(t) for t in conn.execute(text(sql), {"b": batch_id}).scalars()]
+
+
+def steady_rate(times: Sequence[float], low: float = 0.1, high: float = 0.9) -> float | None:
+    """Jobs/s between the `low` and `high` quantiles of the finish times: the rate once the
+    pool is full and before the last jobs trickle out (start-up ramp and tail excluded)."""
+    if len(times) < 10:
+        return None
+    first, last = int(low * (len(times) - 1)), int(high * (len(times) - 1))
+    span = times[last] - times[first]
+    return (last - first) / span if span > 0 else None
+
+
+def log_bar_chart(
+    name: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    ylabel: str,
+    fmt: str = "%.3g",
+) -> Path:
+    """bench/results/<name>.png: bar_chart on a log scale, for values orders of magnitude
+    apart (a fraction of a second next to a minute)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bars = ax.bar(list(labels), list(values), color="#4c72b0")
+    ax.bar_label(bars, fmt=fmt)
+    ax.set_yscale("log")
+    ax.set_title(f"{title}\n{machine()}", fontsize=10)
+    ax.set_ylabel(ylabel)
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
+    fig.tight_layout()
+    out = RESULTS / f"{name}.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return out

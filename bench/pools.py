@@ -1,14 +1,25 @@
-"""Which Celery pool should llmq workers use? Jobs/s end to end at a fixed provider latency.
+"""Throughput end to end, against the engine's ceiling and the tutorial set-up (issue 7, items 2
+and 5), with the peak memory of every worker process.
 
-    .venv/bin/python bench/pools.py [--jobs 2000] [--latency-ms 100] [--concurrency 100]
+    .venv/bin/python bench/pools.py [--jobs 10000] [--latency-ms 100]
+                                    [--processes CORES] [--concurrency 100] [--gevent]
 
-Runs, in one go on the same embedded PostgreSQL + Redis and fake provider (a separate process):
-  raw-celery/threads  a task that only sleeps the latency (the engine's ceiling)
-  llmq/threads 1xC    the real pipeline (claim, guardrails, cache, SDK call, attempts, finish)
-  llmq/threads 2xC/2  the same concurrency split over two worker processes (one per core)
-  llmq/gevent         with --gevent (needs `pip install gevent`)
-  llmq/prefork-c2     the tutorial set-up: prefork pool, concurrency = cores
-Prints a table and writes bench/results/pools.json.
+In one run, on the same embedded PostgreSQL + Redis and fake provider (its own process):
+  raw Celery         the same pool, processes and concurrency as llmq; the task only sleeps the
+                     provider latency and counts itself in Redis: the engine's ceiling
+  llmq (recommended) README "Operations": one `llmq worker --pool threads` process per core,
+                     LLMQ_WORKER_CONCURRENCY (100) threads each; the whole pipeline (claim,
+                     guardrails, cache, SDK call over HTTP, attempt row, finish)
+  llmq prefork       llmq's pipeline on Celery's default pool, concurrency = cores
+  tutorial           what a user writes first (bench/tutorial_celery.py): Celery defaults
+                     (prefork, concurrency = cores), the OpenAI SDK called inline, the answer
+                     INSERTed into Postgres
+Submission is the API's path without the HTTP hop: the batch's rows in one transaction
+(repository.insert_batch), then the fan-out task (llmq.dispatch_batch) publishes one message per
+job. The clock starts at that publish and stops at the last job's finished_at in Postgres.
+The prefork rows are capped at cores/latency jobs/s, so they run a twentieth of the batch (at
+least 100 jobs): the rate is the same and the run stays within minutes.
+Prints a table and writes bench/results/pools.json and pools.png.
 """
 
 from __future__ import annotations
@@ -18,202 +29,326 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
+    DOC,
     ROOT,
+    MemoryWatch,
     bar_chart,
     bench_services,
-    count_jobs,
+    bench_tenant,
+    cpu_seconds,
+    dispatch_batch,
     fake_provider,
+    insert_jobs,
+    llmq_workers,
+    status_counts,
+    wait_batch,
     wait_until,
     wait_workers,
     write_results,
 )
-from llmq import repository
 from llmq.db.engine import get_engine
-from llmq.stack import Stack
+from llmq.settings import Settings
 
-DOC = (
-    "The port authority approved a new container terminal on Tuesday. It will cost 240 "
-    "million euros and add 1,200 jobs. Construction begins next spring. Environmental groups "
-    "asked for a review of dredging plans; the authority agreed to publish one in June."
-)
+TIMEOUT = 900.0
 
 
 def run_llmq(
     env: dict[str, str],
     log_dir: Path,
+    *,
     pool: str,
+    processes: int,
     concurrency: int,
     jobs: int,
-    timeout: float,
-    processes: int = 1,
-) -> float:
+) -> dict[str, Any]:
     engine = get_engine(env["DATABASE_URL"])
-    key = repository.create_api_key(engine, f"bench-{pool}-{processes}x{concurrency}")
-    principal = repository.authenticate(engine, key)
-    assert principal is not None
-    stack = Stack(env=env, log_dir=log_dir)
-    for index in range(processes):
-        stack.start_worker(
-            f"bench-{pool}-{index}",
-            queues="llm.high,llm.default,llm.low",
-            concurrency=concurrency,
-            pool=pool,
-        )
-    try:
-        wait_workers(env["REDIS_URL"], processes)  # the clock starts once all consume
-        batch_id = repository.insert_batch(
-            engine,
-            tenant_id=principal.tenant_id,
-            template="summarize",
-            template_version=1,
-            priority="default",
-            chain=["openai:gpt-4o-mini"],
-            meta={},
-            items=[
-                repository.NewJob(input=f"{DOC} ({i})", params={"no_cache": True})
-                for i in range(jobs)
-            ],
-        )
-        from workers.celery_app import make_celery
-        from workers.dispatch import DISPATCH_BATCH
+    tenant = bench_tenant(engine, f"bench-{pool}-{processes}x{concurrency}")
+    batch_id = insert_jobs(engine, tenant, jobs, label=f"{pool}-")
+    name = f"bench-{pool}"
+    with llmq_workers(
+        env, log_dir, name, processes=processes, concurrency=concurrency, pool=pool
+    ) as stack:
+        roots = {child.name: child.proc.pid for child in stack.children}
+        with MemoryWatch(roots) as memory:
+            cpu = cpu_seconds(list(roots.values()))
+            start = dispatch_batch(env["REDIS_URL"], batch_id)
+            end = wait_batch(engine, batch_id, jobs, TIMEOUT, stack.check_alive)
+            cpu = cpu_seconds(list(roots.values())) - cpu
+    counts = status_counts(engine, batch_id)
+    return {
+        "jobs": jobs,
+        "seconds": end - start,
+        "succeeded": counts.get("succeeded", 0),
+        "worker_cpu_s": cpu,
+        "memory": memory.report(),
+    }
 
-        start = time.perf_counter()
-        make_celery(env["REDIS_URL"]).send_task(
-            DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"
-        )
 
-        def done() -> bool:
-            stack.check_alive()
-            return count_jobs(engine, batch_id, "succeeded") >= jobs
+def _celery_worker(app: str, name: str, pool: str, concurrency: int, queue: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h",
+        "-P", pool, "-c", str(concurrency), "-Q", queue,
+        "--without-mingle", "--without-gossip", "-l", "WARNING",
+    ]  # fmt: skip
 
-        wait_until(done, timeout)
-        return jobs / (time.perf_counter() - start)
-    finally:
-        stack.stop()
+
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def run_raw(
     env: dict[str, str],
     log_dir: Path,
+    *,
+    processes: int,
     concurrency: int,
     jobs: int,
     latency_s: float,
-    timeout: float,
-) -> float:
+) -> dict[str, Any]:
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.delete("raw:done")
-    log = open(log_dir / "raw.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.raw_celery",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(concurrency),
-            "-Q",
-            "raw",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=log,
-    )
+    procs = [
+        _spawn(
+            _celery_worker("bench.raw_celery", f"raw-{i}", "threads", concurrency, "raw"),
+            env,
+            log_dir / f"raw-{i}.log",
+        )
+        for i in range(processes)
+    ]
     try:
         from bench.raw_celery import app as raw_app
 
-        wait_workers(env["REDIS_URL"], 1, raw_app)
-        start = time.perf_counter()
-        with raw_app.producer_or_acquire() as producer:
-            for _ in range(jobs):
-                raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
-        wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, timeout)
-        return jobs / (time.perf_counter() - start)
+        wait_workers(env["REDIS_URL"], processes, raw_app)
+        pids = [p.pid for p in procs]
+        with MemoryWatch({f"raw-{i}": pid for i, pid in enumerate(pids)}) as memory:
+            cpu = cpu_seconds(pids)
+            start = time.time()
+            with raw_app.producer_or_acquire() as producer:
+                for _ in range(jobs):
+                    raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
+            wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, TIMEOUT, 0.02)
+            end = time.time()
+            cpu = cpu_seconds(pids) - cpu
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(procs)
+    return {
+        "jobs": jobs,
+        "seconds": end - start,
+        "succeeded": jobs,
+        "worker_cpu_s": cpu,
+        "memory": memory.report(),
+    }
+
+
+def run_tutorial(
+    env: dict[str, str], log_dir: Path, *, concurrency: int, jobs: int
+) -> dict[str, Any]:
+    engine = get_engine(env["DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS tutorial_results"))
+        conn.execute(
+            text(
+                "CREATE TABLE tutorial_results (item int, output text, "
+                "finished_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+        )
+    proc = _spawn(
+        _celery_worker("bench.tutorial_celery", "tutorial", "prefork", concurrency, "tutorial"),
+        env,
+        log_dir / "tutorial.log",
+    )
+
+    def finished() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM tutorial_results")).scalar_one())
+
+    try:
+        from bench.tutorial_celery import app as tutorial_app
+
+        wait_workers(env["REDIS_URL"], 1, tutorial_app)
+        with MemoryWatch({"tutorial": proc.pid}) as memory:
+            cpu = cpu_seconds([proc.pid])
+            start = time.time()
+            with tutorial_app.producer_or_acquire() as producer:
+                for i in range(jobs):
+                    tutorial_app.send_task(
+                        "tutorial.summarize",
+                        args=[i, f"{DOC} (tutorial-{i})"],
+                        queue="tutorial",
+                        producer=producer,
+                    )
+            wait_until(lambda: finished() >= jobs, TIMEOUT, 0.25)
+            cpu = cpu_seconds([proc.pid]) - cpu
+        with engine.connect() as conn:
+            end = float(
+                conn.execute(
+                    text("SELECT extract(epoch FROM max(finished_at)) FROM tutorial_results")
+                ).scalar_one()
+            )
+    finally:
+        _stop([proc])
+    return {
+        "jobs": jobs,
+        "seconds": end - start,
+        "succeeded": jobs,
+        "worker_cpu_s": cpu,
+        "memory": memory.report(),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=2000)
+    cores = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=100)
-    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument(
+        "--processes", type=int, default=cores, help="worker processes (README: one per core)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=Settings().worker_concurrency,
+        help="threads per worker process (default LLMQ_WORKER_CONCURRENCY)",
+    )
     parser.add_argument("--gevent", action="store_true", help="also try the gevent pool")
     args = parser.parse_args()
-    latency_s = args.latency_ms / 1000
     results: list[dict[str, Any]] = []
     with fake_provider(args.latency_ms) as fake, bench_services("pools", fake) as bench:
-        env, log_dir = bench.env, bench.log_dir
-        timeout = 600.0
-        half = args.concurrency // 2
-        runs: list[tuple[str, Any]] = [
-            (
-                f"raw-celery/threads 1x{args.concurrency}",
-                lambda: run_raw(env, log_dir, args.concurrency, args.jobs, latency_s, timeout),
-            ),
-            (
-                f"llmq/threads 1x{args.concurrency}",
-                lambda: run_llmq(env, log_dir, "threads", args.concurrency, args.jobs, timeout),
-            ),
-            (
-                f"llmq/threads 2x{half}",
-                lambda: run_llmq(env, log_dir, "threads", half, args.jobs, timeout, 2),
-            ),
-        ]
-        if args.gevent:
-            runs.append(
-                (
-                    f"llmq/gevent 1x{args.concurrency}",
-                    lambda: run_llmq(env, log_dir, "gevent", args.concurrency, args.jobs, 180),
-                )
+        for key, label, run in plan(args, bench.env, bench.log_dir):
+            print(f"running {label} ...", flush=True)
+            try:
+                outcome = run()
+            except Exception as exc:
+                print(f"  failed: {exc}", file=sys.stderr, flush=True)
+                results.append({"key": key, "setup": label, "jobs_per_s": None, "error": str(exc)})
+                continue
+            rate = outcome["jobs"] / outcome["seconds"]
+            cpu_ms = 1000 * outcome["worker_cpu_s"] / outcome["jobs"]
+            results.append(
+                {"key": key, "setup": label, "jobs_per_s": round(rate, 1)}
+                | {k: outcome[k] for k in ("jobs", "succeeded", "memory")}
+                | {"seconds": round(outcome["seconds"], 2)}
+                | {"worker_cpu_ms_per_job": round(cpu_ms, 2)}
             )
-        tutorial_jobs = max(40, args.jobs // 20)
+    report(args, results)
+
+
+def plan(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path
+) -> list[tuple[str, str, Callable[[], dict[str, Any]]]]:
+    """(key, label, run) for each set-up, in the order they run."""
+    cores = os.cpu_count() or 1
+    latency_s = args.latency_ms / 1000
+    layout = f"{args.processes}x{args.concurrency}"
+    small = prefork_jobs(args.jobs)
+    runs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+        (
+            "raw",
+            f"raw Celery, threads {layout}, task = sleep",
+            lambda: run_raw(
+                env,
+                log_dir,
+                processes=args.processes,
+                concurrency=args.concurrency,
+                jobs=args.jobs,
+                latency_s=latency_s,
+            ),
+        ),
+        (
+            "llmq",
+            f"llmq, threads {layout} (recommended)",
+            lambda: run_llmq(
+                env,
+                log_dir,
+                pool="threads",
+                processes=args.processes,
+                concurrency=args.concurrency,
+                jobs=args.jobs,
+            ),
+        ),
+    ]
+    if args.gevent:
         runs.append(
             (
-                "llmq/prefork-c2 (tutorial)",
-                lambda: run_llmq(env, log_dir, "prefork", 2, tutorial_jobs, timeout),
+                "llmq-gevent",
+                f"llmq, gevent {layout}",
+                lambda: run_llmq(
+                    env,
+                    log_dir,
+                    pool="gevent",
+                    processes=args.processes,
+                    concurrency=args.concurrency,
+                    jobs=args.jobs,
+                ),
             )
         )
-        for name, run in runs:
-            try:
-                rate = run()
-            except Exception as exc:
-                print(f"{name}: failed: {exc}", file=sys.stderr)
-                results.append({"setup": name, "jobs_per_s": None, "error": str(exc)})
-                continue
-            results.append({"setup": name, "jobs_per_s": round(rate, 1)})
-            print(f"{name:30s} {rate:8.1f} jobs/s", flush=True)
-    raw = next((r["jobs_per_s"] for r in results if r["setup"].startswith("raw")), None)
-    bound = args.concurrency / latency_s
-    print(f"\ntheoretical bound concurrency/latency = {bound:.0f} jobs/s")
-    for r in results:
-        if raw and r["jobs_per_s"]:
-            r["vs_raw_celery"] = round(r["jobs_per_s"] / raw, 3)
-            print(f"{r['setup']:30s} {r['vs_raw_celery']:.2f} x raw Celery")
+    runs += [
+        (
+            "llmq-prefork",
+            f"llmq, prefork c{cores}",
+            lambda: run_llmq(
+                env, log_dir, pool="prefork", processes=1, concurrency=cores, jobs=small
+            ),
+        ),
+        (
+            "tutorial",
+            f"tutorial: Celery prefork c{cores}, SDK inline",
+            lambda: run_tutorial(env, log_dir, concurrency=cores, jobs=small),
+        ),
+    ]
+    return runs
+
+
+def prefork_jobs(jobs: int) -> int:
+    return max(100, jobs // 20)
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    latency_s = args.latency_ms / 1000
+    bound = args.processes * args.concurrency / latency_s
+    by_key = {r["key"]: r["jobs_per_s"] for r in results}
+    ratios: dict[str, float | None] = {
+        "llmq_vs_raw_celery": _ratio(by_key.get("llmq"), by_key.get("raw")),
+        "llmq_vs_tutorial": _ratio(by_key.get("llmq"), by_key.get("tutorial")),
+        "llmq_vs_bound": _ratio(by_key.get("llmq"), bound),
+    }
+    print_table(results, bound, ratios, args)
     write_results(
         "pools",
         {
+            "command": " ".join(["bench/pools.py", *sys.argv[1:]]),
             "jobs": args.jobs,
+            "prefork_jobs": prefork_jobs(args.jobs),
             "latency_ms": args.latency_ms,
-            "concurrency": args.concurrency,
+            "processes": args.processes,
+            "concurrency_per_process": args.concurrency,
             "theoretical_bound_jobs_per_s": bound,
+            "ratios": ratios,
+            "targets": {"llmq_vs_raw_celery": ">= 0.6", "llmq_vs_tutorial": "> 20"},
             "results": results,
         },
     )
@@ -222,9 +357,46 @@ def main() -> None:
         "pools",
         [r["setup"] for r in measured],
         [r["jobs_per_s"] for r in measured],
-        title=f"{args.jobs} jobs at {args.latency_ms:g} ms provider latency",
+        title=f"{args.jobs} jobs at {args.latency_ms:g} ms provider latency "
+        f"(bound {bound:.0f} jobs/s)",
         ylabel="jobs/s (end to end)",
     )
+
+
+def _ratio(ours: float | None, base: float | None) -> float | None:
+    return round(ours / base, 3) if ours and base else None
+
+
+def print_table(
+    results: list[dict[str, Any]],
+    bound: float,
+    ratios: dict[str, float | None],
+    args: argparse.Namespace,
+) -> None:
+    print(f"\n{args.jobs} jobs at {args.latency_ms:g} ms (prefork rows: {prefork_jobs(args.jobs)})")
+    print(
+        f"{'setup':44s} {'jobs':>6s} {'s':>7s} {'jobs/s':>8s} {'ok':>6s} "
+        f"{'CPU ms/job':>10s} {'RSS/proc MiB':>12s} {'RSS sum MiB':>11s}"
+    )
+    for r in results:
+        if r["jobs_per_s"] is None:
+            print(f"{r['setup']:44s} failed: {r['error'][:60]}")
+            continue
+        memory = r["memory"].values()
+        per_proc = max(m["peak_rss_process_mib"] for m in memory)
+        tree = sum(m["peak_rss_tree_mib"] for m in memory)
+        print(
+            f"{r['setup']:44s} {r['jobs']:6d} {r['seconds']:7.2f} {r['jobs_per_s']:8.1f} "
+            f"{r['succeeded']:6d} {r['worker_cpu_ms_per_job']:10.2f} {per_proc:12.1f} {tree:11.1f}"
+        )
+    print(f"\ntheoretical bound = processes x concurrency / latency = {bound:.0f} jobs/s")
+
+    def show(value: float | None, suffix: str = "") -> str:
+        return "n/a" if value is None else f"{value:.2f}{suffix}"
+
+    print(f"llmq / raw Celery = {show(ratios['llmq_vs_raw_celery'])}   (target >= 0.6)")
+    print(f"llmq / tutorial   = {show(ratios['llmq_vs_tutorial'], 'x')}   (target > 20x)")
+    print(f"llmq / bound      = {show(ratios['llmq_vs_bound'])}")
 
 
 if __name__ == "__main__":
