@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,21 +122,32 @@ class BenchServices:
 def bench_services(name: str, fake: FakeProvider | None = None) -> Iterator[BenchServices]:
     """Embedded PostgreSQL + Redis (not durable: a benchmark keeps nothing), migrated; their
     URLs (and the fake provider's) are put in os.environ for the driver and in `env` for
-    child processes."""
+    child processes. The data directory is deleted afterwards; a failed run keeps its logs."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"llmq-bench-{name}-"))
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True)
-    with embedded_services(data_dir, durable=False) as services:
-        upgrade(services.database_url)
-        env = {
-            "DATABASE_URL": services.database_url,
-            "REDIS_URL": services.redis_url,
-            "LLMQ_LOG_LEVEL": "WARNING",
-        }
-        if fake is not None:
-            env |= {"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": fake.openai_base_url}
-        os.environ.update(env)
-        yield BenchServices(env, get_engine(services.database_url), data_dir, log_dir)
+    failed = True
+    try:
+        with embedded_services(data_dir, durable=False) as services:
+            upgrade(services.database_url)
+            env = {
+                "DATABASE_URL": services.database_url,
+                "REDIS_URL": services.redis_url,
+                "LLMQ_LOG_LEVEL": "WARNING",
+            }
+            if fake is not None:
+                env |= {"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": fake.openai_base_url}
+            os.environ.update(env)
+            yield BenchServices(env, get_engine(services.database_url), data_dir, log_dir)
+        failed = False
+    finally:
+        for child in data_dir.iterdir():
+            if not (failed and child == log_dir):
+                shutil.rmtree(child, ignore_errors=True)
+        if failed:
+            print(f"logs of the failed run: {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
