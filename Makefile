@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
-.PHONY: demo test lint typecheck unit install install-dev up bench clean audit
+.PHONY: demo test lint typecheck unit install install-dev install-bench up bench clean audit
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required"; exit 1; }
@@ -27,6 +27,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-bench: $(VENV)/.installed-bench
 
 ## Summarize the shipped sample documents on the embedded default (no services, no keys).
 demo: $(VENV)/.installed
@@ -41,6 +42,10 @@ test: $(VENV)/.installed-dev
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q tests/unit
+
+## Every benchmark in one run (README "Benchmarks"); BENCH_ARGS=--quick for a smoke test.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 ## Run the stack (embedded PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set).
 up: $(VENV)/.installed
