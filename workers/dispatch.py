@@ -16,12 +16,21 @@ RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "
 DISPATCH_BATCH = "llmq.dispatch_batch"
 
 
+# Messages per Redis pipeline when a batch fans out.
+PUBLISH_BATCH = 500
+
+
 def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
-    """Publish (job_id, priority) pairs over one producer connection."""
+    """Publish (job_id, priority) pairs over one producer connection, pipelined.
+
+    One round trip per PUBLISH_BATCH messages instead of one each: half the CPU per message,
+    and, inside a busy worker, no wait for the interpreter lock after every message (a fan-out
+    there went at ~80 messages/s unpipelined). If a flush fails the caller marks the whole
+    chunk undispatched; the reconciler republishes it and the duplicates are no-ops."""
     if not jobs:
         return
     headers = outgoing_headers()  # request id and trace context travel with every message
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
         for job_id, priority in jobs:
             app.send_task(
                 RUN_JOB,
