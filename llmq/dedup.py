@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "llmq:inflight:"
 
-# KEYS: lock, waiters, failed mark, cache entry. ARGV: job id, lock ttl ms.
-# -> {"cached"} | {"bypass"} | {"leader"} | {"follower", lock pttl ms, newly registered 0/1}
+# KEYS: lock, waiters, failed mark, cache entry. ARGV: job id, lock ttl ms. The cache lookup is
+# part of it, so a job that misses the cache pays one round trip for both.
+# -> {"cached", value} | {"bypass"} | {"leader"} | {"follower", lock pttl ms, newly added 0/1}
 _ENTER = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return {'cached'} end
+local cached = redis.call('GET', KEYS[4])
+if cached then return {'cached', cached} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'bypass'} end
 local holder = redis.call('GET', KEYS[1])
 if (not holder) or holder == ARGV[1] then
@@ -101,13 +103,20 @@ class Follow:
 
 @dataclass(frozen=True)
 class Alone:
-    """No de-duplication for this job: the answer is cached now (`cached`), the last leader
-    failed, or Redis is unreachable."""
+    """No de-duplication for this job: the last leader failed, or Redis is unreachable
+    (`looked`: False when the cache was not read either)."""
 
-    cached: bool = False
+    looked: bool = True
 
 
-Turn = Lead | Follow | Alone
+@dataclass(frozen=True)
+class Cached:
+    """The answer is in the cache (its raw value)."""
+
+    raw: bytes | str
+
+
+Turn = Lead | Follow | Alone | Cached
 WAITING = {"link": "cache", "waiting": "identical_job_in_flight"}  # the follower's route entry
 
 
@@ -150,8 +159,10 @@ class InFlight:
             )
         except redis.RedisError as exc:
             log.warning("in-flight de-duplication unavailable: %s", type(exc).__name__)
-            return Alone()
+            return Alone(looked=False)
         kind = _text(reply[0])
+        if kind == "cached":
+            return Cached(reply[1])
         if kind == "leader":
             self._renewer.add(lock, job_id)
             return Lead()
@@ -160,13 +171,12 @@ class InFlight:
                 DEDUP.labels("waited").inc()
             # Back when the lock would expire if its leader died now (woken sooner if it ends).
             return Follow(max(self._min_wait_s, int(reply[1]) / 1000 + 0.1))
-        if kind == "bypass":
-            DEDUP.labels("computed_alone").inc()
-        return Alone(cached=kind == "cached")
+        DEDUP.labels("computed_alone").inc()  # "bypass": the last leader failed
+        return Alone()
 
     def leave(self, cache_key: str, job_id: str, how: str, later_s: float = 0.0) -> None:
         lock, waiters, failed = _keys(cache_key)
-        self._renewer.discard(lock)
+        self._renewer.discard(lock, job_id)
         ttl_ms = int((later_s * 1000 if how == "later" else 0) + self._lock_ms)
         try:
             woken = [_text(w) for w in self._leave(keys=[lock, waiters, failed],
@@ -232,12 +242,14 @@ def look_up(
     cache: ResultCache, inflight: InFlight | None, cache_key: str, job_id: str
 ) -> tuple[CachedResult | None, Turn]:
     """The cached answer, or this job's turn: lead (compute), follow (wait), or alone."""
-    hit = cache.get(cache_key)
-    if hit is not None or inflight is None:
-        return hit, Alone()
-    turn = inflight.enter(cache_key, job_id)
-    if isinstance(turn, Alone) and turn.cached:
-        return cache.get(cache_key), turn  # the answer landed between the two looks
+    if inflight is None:
+        return cache.get(cache_key), Alone()
+    turn = inflight.enter(cache_key, job_id)  # reads the cache too
+    if isinstance(turn, Cached):
+        return cache.found(turn.raw), Alone()
+    if isinstance(turn, Alone) and not turn.looked:
+        return cache.get(cache_key), turn
+    cache.found(None)
     return None, turn
 
 
@@ -266,9 +278,11 @@ class _Renewer:
                 )
                 self._thread.start()
 
-    def discard(self, lock: str) -> None:
+    def discard(self, lock: str, job_id: str) -> None:
         with self._lock:
-            self._held.pop(lock, None)
+            # Only its own: a lock that expired may have been taken over by a job of this process.
+            if self._held.get(lock) == job_id:
+                del self._held[lock]
 
     def _run(self) -> None:
         while not self._stop.wait(self._every_s):

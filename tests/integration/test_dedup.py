@@ -27,7 +27,7 @@ from sqlalchemy import Engine, text
 from llmq import ledger, repository
 from llmq.cache import ResultCache, cache_key
 from llmq.db.engine import get_engine
-from llmq.dedup import WAITING, Alone, Follow, InFlight, Lead
+from llmq.dedup import WAITING, Alone, Cached, Follow, InFlight, Lead
 from llmq.embedded import free_port
 from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
 from llmq.pipeline import Pipeline, PipelineConfig
@@ -259,7 +259,7 @@ def test_lock_ownership_hand_back_and_the_late_follower(
     inflight.leave(key, "d", "failed")
     assert inflight.enter(key, "e") == Alone()
     rclient.set(key, "{}")  # an answer is cached: nobody needs to lead
-    assert inflight.enter(key, "f") == Alone(cached=True)
+    assert inflight.enter(key, "f") == Cached(b"{}")
 
 
 def test_a_working_leader_keeps_its_lock_alive(services: Services, woken: Woken) -> None:
