@@ -559,20 +559,20 @@ def defer_job(
         return result.rowcount == 1
 
 
+_WAKE_SQL = text(
+    "UPDATE jobs SET not_before = NULL, dispatched_at = now() "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('queued', 'retrying') "
+    "RETURNING id::text, priority"
+)
+
+
 def wake_jobs(engine: Engine, job_ids: Sequence[str]) -> list[tuple[str, str]]:
     """Handed-back jobs to run now rather than after their delay: marked dispatched, returned
     as (id, priority) for publishing (jobs no longer waiting are left alone)."""
     if not job_ids:
         return []
     with _statement(engine) as conn:
-        rows = conn.execute(
-            text(
-                "UPDATE jobs SET not_before = NULL, dispatched_at = now() "
-                "WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('queued', 'retrying') "
-                "RETURNING id::text, priority"
-            ),
-            {"ids": list(job_ids)},
-        )
+        rows = conn.execute(_WAKE_SQL, {"ids": list(job_ids)})
         return [(r[0], r[1]) for r in rows]
 
 
