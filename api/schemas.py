@@ -84,6 +84,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ShortInputIn(Strict):
+    """Size-based routing for this request (llmq/routing.py)."""
+
+    link: Link = Field(description="provider:model tried first for a short input")
+    max_input_tokens: int = Field(
+        ge=1, le=10_000_000, description="inputs of at most this many estimated tokens"
+    )
+
+    @field_validator("link")
+    @classmethod
+    def _known_link(cls, link: str) -> str:
+        parse_link(link)
+        return link
+
+
 class Params(Strict):
     style: Annotated[str, Field(max_length=50)] | None = Field(
         default=None, description="summary style: paragraph|short|bullets|executive"
@@ -105,6 +120,11 @@ class Params(Strict):
 
     variables: dict[str, str | int | float | bool] | None = Field(
         default=None, description="values of the template's declared variables"
+    )
+    short_input: ShortInputIn | None = Field(
+        default=None,
+        description="try this cheaper model first when the input is short (overrides the "
+        "template's route)",
     )
 
 

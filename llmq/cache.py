@@ -54,6 +54,11 @@ class ResultCache:
             CACHE_LOOKUPS.labels("error").inc()
             log.warning("cache unavailable, continuing without it: %s", type(exc).__name__)
             return None
+        return self.found(raw)
+
+    def found(self, raw: bytes | str | None) -> CachedResult | None:
+        """Count a lookup (made here, or by the in-flight script in llmq/dedup.py) and decode
+        its value."""
         CACHE_LOOKUPS.labels("miss" if raw is None else "hit").inc()
         if raw is None:
             return None

@@ -38,7 +38,10 @@ class LeaseKeeper:
             yield
         finally:
             with self._lock:
-                self._held.pop(str(job_id), None)
+                # A job handed back and woken at once may already be held by another thread
+                # under a new owner: leave that one's renewal in place.
+                if self._held.get(str(job_id)) == owner:
+                    del self._held[str(job_id)]
 
     def _ensure_started(self) -> None:
         if self._thread is None:

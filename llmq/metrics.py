@@ -108,6 +108,14 @@ CACHE_LOOKUPS = Counter(
     "Result-cache lookups, by result (hit, miss, error).",
     ["result"],
 )
+DEDUP = Counter(
+    "llmq_cache_dedup_total",
+    "In-flight de-duplication of identical jobs (llmq/dedup.py), by event: waited (a job found "
+    "an identical one running and handed its slot back), served (waiting jobs woken with the "
+    "answer ready), leader_failed (waiting jobs woken to compute themselves), computed_alone "
+    "(a job computed itself because the last leader failed).",
+    ["event"],
+)
 CIRCUIT_OPENED = Counter(
     "llmq_circuit_opened_total",
     "Times a provider:model circuit opened (this process saw the transition).",

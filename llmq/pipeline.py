@@ -5,21 +5,23 @@ output guardrails -> record. Plain Python: the Celery task is a thin wrapper aro
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from llmq import observe, output_review, repository
+from llmq import dedup, observe, output_review, repository, routing
 from llmq.budgets import BudgetGuard, Hold
 from llmq.cache import CachedResult, ResultCache, cache_key
-from llmq.chat import effective_chain, input_guard
+from llmq.chat import input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.events import EventPublisher
@@ -31,10 +33,14 @@ from llmq.providers.base import Completion, CompletionRequest, Provider, Provide
 from llmq.providers.registry import parse_link
 from llmq.ratelimit import RateLimiter
 from llmq.retry import RetryPolicy
-from llmq.templates import TEMPLATES, Rendered, TemplateError, get_template
+from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_template
 from llmq.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
+
+# Params that do not change the question: no_cache asks for a fresh answer, and the short-input
+# route is already in the key as the chain it chose.
+NOT_IN_KEY = frozenset({"no_cache", routing.PARAM})
 
 
 @dataclass
@@ -73,6 +79,8 @@ CANCELLED = repository.Outcome(
 class Deferred:
     delay_s: float
     route: list[dict[str, Any]]
+    shown_as: str = JobStatus.RETRYING  # or QUEUED: waiting for an identical job (dedup.py)
+    then: Callable[[], None] | None = None  # run once the hand-back is written
 
 
 class Pipeline:
@@ -93,6 +101,7 @@ class Pipeline:
         events: EventPublisher | None = None,
         long_documents: LongDocuments | None = None,
         budgets: BudgetGuard | None = None,
+        inflight: dedup.InFlight | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -106,6 +115,7 @@ class Pipeline:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.budgets = budgets
+        self.inflight = inflight
         self.events = events
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
@@ -165,8 +175,12 @@ class Pipeline:
                 )
             watch.result = result
             if isinstance(result, Deferred):
-                repository.defer_job(self.engine, job.id, owner, result.delay_s, result.route)
-                return "deferred"
+                handed_back = repository.defer_job(
+                    self.engine, job.id, owner, result.delay_s, result.route, result.shown_as
+                )
+                if handed_back and result.then is not None:
+                    result.then()
+                return "deferred" if result.shown_as == JobStatus.RETRYING else result.shown_as
             if isinstance(result, Split):
                 assert self.long_documents is not None
                 self.long_documents.start(job, owner, result)
@@ -224,18 +238,41 @@ class Pipeline:
                 guardrails=findings,
             )
 
+        # A short input may try a cheaper model first (routing.py); the key is of the chain used.
+        choice = routing.choose_chain(job.chain, job.params, estimate_tokens(guarded.text))
         # no_cache asks for a fresh answer, not a different question: same key either way.
-        answer_params = {k: v for k, v in job.params.items() if k != "no_cache"}
-        key = cache_key(job.chain, template.name, template.version, asdict(rendered), answer_params)
+        answer_params = {k: v for k, v in job.params.items() if k not in NOT_IN_KEY}
+        key = cache_key(
+            choice.links, template.name, template.version, asdict(rendered), answer_params
+        )
+        turn: dedup.Turn = dedup.Alone()
         if self.cache is not None and not job.params.get("no_cache"):
             with observe.stage("cache.lookup"):
-                hit = self.cache.get(key)
+                hit, turn = dedup.look_up(self.cache, self.inflight, key, str(job.id))
             if hit is not None:
-                return _from_cache(hit, [{"link": "cache", "result": "ok"}], findings)
+                return choice.noted(_from_cache(hit, [{"link": "cache", "result": "ok"}], findings))
+            if isinstance(turn, dedup.Follow) and self.inflight is not None:
+                # An identical job is computing this answer: wait for it off the worker.
+                then = functools.partial(self.inflight.after_hand_back, key, str(job.id))
+                wait = [dict(dedup.WAITING)]
+                return choice.noted(Deferred(turn.delay_s, wait, JobStatus.QUEUED, then))
+        with dedup.leading(self.inflight, turn, key, str(job.id)) as answer:
+            answer.value = self._answer(job, owner, rendered, findings, template, key, choice)
+        return choice.noted(answer.value)
 
-        with observe.stage("provider_chain", chain=",".join(job.chain)):
+    def _answer(
+        self,
+        job: repository.ClaimedJob,
+        owner: str,
+        rendered: Rendered,
+        findings: list[dict[str, Any]],
+        template: Template,
+        key: str,
+        choice: routing.ChainChoice,
+    ) -> repository.Outcome | Deferred:
+        with observe.stage("provider_chain", chain=",".join(choice.links)):
             outcome = self._run_chain(
-                job, owner, rendered, findings, self.guardrails.output_for(template)
+                job, owner, rendered, findings, self.guardrails.output_for(template), choice.links
             )
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
@@ -260,6 +297,7 @@ class Pipeline:
         rendered: Rendered,
         findings: list[dict[str, Any]],
         output_guards: list[Guardrail],
+        chain: list[str],
     ) -> repository.Outcome | Deferred:
         policy = self.config.retry
         spec = output_review.OutputSpec.from_params(job.params)
@@ -294,7 +332,7 @@ class Pipeline:
         failure_codes: list[str] = []
         deadline = time.monotonic() + self.config.deadline_s - job.age_s
         window_ends = None if job.expires_in_s is None else time.monotonic() + job.expires_in_s
-        for link_text in effective_chain(job.chain, job.params):
+        for link_text in chain:
             link = parse_link(link_text)
             provider = self.providers.get(link.provider)
             if provider is None or not provider.is_configured():

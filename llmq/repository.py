@@ -525,7 +525,7 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
 
 
 _DEFER_SQL = text(
-    "UPDATE jobs SET status = 'retrying', deliveries = deliveries - 1, "
+    "UPDATE jobs SET status = :status, deliveries = deliveries - 1, "
     "not_before = now() + make_interval(secs => :delay), dispatched_at = NULL, "
     "lease_owner = NULL, lease_expires_at = NULL, route = CAST(:route AS jsonb) "
     "WHERE id = :id AND lease_owner = :owner AND status = 'running'"
@@ -533,17 +533,47 @@ _DEFER_SQL = text(
 
 
 def defer_job(
-    engine: Engine, job_id: uuid.UUID, owner: str, delay_s: float, route: list[dict[str, Any]]
+    engine: Engine,
+    job_id: uuid.UUID,
+    owner: str,
+    delay_s: float,
+    route: list[dict[str, Any]],
+    status: str = JobStatus.RETRYING,
 ) -> bool:
     """Give the job back to wait `delay_s` (a long backoff) without holding a worker slot.
+    `status` is what it shows meanwhile: `retrying`, or `queued` (waiting for an identical job).
 
     A planned hand-back is not a lost delivery, so it does not count towards max_deliveries."""
+    assert status in (JobStatus.RETRYING, JobStatus.QUEUED)
     with _statement(engine) as conn:
         result = conn.execute(
             _DEFER_SQL,
-            {"id": job_id, "owner": owner, "delay": delay_s, "route": json.dumps(route)},
+            {
+                "id": job_id,
+                "owner": owner,
+                "delay": delay_s,
+                "route": json.dumps(route),
+                "status": str(status),
+            },
         )
         return result.rowcount == 1
+
+
+_WAKE_SQL = text(
+    "UPDATE jobs SET not_before = NULL, dispatched_at = now() "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('queued', 'retrying') "
+    "RETURNING id::text, priority"
+)
+
+
+def wake_jobs(engine: Engine, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """Handed-back jobs to run now rather than after their delay: marked dispatched, returned
+    as (id, priority) for publishing (jobs no longer waiting are left alone)."""
+    if not job_ids:
+        return []
+    with _statement(engine) as conn:
+        rows = conn.execute(_WAKE_SQL, {"ids": list(job_ids)})
+        return [(r[0], r[1]) for r in rows]
 
 
 def renew_leases(engine: Engine, owner_by_job: dict[str, str], lease_s: float) -> None:

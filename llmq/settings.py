@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -147,6 +147,30 @@ class Settings(BaseSettings):
             except TemplateError as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    # Size-based routing per template name (llmq/routing.py), overriding the template's own:
+    # {"summarize": {"link": "openai:gpt-5-nano", "max_input_tokens": 400}}; null turns it off.
+    template_short_input: dict[str, dict[str, Any] | None] = {}
+
+    @field_validator("template_short_input")
+    @classmethod
+    def _valid_short_routes(
+        cls, value: dict[str, dict[str, Any] | None]
+    ) -> dict[str, dict[str, Any] | None]:
+        from llmq.routing import ShortInputRoute
+        from llmq.templates import TemplateError, get_family
+
+        for name, spec in value.items():
+            try:
+                get_family(name, public=True)
+                if spec is not None:
+                    ShortInputRoute.parse(spec)
+            except (TemplateError, ValueError) as exc:
+                raise ValueError(f"template_short_input[{name!r}]: {exc}") from None
+        return value
+
+    # Cache: identical jobs in flight at once are computed once (llmq/dedup.py).
+    cache_dedup: bool = True
 
     # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text

@@ -16,6 +16,8 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 
+from llmq.routing import ShortInputRoute
+
 SUMMARY_STYLES = {
     "paragraph": "Write one concise paragraph (at most about 120 words).",
     "short": "Write at most two sentences.",
@@ -67,6 +69,10 @@ class Template:
     # Token budget of one input. Plain prompts over it are refused at submission (422);
     # documents (summarizes=True) are never refused for size: long ones take the long path.
     max_input_tokens: int | None = None
+    # Size-based routing (llmq/routing.py): inputs of at most `short_input.max_input_tokens`
+    # estimated tokens try the cheaper `short_input.link` first (LLMQ_TEMPLATE_SHORT_INPUT
+    # overrides it per template name).
+    short_input: ShortInputRoute | None = None
 
     def __post_init__(self) -> None:
         used = set()

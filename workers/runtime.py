@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 
@@ -12,6 +13,7 @@ from llmq.budgets import BudgetGuard
 from llmq.cache import ResultCache
 from llmq.circuit import CircuitBreaker, CircuitPolicy
 from llmq.db.engine import get_engine
+from llmq.dedup import InFlight, wake_jobs
 from llmq.events import EventPublisher
 from llmq.guardrails import load_plugins
 from llmq.leases import LeaseKeeper
@@ -98,6 +100,12 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             limits_cache_s=settings.budget_cache_s,
             soft_fraction=settings.budget_soft_fraction,
         ),
+        # Identical jobs in flight at once are computed once; the lock lives as long as a lease.
+        inflight=InFlight(
+            client, settings.job_lease_s, functools.partial(wake_jobs, engine, publish_jobs)
+        )
+        if settings.cache_dedup
+        else None,
     )
 
 

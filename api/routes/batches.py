@@ -30,7 +30,13 @@ from ..intake import IdempotencyKey, read_batch, submit_once
 from ..key_limits import KeyLimiter
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
-from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
+from .submit import (
+    assign_version,
+    publish_quietly,
+    resolve_chain,
+    resolve_template,
+    with_short_input_routes,
+)
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -110,6 +116,15 @@ def accept_batch(
     )
     limiter.check_items(who, len(body.items))  # only what would be written
     chain = resolve_chain(body.chain, settings)
+    versions = [
+        assign_version(
+            template, body.template_version, who.tenant_id, item.custom_id, item.input, settings
+        )
+        for item in body.items
+    ]
+    params = with_short_input_routes(
+        template, versions, params, explicit_chain=body.chain is not None, settings=settings
+    )
     enforce_budget(
         engine, settings, who.tenant_id, template, chain,
         [(item.input, p) for item, p in zip(body.items, params, strict=True)],
@@ -156,16 +171,11 @@ def accept_batch(
                     params=p,
                     meta=item.metadata,
                     guardrails=found,
-                    template_version=assign_version(
-                        template,
-                        body.template_version,
-                        who.tenant_id,
-                        item.custom_id,
-                        item.input,
-                        settings,
-                    ),
+                    template_version=version,
                 )
-                for item, p, (text, found) in zip(body.items, params, stored, strict=True)
+                for item, p, version, (text, found) in zip(
+                    body.items, params, versions, stored, strict=True
+                )
             ],
             completion_window_s=window,
             webhook_url=body.webhook_url,

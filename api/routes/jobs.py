@@ -20,7 +20,13 @@ from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_inputs, selection
 from ..intake import IdempotencyKey, submit_once
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
-from .submit import assign_version, publish_quietly, resolve_chain, resolve_template
+from .submit import (
+    assign_version,
+    publish_quietly,
+    resolve_chain,
+    resolve_template,
+    with_short_input_routes,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -49,11 +55,17 @@ def submit_job(
     template = resolve_template(body.template, [body.params], body.template_version, settings)
     request.app.state.key_limiter.check_items(who, 1)  # only requests that would be written
     chain = resolve_chain(body.chain, settings)
-    params = body.params.model_dump(exclude_none=True)
-    enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
     version = assign_version(
         template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
     )
+    [params] = with_short_input_routes(
+        template,
+        [version],
+        [body.params.model_dump(exclude_none=True)],
+        explicit_chain=body.chain is not None,
+        settings=settings,
+    )
+    enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
     check_prompt_size(guards, template, [body.input], "body.input")
     [(stored_input, ingest_findings)] = redact_inputs(guards, settings, template, [body.input])
 

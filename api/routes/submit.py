@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from llmq import routing
 from llmq.settings import Settings
 from llmq.templates import (
     Experiment,
@@ -66,6 +68,38 @@ def assign_version(
     return choose_version(
         family, pinned=None, tenant=str(tenant_id), unit=unit, experiment=experiment
     )
+
+
+def with_short_input_routes(
+    template: Template,
+    versions: Sequence[int],
+    params: Sequence[dict[str, Any]],
+    *,
+    explicit_chain: bool,
+    settings: Settings | None,
+) -> list[dict[str, Any]]:
+    """Each item's params with the short-input route its job runs under (llmq/routing.py), from
+    the request, else the settings' or the template version's own (not for a chain the request
+    named). Items that shared a params object still share one per template version."""
+    overrides = settings.template_short_input if settings else {}
+    routed: dict[tuple[int, int], dict[str, Any]] = {}
+    out = []
+    for version, p in zip(versions, params, strict=True):
+        if routing.PARAM in p:
+            out.append(p)  # the request named its own route (validated by the schema)
+            continue
+        memo = (id(p), version)
+        if memo not in routed:
+            route = routing.route_for(
+                get_template(template.name, version).short_input,
+                overrides.get(template.name),
+                template.name in overrides,
+                requested=None,
+                explicit_chain=explicit_chain,
+            )
+            routed[memo] = p if route is None else {**p, routing.PARAM: route.as_param()}
+        out.append(routed[memo])
+    return out
 
 
 def resolve_chain(chain: list[str] | None, settings: Settings) -> list[str]:
