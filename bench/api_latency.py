@@ -160,8 +160,8 @@ def main() -> None:
         (out / "job_ids.txt").write_text("\n".join(ids))
         port = free_port()
         stack = Stack(env=bench.env, log_dir=bench.log_dir)
-        api = start_api(stack, port, args.api_workers)
         try:
+            api = start_api(stack, port, args.api_workers)
             if args.api_workers > 1:  # uvicorn's workers are up once they all answer
                 wait_until(lambda: len(process_tree(api.proc.pid)) > args.api_workers, 60)
             idle = tree_memory_mb(api.proc.pid, "VmRSS")

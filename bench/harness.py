@@ -271,7 +271,7 @@ def start_api(stack: Stack, port: int, workers: int = 1) -> Child:
     child = stack._spawn(
         "api", ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     )
-    wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=60)
+    wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=120)  # N imports of the app
     return child
 
 

@@ -112,7 +112,12 @@ def clear_batch(client: redis.Redis, engine: Any, batch_id: str) -> None:
 
 
 def one_run(
-    http: httpx.Client, client: redis.Redis, engine: Any, body: str, n: int
+    http: httpx.Client,
+    client: redis.Redis,
+    engine: Any,
+    dispatcher: subprocess.Popen[bytes],
+    body: str,
+    n: int,
 ) -> dict[str, float]:
     start = time.perf_counter()
     response = http.post("/v1/batches", content=body, headers={"content-type": "application/json"})
@@ -121,7 +126,12 @@ def one_run(
     batch_id = response.json()["id"]
     hand_to_dispatcher(client)
     assert count_jobs(engine, batch_id) == n  # durable: committed before the 202
-    wait_until(lambda: sum(queue_depths(client).values()) >= n, timeout=300, interval=0.01)
+
+    def all_queued() -> bool:
+        assert dispatcher.poll() is None, "the dispatcher exited: see its log"
+        return sum(queue_depths(client).values()) >= n
+
+    wait_until(all_queued, timeout=300, interval=0.01)
     queued = time.perf_counter() - start
     depth = sum(queue_depths(client).values())
     assert depth == n, f"{depth} messages for {n} jobs"  # each job published exactly once
@@ -142,9 +152,9 @@ def main() -> None:
         key = repository.create_api_key(engine, "ingest", requests_per_min=0, items_per_min=0)
         port = free_port()
         stack = Stack(env=bench.env, log_dir=bench.log_dir)
-        stack.start_api("127.0.0.1", port)
         dispatcher = start_dispatcher(bench)
         try:
+            stack.start_api("127.0.0.1", port)
             wait_workers(bench.env["REDIS_URL"], 1)
             # The reconciler's first tick treats a fresh broker as one that lost its data and
             # unmarks every live job; let it happen before any batch exists.
@@ -169,7 +179,10 @@ def main() -> None:
                     body = json.dumps(
                         {"items": [{"custom_id": str(i), "input": f"{DOC} {i}"} for i in range(n)]}
                     )
-                    runs = [one_run(http, client, engine, body, n) for _ in range(args.repeat)]
+                    runs = [
+                        one_run(http, client, engine, dispatcher, body, n)
+                        for _ in range(args.repeat)
+                    ]
                     accepted = statistics.median(r["accepted_s"] for r in runs)
                     queued = statistics.median(r["queued_s"] for r in runs)
                     fanout = statistics.median(r["queued_s"] - r["accepted_s"] for r in runs)

@@ -99,14 +99,14 @@ def run_llmq(bench: BenchServices, args: argparse.Namespace) -> list[dict[str, f
     key = repository.create_api_key(bench.engine, "overhead", requests_per_min=0, items_per_min=0)
     port = free_port()
     stack = Stack(env=bench.env, log_dir=bench.log_dir)
-    stack.start_api("127.0.0.1", port)
-    stack.start_worker(
-        "overhead",
-        queues="llm.high,llm.default,llm.low",
-        concurrency=args.concurrency,
-        pool="threads",
-    )
     try:
+        stack.start_api("127.0.0.1", port)
+        stack.start_worker(
+            "overhead",
+            queues="llm.high,llm.default,llm.low",
+            concurrency=args.concurrency,
+            pool="threads",
+        )
         wait_workers(bench.env["REDIS_URL"], 1)
         with httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
