@@ -1,11 +1,11 @@
 """API latency under load: p50/p99 of POST /v1/jobs and GET /v1/jobs/{id} with 100 concurrent
 clients (locust, headless, closed loop: no think time), and the API's peak memory.
 
-    .venv/bin/python bench/api_latency.py [--users 100] [--duration 30] [--api-workers 1]
+    .venv/bin/python bench/api_latency.py [--users 100] [--duration 30] [--api-workers 1 [2]]
 
 One phase per request kind, each `--duration` seconds with `--users` clients, against one API
-process started as the README runs it (`llmq api`: uvicorn, 1 worker process by default) on
-embedded PostgreSQL and Redis:
+process started as the README runs it (`llmq api`: uvicorn, 1 worker process by default; give
+`--api-workers 1 2` to compare with 2 in the same run) on embedded PostgreSQL and Redis:
   GET /healthz         the baseline: the same load on a route that touches no database
   POST /v1/jobs        one document; the job is inserted and its message published
   GET /v1/jobs/{id}    a random one of --prepare jobs that had succeeded before the load
@@ -37,6 +37,7 @@ from sqlalchemy import text
 
 from bench.harness import (
     ROOT,
+    BenchServices,
     bar_chart,
     bench_services,
     count_jobs,
@@ -63,7 +64,7 @@ PHASES = [
 DOC = "The harbour reopened after the storm. Ferries run again from Monday; repairs cost 2 m."
 
 
-def prepare_finished_jobs(bench: Any, key: str, count: int) -> list[str]:
+def prepare_finished_jobs(bench: BenchServices, key: str, count: int) -> list[str]:
     """`count` jobs run to `succeeded` by a worker that is stopped before the load starts."""
     principal = repository.authenticate(bench.engine, key)
     assert principal is not None
@@ -143,14 +144,87 @@ def run_locust(
     return stats, cpu
 
 
+def run_config(
+    bench: BenchServices, key: str, api_workers: int, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
+    """The three phases against one API process with `api_workers` uvicorn workers."""
+    rows: list[dict[str, Any]] = []
+    port = free_port()
+    stack = Stack(env=bench.env, log_dir=bench.log_dir)
+    try:
+        api = start_api(stack, port, api_workers)
+        if api_workers > 1:  # the supervisor answers once one worker is up; wait for all
+            wait_until(lambda: len(process_tree(api.proc.pid)) > api_workers, 60)
+        idle = tree_memory_mb(api.proc.pid, "VmRSS")
+        print(
+            f"\nllmq api --workers {api_workers}: RSS at rest {idle['total']} MB; "
+            f"locust {args.users} users x {args.duration} s per phase"
+        )
+        print(
+            f"{'request':22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5} "
+            f"{'x base p50':>10} {'x base p99':>10} {'API cpu ms/req':>14} {'locust':>6}"
+        )
+        locust_env = {"BENCH_KEY": key, "BENCH_JOB_IDS": str(out / "job_ids.txt")}
+        for user_class, name in PHASES:
+            cpu_before, start = tree_cpu_s(api.proc.pid), time.perf_counter()
+            stats, locust_cpu = run_locust(
+                user_class, f"http://127.0.0.1:{port}", args.users, args.duration, locust_env, out
+            )
+            wall = time.perf_counter() - start
+            stack.check_alive()
+            row: dict[str, Any] = {
+                "request": name,
+                "requests": int(stats["Request Count"]),
+                "failures": int(stats["Failure Count"]),
+                "req_per_s": round(float(stats["Requests/s"]), 1),
+                "p50_ms": float(stats["50%"]),
+                "p95_ms": float(stats["95%"]),
+                "p99_ms": float(stats["99%"]),
+                "mean_ms": round(float(stats["Average Response Time"]), 1),
+            }
+            # CPU per request (locust's start-up and ramp-up included, so slightly high):
+            # what one request costs the API, and what driving it cost the load tool.
+            served = max(1, row["requests"])
+            api_cpu = tree_cpu_s(api.proc.pid) - cpu_before
+            row["api_cpu_ms_per_req"] = round(1000 * api_cpu / served, 2)
+            row["locust_cpu_ms_per_req"] = round(1000 * locust_cpu / served, 2)
+            row["api_cpu_pct_of_phase"] = round(100 * api_cpu / wall)
+            base = rows[0] if rows else row
+            row["p50_vs_healthz"] = round(row["p50_ms"] / base["p50_ms"], 1)
+            row["p99_vs_healthz"] = round(row["p99_ms"] / base["p99_ms"], 1)
+            rows.append(row)
+            print(
+                f"{name:22} {row['req_per_s']:>7,.0f} {row['p50_ms']:>7g} "
+                f"{row['p99_ms']:>7g} {row['failures']:>5} {row['p50_vs_healthz']:>10} "
+                f"{row['p99_vs_healthz']:>10} {row['api_cpu_ms_per_req']:>14} "
+                f"{row['locust_cpu_ms_per_req']:>6}",
+                flush=True,
+            )
+        peak = tree_memory_mb(api.proc.pid, "VmHWM")
+    finally:
+        stack.stop()
+    print(f"API peak RSS (VmHWM): {peak['total']} MB over {len(peak) - 1} process(es)")
+    return {
+        "api_workers": api_workers,
+        "api_rss_at_rest_mb": idle,
+        "api_peak_rss_mb": peak,
+        "results": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--duration", type=int, default=30, help="seconds per phase")
-    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="uvicorn worker processes; several values run one after the other",
+    )
     parser.add_argument("--prepare", type=int, default=500, help="finished jobs to GET")
     args = parser.parse_args()
-    results: list[dict[str, Any]] = []
     out = Path(tempfile.mkdtemp(prefix="llmq-bench-locust-"))
     with fake_provider(10) as fake, bench_services("api_latency", fake) as bench:
         key = repository.create_api_key(
@@ -158,81 +232,28 @@ def main() -> None:
         )
         ids = prepare_finished_jobs(bench, key, args.prepare)
         (out / "job_ids.txt").write_text("\n".join(ids))
-        port = free_port()
-        stack = Stack(env=bench.env, log_dir=bench.log_dir)
-        try:
-            api = start_api(stack, port, args.api_workers)
-            if args.api_workers > 1:  # uvicorn's workers are up once they all answer
-                wait_until(lambda: len(process_tree(api.proc.pid)) > args.api_workers, 60)
-            idle = tree_memory_mb(api.proc.pid, "VmRSS")
-            print(
-                f"API: llmq api --workers {args.api_workers}; RSS at rest {idle['total']} MB; "
-                f"locust {args.users} users x {args.duration} s per phase\n"
-            )
-            print(
-                f"{'request':22} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5} "
-                f"{'x base p50':>10} {'x base p99':>10} {'API cpu ms/req':>14} {'locust':>6}"
-            )
-            locust_env = {"BENCH_KEY": key, "BENCH_JOB_IDS": str(out / "job_ids.txt")}
-            host = f"http://127.0.0.1:{port}"
-            for user_class, name in PHASES:
-                cpu_before, start = tree_cpu_s(api.proc.pid), time.perf_counter()
-                stats, locust_cpu = run_locust(
-                    user_class, host, args.users, args.duration, locust_env, out
-                )
-                wall = time.perf_counter() - start
-                stack.check_alive()
-                row: dict[str, Any] = {
-                    "request": name,
-                    "requests": int(stats["Request Count"]),
-                    "failures": int(stats["Failure Count"]),
-                    "req_per_s": round(float(stats["Requests/s"]), 1),
-                    "p50_ms": float(stats["50%"]),
-                    "p95_ms": float(stats["95%"]),
-                    "p99_ms": float(stats["99%"]),
-                    "mean_ms": round(float(stats["Average Response Time"]), 1),
-                }
-                # CPU per request (locust's start-up and ramp-up included, so slightly high):
-                # what one request costs the API, and what driving it cost the load tool.
-                served = max(1, row["requests"])
-                api_cpu = tree_cpu_s(api.proc.pid) - cpu_before
-                row["api_cpu_ms_per_req"] = round(1000 * api_cpu / served, 2)
-                row["locust_cpu_ms_per_req"] = round(1000 * locust_cpu / served, 2)
-                row["api_cpu_pct_of_phase"] = round(100 * api_cpu / wall)
-                base = results[0] if results else row
-                row["p50_vs_healthz"] = round(row["p50_ms"] / base["p50_ms"], 1)
-                row["p99_vs_healthz"] = round(row["p99_ms"] / base["p99_ms"], 1)
-                results.append(row)
-                print(
-                    f"{name:22} {row['req_per_s']:>7,.0f} {row['p50_ms']:>7g} "
-                    f"{row['p99_ms']:>7g} {row['failures']:>5} {row['p50_vs_healthz']:>10} "
-                    f"{row['p99_vs_healthz']:>10} {row['api_cpu_ms_per_req']:>14} "
-                    f"{row['locust_cpu_ms_per_req']:>6}",
-                    flush=True,
-                )
-            peak = tree_memory_mb(api.proc.pid, "VmHWM")
-        finally:
-            stack.stop()
-    print(f"\nAPI peak RSS (VmHWM): {peak['total']} MB over {len(peak) - 1} process(es)")
+        configs = [run_config(bench, key, n, args, out) for n in args.api_workers]
     write_results(
         "api_latency",
         {
             "users": args.users,
             "duration_s_per_phase": args.duration,
-            "api_workers": args.api_workers,
             "finished_jobs_for_get": len(ids),
-            "api_rss_at_rest_mb": idle,
-            "api_peak_rss_mb": peak,
             "note": "locust percentiles are rounded (to 1 ms below 100 ms, 10 ms below 1 s)",
-            "results": results,
+            "configs": configs,
         },
     )
     bar_chart(
         "api_latency",
-        [f"{r['request']} {q}" for r in results for q in ("p50", "p99")],
-        [r[f"{q}_ms"] for r in results for q in ("p50", "p99")],
-        title=f"API latency, {args.users} concurrent clients (locust), "
-        f"{args.api_workers} uvicorn worker(s)",
+        [
+            f"{r['request']} {q}" + (f" (w{c['api_workers']})" if len(configs) > 1 else "")
+            for c in configs
+            for r in c["results"]
+            for q in ("p50", "p99")
+        ],
+        [r[f"{q}_ms"] for c in configs for r in c["results"] for q in ("p50", "p99")],
+        title=f"API latency, {args.users} concurrent clients (locust), uvicorn workers: "
+        + ", ".join(str(c["api_workers"]) for c in configs),
         ylabel="ms",
     )
 
