@@ -32,7 +32,7 @@ from llmq.db.engine import get_engine  # noqa: E402
 from llmq.db.migrate import upgrade  # noqa: E402
 from llmq.embedded import embedded_services, free_port  # noqa: E402
 from llmq.fake_provider import FakeScript  # noqa: E402
-from llmq.stack import wait_http  # noqa: E402
+from llmq.stack import Child, Stack, wait_http  # noqa: E402
 
 
 def machine() -> str:
@@ -317,8 +317,6 @@ def llmq_workers(
 ) -> Iterator[Any]:
     """`processes` x `llmq worker --pool POOL --concurrency N`, consuming once this yields (the
     Stack: check_alive() and the children's pids); stopped on exit."""
-    from llmq.stack import Stack
-
     stack = Stack(env=env, log_dir=log_dir)
     try:
         for index in range(processes):
@@ -478,3 +476,85 @@ def log_bar_chart(
     plt.close(fig)
     print(f"wrote {out}")
     return out
+
+
+# --- latency helpers (ingest, API latency, overhead) -------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """{"p50": ..., "p95": ..., "p99": ..., "n": ...}, rounded to 0.01."""
+    out: dict[str, float] = {f"p{q:g}": round(percentile(values, q), 2) for q in qs}
+    out["n"] = len(values)
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants (uvicorn --workers, prefork children), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name (field 2) may hold spaces; the fields after its ')' do not.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A "kB" line of /proc/<pid>/status: VmHWM (peak RSS) or VmRSS (current RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def tree_memory_mb(pid: int, field: str = "VmHWM") -> dict[str, float]:
+    """`field` of `pid` and of each descendant, and their sum, in MB. The sum of peaks is an
+    upper bound of the tree's peak (the processes need not peak at the same moment)."""
+    per_process = {}
+    for member in process_tree(pid):
+        try:
+            per_process[str(member)] = round(proc_status_kb(member, field) / 1024, 1)
+        except (OSError, KeyError):
+            continue
+    return {"total": round(sum(per_process.values()), 1), **per_process}
+
+
+def start_api(stack: Stack, port: int, workers: int = 1) -> Child:
+    """Like `Stack.start_api`, with `llmq api --workers N` (uvicorn worker processes)."""
+    child = stack._spawn(
+        "api", ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    )
+    wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=120)  # N imports of the app
+    return child
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")

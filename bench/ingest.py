@@ -1,11 +1,19 @@
-"""Time to accept a batch: POST /v1/batches with N items -> HTTP 202 with every row durable.
+"""Ingest: time to accept a batch, and time until every one of its messages is on the queue.
 
-    .venv/bin/python bench/ingest.py [--items 10000 50000]
+    .venv/bin/python bench/ingest.py [--items 10000 50000] [--repeat 3]
 
-Runs the real API process (uvicorn) on embedded PostgreSQL and Redis with no worker, so the
-measured time is validation + one COPY + commit + publishing the fan-out message. The baseline
-in the same run is a trivial authenticated GET (the fixed cost of one request). Writes
-bench/results/ingest.json.
+The real API process (uvicorn, as `llmq api` runs it) on embedded PostgreSQL and Redis.
+  accepted  POST /v1/batches with N items -> HTTP 202; every row is checked committed.
+  on queue  the API publishes one dispatch message; a worker fans it out into N job messages
+            (workers/dispatch.py, tasks/jobs.py: claim 1,000 unpublished rows, publish them,
+            repeat). Measured from the POST until the llm.* Redis lists hold N messages.
+The dispatch message travels on the batch's priority queue, the same list its job messages
+go to, so a worker consuming that queue would start eating job messages while we count them.
+The bench therefore moves that one message (RPOPLPUSH, one Redis round trip, counted in the
+time) to a list only the dispatcher consumes: a real Celery worker process of the llmq app
+(same tasks, signals, reconciler), with no job worker anywhere. Baseline in the same run: a
+trivial authenticated request (GET of an unknown job -> 404). Writes bench/results/ingest.json
+and ingest.png.
 """
 
 from __future__ import annotations
@@ -13,29 +21,122 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import redis
 from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmq import repository  # noqa: E402
-from llmq.db.engine import get_engine  # noqa: E402
-from llmq.db.migrate import upgrade  # noqa: E402
-from llmq.embedded import embedded_services, free_port  # noqa: E402
-from llmq.stack import Stack  # noqa: E402
+from bench.harness import (
+    ROOT,
+    BenchServices,
+    bar_chart,
+    bench_services,
+    count_jobs,
+    wait_until,
+    wait_workers,
+    write_results,
+)
+from llmq import repository
+from llmq.embedded import free_port
+from llmq.settings import QUEUES
+from llmq.stack import Stack
+from workers.dispatch import DISPATCH_BATCH
+from workers.queues import PRIORITY_STEPS, SEP, queue_depths
+from workers.reconciler import BROKER_EPOCH_KEY
 
 DOC = (
     "The regional water board approved a new reservoir. It will store 40 million cubic "
     "metres and cost 310 million euros. Farmers asked for a share of the new capacity."
 )
+DISPATCH_ONLY = "bench.dispatch"  # a list no job message is ever published to
+TARGET_ITEMS, TARGET_S = 10_000, 1.0
+
+
+def start_dispatcher(bench: BenchServices) -> subprocess.Popen[bytes]:
+    """A Celery worker of the llmq app that consumes only DISPATCH_ONLY. `llmq worker` accepts
+    only the llm.* queues, so this runs the same app through Celery's own command line."""
+    log = open(bench.log_dir / "dispatcher.log", "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app:app",
+            "worker",
+            "-Q",
+            DISPATCH_ONLY,
+            "--pool",
+            "threads",
+            "--concurrency",
+            "4",
+            "--hostname",
+            "dispatcher@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **bench.env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def hand_to_dispatcher(client: redis.Redis, queue: str = "llm.default") -> None:
+    """Move the batch's dispatch message (the only message on `queue`) to the dispatcher."""
+    raw = client.rpoplpush(queue, DISPATCH_ONLY)
+    assert raw is not None, f"no dispatch message on {queue}"
+    task = json.loads(raw)["headers"]["task"]
+    assert task == DISPATCH_BATCH, f"expected the dispatch message, found {task}"
+
+
+def clear_batch(client: redis.Redis, engine: Any, batch_id: str) -> None:
+    """Drop the batch's messages and end its jobs, so the next run starts from empty queues
+    and the reconciler never re-publishes them."""
+    client.delete(*[q if s == 0 else f"{q}{SEP}{s}" for q in QUEUES for s in PRIORITY_STEPS])
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE batch_id = :b"),
+            {"b": batch_id},
+        )
+
+
+def one_run(
+    http: httpx.Client,
+    client: redis.Redis,
+    engine: Any,
+    dispatcher: subprocess.Popen[bytes],
+    body: str,
+    n: int,
+) -> dict[str, float]:
+    start = time.perf_counter()
+    response = http.post("/v1/batches", content=body, headers={"content-type": "application/json"})
+    accepted = time.perf_counter() - start
+    assert response.status_code == 202, response.text[:300]
+    batch_id = response.json()["id"]
+    hand_to_dispatcher(client)
+    assert count_jobs(engine, batch_id) == n  # durable: committed before the 202
+
+    def all_queued() -> bool:
+        assert dispatcher.poll() is None, "the dispatcher exited: see its log"
+        return sum(queue_depths(client).values()) >= n
+
+    wait_until(all_queued, timeout=300, interval=0.01)
+    queued = time.perf_counter() - start
+    depth = sum(queue_depths(client).values())
+    assert depth == n, f"{depth} messages for {n} jobs"  # each job published exactly once
+    clear_batch(client, engine, batch_id)
+    return {"accepted_s": accepted, "queued_s": queued}
 
 
 def main() -> None:
@@ -43,83 +144,105 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[10_000, 50_000])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="llmq-ingest-"))
-    results = []
-    with embedded_services(data_dir, durable=False) as services:
-        upgrade(services.database_url)
-        env = {"DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url}
-        os.environ.update(env)
-        engine = get_engine(services.database_url)
+    results: list[dict[str, Any]] = []
+    with bench_services("ingest") as bench:
+        engine = bench.engine
+        client = redis.Redis.from_url(bench.env["REDIS_URL"])
         # Unlimited: the benchmark measures ingest, not the per-key rate limit.
         key = repository.create_api_key(engine, "ingest", requests_per_min=0, items_per_min=0)
         port = free_port()
-        stack = Stack(env=env, log_dir=data_dir / "logs")
-        stack.start_api("127.0.0.1", port)
+        stack = Stack(env=bench.env, log_dir=bench.log_dir)
+        dispatcher = start_dispatcher(bench)
         try:
+            stack.start_api("127.0.0.1", port)
+            wait_workers(bench.env["REDIS_URL"], 1)
+            # The reconciler's first tick treats a fresh broker as one that lost its data and
+            # unmarks every live job; let it happen before any batch exists.
+            wait_until(lambda: bool(client.exists(BROKER_EPOCH_KEY)), timeout=60)
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}",
-                timeout=120,
+                timeout=300,
                 headers={"Authorization": f"Bearer {key}"},
-            ) as client:
+            ) as http:
                 baseline = []
-                for _ in range(20):
+                for _ in range(50):
                     start = time.perf_counter()
-                    client.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
+                    http.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
                     baseline.append(time.perf_counter() - start)
                 base_ms = statistics.median(baseline) * 1000
-                print(f"baseline GET (404)          {base_ms:8.1f} ms")
+                print(f"baseline: authenticated GET (404), median of 50: {base_ms:.1f} ms\n")
+                print(
+                    f"{'items':>7} {'MB':>5} {'accepted ms':>12} {'items/s':>9} "
+                    f"{'x baseline':>10} {'on queue ms':>12} {'msgs/s':>8}"
+                )
                 for n in args.items:
                     body = json.dumps(
                         {"items": [{"custom_id": str(i), "input": f"{DOC} {i}"} for i in range(n)]}
                     )
-                    times = []
-                    for _ in range(args.repeat):
-                        start = time.perf_counter()
-                        response = client.post(
-                            "/v1/batches",
-                            content=body,
-                            headers={"content-type": "application/json"},
-                        )
-                        elapsed = time.perf_counter() - start
-                        assert response.status_code == 202, response.text[:300]
-                        batch_id = response.json()["id"]
-                        with engine.connect() as conn:
-                            rows = conn.execute(
-                                text("SELECT count(*) FROM jobs WHERE batch_id = :b"),
-                                {"b": batch_id},
-                            ).scalar()
-                        assert rows == n  # durable: committed before the 202
-                        times.append(elapsed)
-                    median_ms = statistics.median(times) * 1000
+                    runs = [
+                        one_run(http, client, engine, dispatcher, body, n)
+                        for _ in range(args.repeat)
+                    ]
+                    accepted = statistics.median(r["accepted_s"] for r in runs)
+                    queued = statistics.median(r["queued_s"] for r in runs)
+                    fanout = statistics.median(r["queued_s"] - r["accepted_s"] for r in runs)
+                    row = {
+                        "items": n,
+                        "body_mb": round(len(body) / 1e6, 2),
+                        "accepted_ms": round(accepted * 1000, 1),
+                        "accepted_items_per_s": round(n / accepted),
+                        "accepted_vs_baseline": round(accepted * 1000 / base_ms, 1),
+                        "on_queue_ms": round(queued * 1000, 1),
+                        "fanout_after_202_ms": round(fanout * 1000, 1),
+                        "fanout_msgs_per_s": round(n / fanout),
+                        "runs": [
+                            {
+                                "accepted_ms": round(r["accepted_s"] * 1000, 1),
+                                "on_queue_ms": round(r["queued_s"] * 1000, 1),
+                            }
+                            for r in runs
+                        ],
+                    }
+                    results.append(row)
                     print(
-                        f"POST /v1/batches {n:>6} items {median_ms:8.1f} ms  "
-                        f"({len(body) / 1e6:.1f} MB, {n / statistics.median(times):,.0f} "
-                        f"items/s, {median_ms / base_ms:.0f}x a trivial request)"
-                    )
-                    results.append(
-                        {
-                            "items": n,
-                            "median_ms": round(median_ms, 1),
-                            "runs_ms": [round(t * 1000, 1) for t in times],
-                            "body_mb": round(len(body) / 1e6, 2),
-                            "vs_baseline_request": round(median_ms / base_ms, 1),
-                        }
+                        f"{n:>7} {row['body_mb']:>5} {row['accepted_ms']:>12,.1f} "
+                        f"{row['accepted_items_per_s']:>9,} {row['accepted_vs_baseline']:>10,.0f} "
+                        f"{row['on_queue_ms']:>12,.1f} {row['fanout_msgs_per_s']:>8,}",
+                        flush=True,
                     )
         finally:
+            dispatcher.terminate()
+            dispatcher.wait(timeout=60)
             stack.stop()
-    out = ROOT / "bench" / "results" / "ingest.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                f"Python {platform.python_version()}",
-                "baseline_get_ms": round(base_ms, 2),
-                "results": results,
-            },
-            indent=2,
+    target = next((r for r in results if r["items"] == TARGET_ITEMS), None)
+    met = None if target is None else target["accepted_ms"] / 1000 < TARGET_S
+    if target is not None:
+        print(
+            f"\ntarget: {TARGET_ITEMS:,} items accepted in < {TARGET_S:g} s: "
+            f"{'met' if met else 'NOT met'} ({target['accepted_ms'] / 1000:.2f} s)"
         )
+    print(f"medians of {args.repeat} runs; 'on queue' counts from the POST")
+    write_results(
+        "ingest",
+        {
+            "repeat": args.repeat,
+            "baseline_get_404_ms": round(base_ms, 2),
+            "target": {"items": TARGET_ITEMS, "accept_under_s": TARGET_S, "met": met},
+            "results": results,
+        },
     )
-    print(f"wrote {out}")
+    labels, values = [], []
+    for r in results:
+        labels += [f"{r['items']:,} accepted (202)", f"{r['items']:,} all on queue"]
+        values += [r["accepted_ms"], r["on_queue_ms"]]
+    bar_chart(
+        "ingest",
+        labels,
+        values,
+        title=f"POST /v1/batches: accepted and fanned out (medians of {args.repeat}); "
+        f"trivial request {base_ms:.1f} ms",
+        ylabel="ms from the POST",
+    )
 
 
 if __name__ == "__main__":

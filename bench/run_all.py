@@ -27,7 +27,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ingest": ([], ["--items", "2000", "--repeat", "1"]),
     "pools": ([], ["--jobs", "1000"]),
     "overhead": ([], ["--jobs", "60"]),
-    "api_latency": ([], ["--seconds", "10"]),
+    "api_latency": (["--api-workers", "1", "2"], ["--duration", "10", "--prepare", "100"]),
     "scaling": ([], ["--jobs", "120", "--processes", "1,2"]),
     "priority": ([], ["--low-jobs", "1000", "--probes", "3"]),
     "faults": ([], ["--jobs", "500"]),

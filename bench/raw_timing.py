@@ -1,0 +1,29 @@
+"""Bare Celery's queue wait, the floor for bench/overhead.py: a task that records when it was
+sent (an argument), when it started and when it ended, on the same Redis and pool as llmq."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from celery import Celery
+
+TIMINGS = "raw:timings"
+
+app = Celery("raw_timing", broker=os.environ["REDIS_URL"])
+app.conf.update(
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+)
+_client = redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@app.task(name="raw.timed_sleep")
+def timed_sleep(sent_at: float, seconds: float) -> None:
+    started = time.time()
+    time.sleep(seconds)
+    _client.rpush(TIMINGS, json.dumps([sent_at, started, time.time()]))
