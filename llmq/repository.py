@@ -699,7 +699,11 @@ def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str
     with engine.connect() as conn:
         row = (
             conn.execute(
-                text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id AND tenant_id = :t"),
+                text(
+                    f"SELECT {JOB_COLUMNS}, EXISTS (SELECT 1 FROM jobs c "
+                    "WHERE c.parent_id = jobs.id) AS has_children "
+                    "FROM jobs WHERE id = :id AND tenant_id = :t"
+                ),
                 {"id": job_id, "t": tenant_id},
             )
             .mappings()

@@ -117,7 +117,9 @@ def get_job(job_id: str, engine: EngineDep, who: PrincipalDep) -> JobOut:
     job["id"] = str(job["id"])
     job["batch_id"] = str(job["batch_id"]) if job["batch_id"] else None
     job["parent_id"] = str(job["parent_id"]) if job["parent_id"] else None
-    job["progress"] = mapreduce.progress(engine, uuid.UUID(job["id"]), job["status"])
+    # Only a split document has chunk progress; the flag came with the row (no extra query).
+    if job.pop("has_children"):
+        job["progress"] = mapreduce.progress(engine, uuid.UUID(job["id"]), job["status"])
     return JobOut.model_validate(job)
 
 
