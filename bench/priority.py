@@ -114,7 +114,12 @@ class Submitter:
 
 
 def undispatched(engine: Engine, batch_id: Any) -> int:
-    sql = "SELECT count(*) FROM jobs WHERE batch_id = :b AND dispatched_at IS NULL"
+    # Only waiting jobs: a job that finished may carry no mark (the reconciler's first tick on
+    # a fresh broker forgets every mark, and the job ran from its first message anyway).
+    sql = (
+        "SELECT count(*) FROM jobs WHERE batch_id = :b AND dispatched_at IS NULL "
+        "AND status = 'queued'"
+    )
     with engine.connect() as conn:
         return int(conn.execute(text(sql), {"b": batch_id}).scalar_one())
 
