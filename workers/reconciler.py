@@ -83,7 +83,12 @@ class Reconciler:
         self._stop.set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._settings.reconcile_interval_s):
+        # The first tick runs at once: on a fresh broker it records the broker's epoch before
+        # any work arrives. Later, it would mistake the messages of a batch published in the
+        # meantime for lost ones and publish every one of them again (harmless, but doubled).
+        first = True
+        while first or not self._stop.wait(self._settings.reconcile_interval_s):
+            first = False
             try:
                 tick(self._engine, self._client, self._settings)
             except (SQLAlchemyError, redis.RedisError, OSError) as exc:
