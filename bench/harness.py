@@ -161,9 +161,17 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 
 def bar_chart(
-    name: str, labels: Sequence[str], values: Sequence[float], *, title: str, ylabel: str
+    name: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    ylabel: str,
+    log: bool = False,
+    fmt: str = "%.1f",
 ) -> Path:
-    """bench/results/<name>.png: one bar per setup, its value printed on it."""
+    """bench/results/<name>.png: one bar per setup, its value printed on it. `log` for values
+    orders of magnitude apart (a fraction of a second next to a minute)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers or in CI
@@ -171,7 +179,9 @@ def bar_chart(
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bars = ax.bar(list(labels), list(values), color="#4c72b0")
-    ax.bar_label(bars, fmt="%.1f")
+    ax.bar_label(bars, fmt=fmt)
+    if log:
+        ax.set_yscale("log")
     ax.set_title(f"{title}\n{machine()}", fontsize=10)
     ax.set_ylabel(ylabel)
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
@@ -447,37 +457,6 @@ def steady_rate(times: Sequence[float], low: float = 0.1, high: float = 0.9) -> 
     return (last - first) / span if span > 0 else None
 
 
-def log_bar_chart(
-    name: str,
-    labels: Sequence[str],
-    values: Sequence[float],
-    *,
-    title: str,
-    ylabel: str,
-    fmt: str = "%.3g",
-) -> Path:
-    """bench/results/<name>.png: bar_chart on a log scale, for values orders of magnitude
-    apart (a fraction of a second next to a minute)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    bars = ax.bar(list(labels), list(values), color="#4c72b0")
-    ax.bar_label(bars, fmt=fmt)
-    ax.set_yscale("log")
-    ax.set_title(f"{title}\n{machine()}", fontsize=10)
-    ax.set_ylabel(ylabel)
-    plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
-    fig.tight_layout()
-    out = RESULTS / f"{name}.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"wrote {out}")
-    return out
-
-
 # --- latency helpers (ingest, API latency, overhead) -------------------------------------------
 
 
@@ -558,3 +537,37 @@ def tree_cpu_s(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / os.sysconf("SC_CLK_TCK")
+
+
+# --- child processes ------------------------------------------------------------------------
+
+
+def celery_worker_command(
+    app: str, name: str, pool: str, concurrency: int, queue: str
+) -> list[str]:
+    """`celery worker` for a bench app (or llmq's own, for a queue `llmq worker` refuses)."""
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h",
+        "-P", pool, "-c", str(concurrency), "-Q", queue,
+        "--without-mingle", "--without-gossip", "-l", "WARNING",
+    ]  # fmt: skip
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A child process in the repository root, its output appended to `log_path`."""
+    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen(
+        args, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM all, then SIGKILL whoever has not left after 30 s."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -35,11 +34,12 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
-    ROOT,
     BenchServices,
     bar_chart,
     bench_services,
+    celery_worker_command,
     count_jobs,
+    spawn,
     wait_until,
     wait_workers,
     write_results,
@@ -63,32 +63,10 @@ TARGET_ITEMS, TARGET_S = 10_000, 1.0
 def start_dispatcher(bench: BenchServices) -> subprocess.Popen[bytes]:
     """A Celery worker of the llmq app that consumes only DISPATCH_ONLY. `llmq worker` accepts
     only the llm.* queues, so this runs the same app through Celery's own command line."""
-    log = open(bench.log_dir / "dispatcher.log", "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app:app",
-            "worker",
-            "-Q",
-            DISPATCH_ONLY,
-            "--pool",
-            "threads",
-            "--concurrency",
-            "4",
-            "--hostname",
-            "dispatcher@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **bench.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return spawn(
+        celery_worker_command("workers.celery_app:app", "dispatcher", "threads", 4, DISPATCH_ONLY),
+        bench.env,
+        bench.log_dir / "dispatcher.log",
     )
 
 

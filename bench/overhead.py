@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,11 +34,13 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
-    ROOT,
     BenchServices,
     bar_chart,
     bench_services,
+    celery_worker_command,
     fake_provider,
+    spawn,
+    stop_processes,
     summarize,
     wait_until,
     wait_workers,
@@ -149,30 +149,12 @@ def run_llmq(bench: BenchServices, args: argparse.Namespace) -> list[dict[str, f
 def run_raw(bench: BenchServices, args: argparse.Namespace) -> list[list[float]]:
     """[sent, started, finished] per bare Celery task, sent at the same rate."""
     client = redis.Redis.from_url(bench.env["REDIS_URL"])
-    log = open(bench.log_dir / "raw_timing.log", "ab")  # noqa: SIM115 (the child owns it)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "bench.raw_timing",
-            "worker",
-            "-P",
-            "threads",
-            "-c",
-            str(args.concurrency),
-            "-Q",
-            "raw.timing",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **bench.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    proc = spawn(
+        celery_worker_command(
+            "bench.raw_timing", "raw-timing", "threads", args.concurrency, "raw.timing"
+        ),
+        bench.env,
+        bench.log_dir / "raw_timing.log",
     )
     try:
         from bench.raw_timing import TIMINGS
@@ -190,8 +172,7 @@ def run_raw(bench: BenchServices, args: argparse.Namespace) -> list[list[float]]
         timings = [json.loads(item) for item in client.lrange(TIMINGS, 0, -1)]
         return sorted(timings)[args.warmup :]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_processes([proc])
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -40,17 +39,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
     DOC,
-    ROOT,
     MemoryWatch,
     bar_chart,
     bench_services,
     bench_tenant,
+    celery_worker_command,
     cpu_seconds,
     dispatch_batch,
     fake_provider,
     insert_jobs,
     llmq_workers,
+    spawn,
     status_counts,
+    stop_processes,
     wait_batch,
     wait_until,
     wait_workers,
@@ -94,32 +95,6 @@ def run_llmq(
     }
 
 
-def _celery_worker(app: str, name: str, pool: str, concurrency: int, queue: str) -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", app, "worker", "-n", f"{name}@%h",
-        "-P", pool, "-c", str(concurrency), "-Q", queue,
-        "--without-mingle", "--without-gossip", "-l", "WARNING",
-    ]  # fmt: skip
-
-
-def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        args, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def run_raw(
     env: dict[str, str],
     log_dir: Path,
@@ -132,8 +107,8 @@ def run_raw(
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.delete("raw:done")
     procs = [
-        _spawn(
-            _celery_worker("bench.raw_celery", f"raw-{i}", "threads", concurrency, "raw"),
+        spawn(
+            celery_worker_command("bench.raw_celery", f"raw-{i}", "threads", concurrency, "raw"),
             env,
             log_dir / f"raw-{i}.log",
         )
@@ -154,7 +129,7 @@ def run_raw(
             end = time.time()
             cpu = cpu_seconds(pids) - cpu
     finally:
-        _stop(procs)
+        stop_processes(procs)
     return {
         "jobs": jobs,
         "seconds": end - start,
@@ -176,8 +151,10 @@ def run_tutorial(
                 "finished_at timestamptz NOT NULL DEFAULT clock_timestamp())"
             )
         )
-    proc = _spawn(
-        _celery_worker("bench.tutorial_celery", "tutorial", "prefork", concurrency, "tutorial"),
+    proc = spawn(
+        celery_worker_command(
+            "bench.tutorial_celery", "tutorial", "prefork", concurrency, "tutorial"
+        ),
         env,
         log_dir / "tutorial.log",
     )
@@ -210,7 +187,7 @@ def run_tutorial(
                 ).scalar_one()
             )
     finally:
-        _stop([proc])
+        stop_processes([proc])
     return {
         "jobs": jobs,
         "seconds": end - start,
@@ -265,6 +242,12 @@ def plan(
     latency_s = args.latency_ms / 1000
     layout = f"{args.processes}x{args.concurrency}"
     small = prefork_jobs(args.jobs)
+
+    def llmq(pool: str, processes: int, concurrency: int, jobs: int) -> Callable[[], Any]:
+        return lambda: run_llmq(
+            env, log_dir, pool=pool, processes=processes, concurrency=concurrency, jobs=jobs
+        )
+
     runs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
         (
             "raw",
@@ -281,14 +264,7 @@ def plan(
         (
             "llmq",
             f"llmq, threads {layout} (recommended)",
-            lambda: run_llmq(
-                env,
-                log_dir,
-                pool="threads",
-                processes=args.processes,
-                concurrency=args.concurrency,
-                jobs=args.jobs,
-            ),
+            llmq("threads", args.processes, args.concurrency, args.jobs),
         ),
     ]
     if args.gevent:
@@ -296,24 +272,11 @@ def plan(
             (
                 "llmq-gevent",
                 f"llmq, gevent {layout}",
-                lambda: run_llmq(
-                    env,
-                    log_dir,
-                    pool="gevent",
-                    processes=args.processes,
-                    concurrency=args.concurrency,
-                    jobs=args.jobs,
-                ),
+                llmq("gevent", args.processes, args.concurrency, args.jobs),
             )
         )
     runs += [
-        (
-            "llmq-prefork",
-            f"llmq, prefork c{cores}",
-            lambda: run_llmq(
-                env, log_dir, pool="prefork", processes=1, concurrency=cores, jobs=small
-            ),
-        ),
+        ("llmq-prefork", f"llmq, prefork c{cores}", llmq("prefork", 1, cores, small)),
         (
             "tutorial",
             f"tutorial: Celery prefork c{cores}, SDK inline",

@@ -38,13 +38,13 @@ from bench.harness import (
     DOC,
     FAKE_CHAIN,
     FINAL,
+    bar_chart,
     bench_services,
     bench_tenant,
     dispatch_batch,
     fake_provider,
     insert_jobs,
     llmq_workers,
-    log_bar_chart,
     status_counts,
     wait_batch,
     wait_until,
@@ -255,13 +255,15 @@ def main() -> None:
             "llm_low_backlog_throughout": saturated_all,
         },
     )
-    log_bar_chart(
+    bar_chart(
         "priority",
         ["llm.high, idle", "llm.high, llm.low saturated", "llm.low, same moment"],
         [idle_s["median_s"], busy_s["median_s"], low_probe["total_s"]],
         title=f"Submit -> finished, {args.latency_ms:g} ms provider latency, "
         f"{args.processes}x{args.concurrency} threads",
         ylabel="seconds, log scale (median of probes)",
+        log=True,
+        fmt="%.3g",
     )
 
 

@@ -9,13 +9,20 @@ import time
 import redis
 from celery import Celery
 
-app = Celery("raw", broker=os.environ["REDIS_URL"])
-app.conf.update(
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    worker_hijack_root_logger=False,
-)
+
+def bare_app(name: str) -> Celery:
+    """A Celery app on llmq's Redis with llmq's delivery settings and no llmq code."""
+    app = Celery(name, broker=os.environ["REDIS_URL"])
+    app.conf.update(
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = bare_app("raw")
 _counter = redis.Redis.from_url(os.environ["REDIS_URL"])
 
 

@@ -8,17 +8,12 @@ import os
 import time
 
 import redis
-from celery import Celery
+
+from bench.raw_celery import bare_app
 
 TIMINGS = "raw:timings"
 
-app = Celery("raw_timing", broker=os.environ["REDIS_URL"])
-app.conf.update(
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    worker_hijack_root_logger=False,
-)
+app = bare_app("raw_timing")
 _client = redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
