@@ -1,12 +1,14 @@
 """Where does a worker spend its CPU? py-spy samples one llmq worker process under load.
 
     .venv/bin/python bench/profile.py [--jobs 3000] [--latency-ms 100] [--seconds 20]
+                                      [--pool threads|gevent] [--waits]
 
-One worker (threads pool, the README's concurrency) runs a batch against the fake provider
-while py-spy records it (only the thread holding the GIL: Python CPU, not waits). Prints the
-functions with the most own time and the share of samples under each pipeline stage, and
-writes bench/results/profile.json and a flame graph bench/results/profile.svg. Needs py-spy
-(bench extra) and permission to ptrace a process of the same user.
+One worker (the README's concurrency) runs a batch against the fake provider while py-spy
+records it: only the thread holding the GIL (Python CPU, not waits), or every thread with
+--waits. Prints the functions with the most own time and the share of samples under each
+pipeline stage, and writes bench/results/profile.json and a flame graph
+bench/results/profile.svg. Needs py-spy (bench extra) and permission to ptrace a process of
+the same user.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--pool", default="threads", choices=["threads", "gevent"])
+    parser.add_argument(
+        "--waits", action="store_true", help="sample waiting too (all threads, not only the GIL's)"
+    )
     parser.add_argument("--keep-raw", action="store_true", help="keep py-spy's collapsed stacks")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -107,7 +113,7 @@ def main() -> None:
         stack = Stack(env=bench.env, log_dir=bench.log_dir)
         worker = stack.start_worker(
             "profile", queues="llm.high,llm.default,llm.low", concurrency=args.concurrency,
-            pool="threads",
+            pool=args.pool,
         )  # fmt: skip
         try:
             wait_workers(bench.env["REDIS_URL"], 1)
@@ -133,7 +139,7 @@ def main() -> None:
                 subprocess.run(
                     [py_spy, "record", "--pid", str(worker.proc.pid), "--duration",
                      str(args.seconds // 2), "--rate", "200", "--format", fmt, "--output",
-                     str(out), "--nonblocking", "--gil"],
+                     str(out), "--nonblocking", *(["--idle"] if args.waits else ["--gil"])],
                     check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             elapsed = time.perf_counter() - started

@@ -101,9 +101,6 @@ def worker(
     for queue in queues.split(","):
         if queue not in QUEUES:
             raise _fail(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
-    import tasks.jobs  # noqa: F401  (registers the tasks)
-    from workers.celery_app import app as celery_app
-
     argv = [
         "worker",
         "-Q",
@@ -119,6 +116,18 @@ def worker(
     ]
     if name:
         argv += ["--hostname", f"{name}@%h"]
+    if (pool or settings.worker_pool) == "gevent":
+        # gevent must patch sockets and locks before anything imports them; Celery's own entry
+        # point does that first thing, this process is too late (its locks would block the hub).
+        # A full gevent pool blocks intake by itself, so a prefetch of 2 x concurrency is never
+        # reached and holds no extra messages; at 1 x, the Redis poll stops while every slot is
+        # busy and only resumes after its 2 s timeout (jobs then run in bursts).
+        argv += ["--prefetch-multiplier", "2"]
+        celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+        os.execv(sys.executable, [*celery, *argv])
+    import tasks.jobs  # noqa: F401  (registers the tasks)
+    from workers.celery_app import app as celery_app
+
     celery_app.worker_main(argv)
 
 
