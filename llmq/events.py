@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,27 +32,70 @@ def batch_channel(batch_id: object) -> str:
 
 
 class EventPublisher:
-    """Fire-and-forget notifications: failing to publish never fails the job."""
+    """Fire-and-forget notifications: failing to publish never fails the job.
 
-    def __init__(self, client: redis.Redis) -> None:
+    Immediate by default (the API: a cancel wakes its streams at once). With `coalesce_s` (the
+    workers) channels are collected and published together every `coalesce_s` by a background
+    thread: a busy worker changes hundreds of jobs a second, readers only need to know that a
+    channel changed (they read Postgres, after a debounce of their own), and one pipelined
+    round trip per interval replaces two per job. Call `close()` to send what is pending."""
+
+    def __init__(self, client: redis.Redis, coalesce_s: float | None = None) -> None:
         self._client = client
+        self._coalesce_s = coalesce_s
+        self._pending: dict[str, str] = {}  # channel -> message, insertion ordered
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._flusher: threading.Thread | None = None
 
     def job_changed(self, job_id: object, batch_id: object | None, status: str) -> None:
         message = json.dumps({"job_id": str(job_id), "status": status})
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.publish(job_channel(job_id), message)
-            if batch_id is not None:
-                pipe.publish(batch_channel(batch_id), message)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.debug("event not published (%s); streams fall back to snapshots", exc)
+        channels = [job_channel(job_id)]
+        if batch_id is not None:
+            channels.append(batch_channel(batch_id))
+        self._send({channel: message for channel in channels})
 
     def batches_changed(self, batch_ids: Iterable[str]) -> None:
+        self._send(
+            {batch_channel(batch_id): json.dumps({"batch_id": batch_id}) for batch_id in batch_ids}
+        )
+
+    def close(self) -> None:
+        """Publish what is pending and stop the background thread (coalescing publishers)."""
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        self._flush()
+
+    def _send(self, messages: dict[str, str]) -> None:
+        if self._coalesce_s is None or self._closed:
+            self._publish(messages)
+            return
+        with self._lock:
+            self._pending.update(messages)
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._run, name="llmq-events", daemon=True)
+                self._flusher.start()
+
+    def _run(self) -> None:
+        assert self._coalesce_s is not None
+        while not self._closed:
+            self._wake.wait(self._coalesce_s)
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            self._publish(pending)
+
+    def _publish(self, messages: dict[str, str]) -> None:
         try:
             pipe = self._client.pipeline(transaction=False)
-            for batch_id in batch_ids:
-                pipe.publish(batch_channel(batch_id), json.dumps({"batch_id": batch_id}))
+            for channel, message in messages.items():
+                pipe.publish(channel, message)
             pipe.execute()
         except redis.RedisError as exc:
             log.debug("event not published (%s); streams fall back to snapshots", exc)

@@ -27,6 +27,9 @@ from llmq.settings import Settings, get_settings
 
 from .dispatch import publish_jobs
 
+# Streams debounce 100 ms themselves, so 50 ms of coalescing is invisible to a client.
+EVENTS_COALESCE_S = 0.05
+
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
 worker_name = f"{socket.gethostname()}"
@@ -89,7 +92,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
         leases=LeaseKeeper(engine, settings.job_lease_s),
         worker_name=name or worker_name,
-        events=EventPublisher(client),
+        events=EventPublisher(client, coalesce_s=EVENTS_COALESCE_S),
         long_documents=long_documents(settings, engine),
         budgets=BudgetGuard(
             engine,
@@ -125,3 +128,9 @@ def get_pipeline() -> Pipeline:
             if _pipeline is None:
                 _pipeline = build_pipeline(get_settings())
     return _pipeline
+
+
+def close_pipeline() -> None:
+    """Send what the process still holds back (coalesced notifications) at shutdown."""
+    if _pipeline is not None and _pipeline.events is not None:
+        _pipeline.events.close()

@@ -48,3 +48,4 @@ def _on_shutdown(**_: Any) -> None:
         _reconciler.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
+    runtime.close_pipeline()
