@@ -112,8 +112,8 @@ def _hard_cut(
 ) -> list[tuple[int, int, int]]:
     """(start, end, tokens) pieces of at most `max_tokens`, cut on token boundaries. BPE merges
     inside a word depend on the whole word, so a piece re-encoded on its own can count more
-    than its window: such a piece is cut again with half the window (a single character always
-    fits, so this ends)."""
+    than its window: such a piece is cut again with half the window, and at a window of one
+    token, halved by characters (a single character always fits, so this ends)."""
     pieces: list[tuple[int, int, int]] = []
     edges = [0, *tokenizer.cut_points(text, window), len(text)]
     for a, b in itertools.pairwise(edges):
@@ -123,8 +123,12 @@ def _hard_cut(
         if tokens <= max_tokens or b - a == 1:
             pieces.append((a, b, tokens))
             continue
-        for x, y, n in _hard_cut(text[a:b], max_tokens, max(1, window // 2), tokenizer):
-            pieces.append((a + x, a + y, n))
+        # Even one-token windows can leave a piece too big (tokens that straddle a multi-byte
+        # character have no cut point between them): then halve it by characters.
+        halves = [(a, b)] if window > 1 else [(a, (a + b) // 2), ((a + b) // 2, b)]
+        for lo, hi in halves:
+            for x, y, n in _hard_cut(text[lo:hi], max_tokens, max(1, window // 2), tokenizer):
+                pieces.append((lo + x, lo + y, n))
     return pieces
 
 

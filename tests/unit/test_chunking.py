@@ -155,3 +155,16 @@ def test_any_text_gives_well_formed_chunks(
     overlap = max_tokens * overlap_share // 16
     chunks = split_document(text, max_tokens, overlap, TOKENIZER)
     assert_well_formed(text, chunks, max_tokens, TOKENIZER)
+
+
+def test_hard_cut_ends_when_tokens_straddle_characters() -> None:
+    # "🙂alpha" is 3 tokens, yet no token boundary falls between its characters: with a
+    # one-token window no cut point exists, and the cutter once recursed until RecursionError.
+    from llmq.chunking import _hard_cut
+
+    text = "🙂alpha"
+    assert TOKENIZER.count(text) > 1 and TOKENIZER.cut_points(text, 1) == []
+    pieces = _hard_cut(text, 1, 1, TOKENIZER)
+    assert "".join(text[a:b] for a, b, _ in pieces) == text
+    assert [a for a, _, _ in pieces[1:]] == [b for _, b, _ in pieces[:-1]]  # contiguous
+    assert all(n <= 1 or b - a == 1 for a, b, n in pieces)
