@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from .base import (
     RETRYABLE_STATUSES,
@@ -46,19 +47,14 @@ class OpenAIProvider:
     def complete(self, request: CompletionRequest) -> Completion:
         if self._client is None:
             raise ProviderError("not_configured", "OPENAI_API_KEY is not set", retryable=False)
-        messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.extend(request.messages or [{"role": "user", "content": request.user}])
-        kwargs: dict[str, Any] = {"model": request.model, "messages": messages}
-        if request.model.startswith(_COMPLETION_TOKENS_PREFIXES):
-            kwargs["max_completion_tokens"] = request.max_tokens
-        else:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        body = request_body(request)
         try:
-            response = self._client.chat.completions.create(**kwargs)
+            # The SDK's client.post (its documented way to call any endpoint): the same
+            # transport, auth, timeouts, error classes and typed response as
+            # chat.completions.create, without create's walk of every one of its ~40 typed
+            # params, a third of the SDK's CPU per call. The body is plain JSON that the walk
+            # would return unchanged (tests/unit/test_providers_pure.py checks it).
+            response = self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         except openai.APITimeoutError as exc:
             raise ProviderError("timeout", "request timed out", retryable=True) from exc
         except openai.APIConnectionError as exc:
@@ -91,6 +87,22 @@ class OpenAIProvider:
             usage=usage,
             finish_reason="length" if choice.finish_reason == "length" else "stop",
         )
+
+
+def request_body(request: CompletionRequest) -> dict[str, Any]:
+    """The Chat Completions request body for `request`."""
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend(request.messages or [{"role": "user", "content": request.user}])
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
+    if request.model.startswith(_COMPLETION_TOKENS_PREFIXES):
+        body["max_completion_tokens"] = request.max_tokens
+    else:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
 
 
 def _status_error(exc: openai.APIStatusError) -> ProviderError:

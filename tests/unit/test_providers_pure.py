@@ -5,7 +5,8 @@ from decimal import Decimal
 import pytest
 
 from llmq.pricing import load_price_table, parse_price_table
-from llmq.providers.base import code_for_status, parse_retry_after
+from llmq.providers.base import CompletionRequest, code_for_status, parse_retry_after
+from llmq.providers.openai_provider import request_body
 from llmq.providers.registry import Link, parse_link
 from llmq.templates import TemplateError, get_template
 from llmq.tokens import estimate_tokens
@@ -97,3 +98,29 @@ def test_token_estimate_is_conservative_for_prose() -> None:
     # cl100k encodes this sentence as 10 tokens; the estimate may err high, never far low.
     assert 1000 <= estimate_tokens(text) <= 1400
     assert estimate_tokens("") == 0
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        CompletionRequest(model="gpt-4o-mini", user="Summarize this.", max_tokens=256),
+        CompletionRequest(
+            model="gpt-5-nano", user="", system="Be brief.", max_tokens=64, temperature=0.2,
+            messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                      {"role": "user", "content": [{"type": "text", "text": "Summarize."}]}],
+        ),
+    ],
+)  # fmt: skip
+def test_openai_body_is_what_the_sdks_create_would_send(request_: CompletionRequest) -> None:
+    # The provider posts its body without chat.completions.create's param transform; that is
+    # only safe while the transform would leave it unchanged (no aliases, no special types).
+    from openai._utils import maybe_transform
+    from openai.types.chat import completion_create_params
+
+    body = request_body(request_)
+    params = completion_create_params.CompletionCreateParamsNonStreaming
+    assert maybe_transform(body, params) == body
+    assert body["messages"][-1]["role"] == "user"
+    if request_.model.startswith("gpt-5"):  # reasoning models want max_completion_tokens
+        assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+        assert body["messages"][0] == {"role": "system", "content": "Be brief."}
