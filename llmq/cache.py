@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from llmq.metrics import CACHE_LOOKUPS
+from llmq.settings import CacheScope
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +25,31 @@ class CachedResult:
 
 
 def cache_key(
-    chain: list[str], template: str, version: int, rendered: Any, params: dict[str, Any]
+    chain: list[str],
+    template: str,
+    version: int,
+    rendered: Any,
+    params: dict[str, Any],
+    *,
+    scope: CacheScope,
+    tenant_id: uuid.UUID | str,
 ) -> str:
+    """The Redis key of an answer. Under the "tenant" scope the tenant is part of the material,
+    so neither the cached answer nor the in-flight lock (llmq/dedup.py) is shared across
+    tenants; "global" leaves the tenant out and gives the keys used before scopes existed."""
+    fields: dict[str, Any] = {
+        "chain": chain,
+        "template": template,
+        "version": version,
+        "prompt": rendered,
+        "params": params,
+    }
+    if scope == "tenant":
+        fields["tenant"] = str(tenant_id)
+    elif scope != "global":  # fail closed: an unknown scope must not quietly share answers
+        raise ValueError(f"unknown cache scope {scope!r}")
     material = json.dumps(
-        {
-            "chain": chain,
-            "template": template,
-            "version": version,
-            "prompt": rendered,
-            "params": params,
-        },
+        fields,
         sort_keys=True,
         separators=(",", ":"),
         default=str,

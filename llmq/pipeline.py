@@ -33,6 +33,7 @@ from llmq.providers.base import Completion, CompletionRequest, Provider, Provide
 from llmq.providers.registry import parse_link
 from llmq.ratelimit import RateLimiter
 from llmq.retry import RetryPolicy
+from llmq.settings import CacheScope
 from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_template
 from llmq.tokens import estimate_tokens
 
@@ -55,6 +56,7 @@ class PipelineConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     template_max_input_tokens: dict[str, int] = field(default_factory=dict)
     truncation_retry_max_tokens: int = 4096
+    cache_scope: CacheScope = "tenant"  # LLMQ_CACHE_SCOPE
 
 
 def _from_cache(
@@ -243,7 +245,13 @@ class Pipeline:
         # no_cache asks for a fresh answer, not a different question: same key either way.
         answer_params = {k: v for k, v in job.params.items() if k not in NOT_IN_KEY}
         key = cache_key(
-            choice.links, template.name, template.version, asdict(rendered), answer_params
+            choice.links,
+            template.name,
+            template.version,
+            asdict(rendered),
+            answer_params,
+            scope=self.config.cache_scope,
+            tenant_id=job.tenant_id,
         )
         turn: dedup.Turn = dedup.Alone()
         if self.cache is not None and not job.params.get("no_cache"):

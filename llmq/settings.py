@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -20,6 +20,8 @@ PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.l
 # A list setting given as "a,b,c" or as a JSON list. NoDecode: pydantic-settings would otherwise
 # json-decode the environment value before the validator sees it, and reject "a,b,c".
 CsvList = Annotated[list[str], NoDecode]
+# Who shares a cached answer (llmq/cache.py): each tenant its own, or every tenant.
+CacheScope = Literal["tenant", "global"]
 
 
 class Settings(BaseSettings):
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
 
     # Cache.
     cache_ttl_s: int = 86_400
+    # "tenant": a tenant never gets (or waits for) another tenant's answer, which would tell it
+    # that someone else asked the same; "global" shares answers (keys as before the scope).
+    cache_scope: CacheScope = "tenant"
 
     # Jobs and workers.
     job_lease_s: float = 60.0

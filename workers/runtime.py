@@ -54,12 +54,8 @@ def circuit_policy(settings: Settings) -> CircuitPolicy:
     )
 
 
-def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
-    if not settings.database_url:
-        raise RuntimeError("DATABASE_URL is not set")
-    engine = get_engine(settings.database_url)
-    load_plugins(settings.guardrail_plugins)
-    config = PipelineConfig(
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    return PipelineConfig(
         lease_s=settings.job_lease_s,
         max_deliveries=settings.max_deliveries,
         max_output_tokens=settings.max_output_tokens,
@@ -75,7 +71,16 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         ),
         template_max_input_tokens=settings.template_max_input_tokens,
         truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
+        cache_scope=settings.cache_scope,
     )
+
+
+def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set")
+    engine = get_engine(settings.database_url)
+    load_plugins(settings.guardrail_plugins)
+    config = pipeline_config(settings)
     client = redis_client(settings)
     prices = load_price_table(settings.pricing_file)
     return Pipeline(

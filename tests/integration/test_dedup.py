@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import random
 import time
 import uuid
@@ -35,6 +37,7 @@ from llmq.pricing import load_price_table
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.retry import RetryPolicy
+from llmq.settings import CacheScope
 from llmq.stack import Stack
 from llmq.templates import get_template
 
@@ -44,10 +47,10 @@ CHAIN = ["openai:gpt-4o-mini"]
 MAX_DELIVERIES = 3
 
 
-def _key(question: str, chain: list[str] = CHAIN) -> str:
+def _key(question: str, tenant: uuid.UUID, scope: CacheScope = "tenant") -> str:
     """The cache key the pipeline computes for a `prompt` job without params."""
     rendered = get_template("prompt").render(question, {})
-    return cache_key(chain, "prompt", 1, asdict(rendered), {})
+    return cache_key(CHAIN, "prompt", 1, asdict(rendered), {}, scope=scope, tenant_id=tenant)
 
 
 def _lock(key: str) -> str:
@@ -80,13 +83,23 @@ def fake(fake_provider: FakeProviderServer) -> Iterator[FakeProviderServer]:
     fake_provider.set_script(FakeScript())
 
 
-@pytest.fixture()
-def tenant(engine: Engine) -> uuid.UUID:
+def _new_tenant(engine: Engine) -> uuid.UUID:
     principal = repository.authenticate(
         engine, repository.create_api_key(engine, f"dedup-{uuid.uuid4().hex[:8]}")
     )
     assert principal is not None
     return principal.tenant_id
+
+
+@pytest.fixture()
+def tenant(engine: Engine) -> uuid.UUID:
+    return _new_tenant(engine)
+
+
+@pytest.fixture()
+def cache_scope() -> CacheScope:
+    """The pipeline's LLMQ_CACHE_SCOPE; a test parametrizes it to try the other one."""
+    return "tenant"
 
 
 @pytest.fixture()
@@ -103,8 +116,9 @@ def inflight(rclient: redis.Redis, woken: Woken) -> Iterator[InFlight]:
 
 @pytest.fixture()
 def pipeline(
-    engine: Engine, fake: FakeProviderServer, rclient: redis.Redis, inflight: InFlight
-) -> Pipeline:
+    engine: Engine, fake: FakeProviderServer, rclient: redis.Redis, inflight: InFlight,
+    cache_scope: CacheScope,
+) -> Pipeline:  # fmt: skip
     return Pipeline(
         engine,
         {
@@ -118,6 +132,7 @@ def pipeline(
             lease_s=30,
             max_deliveries=MAX_DELIVERIES,
             retry=RetryPolicy(max_attempts=1, base_s=0.01, cap_s=0.02),
+            cache_scope=cache_scope,
         ),
         sleep=lambda _: None,
         rng=random.Random(0),
@@ -160,7 +175,7 @@ def test_a_follower_waits_without_a_slot_and_takes_over_when_the_lock_is_gone(
     tenant: uuid.UUID, woken: Woken,
 ) -> None:  # fmt: skip
     question = _question()
-    rclient.set(_lock(_key(question)), "a-leader-elsewhere", px=30_000)  # in flight elsewhere
+    rclient.set(_lock(_key(question, tenant)), "a-leader-elsewhere", px=30_000)  # in flight
     job_id = _job(engine, tenant, question)
     calls = _calls(fake)
     # Handed back again and again while the leader works: never failed as worker_lost.
@@ -171,12 +186,12 @@ def test_a_follower_waits_without_a_slot_and_takes_over_when_the_lock_is_gone(
         assert row.route == [WAITING] and row.later  # back at the latest when the lock expires
     assert _calls(fake) == calls and woken.ids == []
 
-    rclient.delete(_lock(_key(question)))  # the leader died: its lock expired, no answer
+    rclient.delete(_lock(_key(question, tenant)))  # the leader died: its lock expired, no answer
     assert pipeline.run(job_id) == "succeeded"
     row = _row(engine, job_id)
     assert (row.cache_hit, row.attempts_made, row.error_code) == (False, 1, None)
     assert row.cost_usd > 0 and _calls(fake) == calls + 1
-    assert rclient.exists(_lock(_key(question))) == 0  # released by the new leader
+    assert rclient.exists(_lock(_key(question, tenant))) == 0  # released by the new leader
 
 
 def test_followers_are_woken_by_their_leader_and_finish_as_cache_hits_at_no_cost(
@@ -185,7 +200,7 @@ def test_followers_are_woken_by_their_leader_and_finish_as_cache_hits_at_no_cost
 ) -> None:  # fmt: skip
     question = _question()
     leader, *followers = [_job(engine, tenant, question) for _ in range(3)]
-    assert inflight.enter(_key(question), leader) == Lead()  # the leader is computing
+    assert inflight.enter(_key(question, tenant), leader) == Lead()  # the leader computes
     calls = _calls(fake)
     assert [pipeline.run(f) for f in followers] == ["queued", "queued"]
 
@@ -207,7 +222,7 @@ def test_a_leader_failure_does_not_fail_its_followers(
 ) -> None:  # fmt: skip
     question = _question()
     leader, follower = _job(engine, tenant, question), _job(engine, tenant, question)
-    assert inflight.enter(_key(question), leader) == Lead()
+    assert inflight.enter(_key(question, tenant), leader) == Lead()
     assert pipeline.run(follower) == "queued"
     fake.set_script(FakeScript(rules=[FaultRule(api="openai", fault="status", status=400,
                                                 first_n=1)]))  # fmt: skip
@@ -224,7 +239,7 @@ def test_no_cache_jobs_are_not_deduplicated(
     tenant: uuid.UUID,
 ) -> None:  # fmt: skip
     question = _question()
-    rclient.set(_lock(_key(question)), "a-leader-elsewhere", px=30_000)
+    rclient.set(_lock(_key(question, tenant)), "a-leader-elsewhere", px=30_000)
     job_id = _job(engine, tenant, question, no_cache=True)
     calls = _calls(fake)
     assert pipeline.run(job_id) == "succeeded"
@@ -279,6 +294,71 @@ def test_a_working_leader_keeps_its_lock_alive(services: Services, woken: Woken)
         assert client.exists(_lock(key)) == 0
     finally:
         flight.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenants (LLMQ_CACHE_SCOPE): by default neither the answer nor the in-flight lock is shared, so
+# a tenant cannot learn from a free, instant answer that another tenant asked the same.
+
+
+def test_tenants_do_not_share_answers_by_default(
+    engine: Engine, pipeline: Pipeline, fake: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    other = _new_tenant(engine)
+    question = _question()
+    mine, theirs, mine_again = (_job(engine, t, question) for t in (tenant, other, tenant))
+    calls = _calls(fake)
+    assert pipeline.run(mine) == "succeeded"
+    assert pipeline.run(theirs) == "succeeded"
+    assert _calls(fake) == calls + 2  # each tenant paid for its own answer
+    for job_id in (mine, theirs):
+        row = _row(engine, job_id)
+        assert (row.cache_hit, row.attempts_made) == (False, 1) and row.cost_usd > 0
+
+    assert pipeline.run(mine_again) == "succeeded"  # the same tenant asking again: a hit
+    row = _row(engine, mine_again)
+    assert (row.cache_hit, row.cost_usd, row.attempts_made) == (True, Decimal(0), 0)
+    assert row.result == _row(engine, mine).result and _calls(fake) == calls + 2
+
+
+def test_a_tenant_does_not_wait_for_another_tenants_identical_job(
+    engine: Engine, pipeline: Pipeline, inflight: InFlight, fake: FakeProviderServer,
+    tenant: uuid.UUID, woken: Woken,
+) -> None:  # fmt: skip
+    other = _new_tenant(engine)
+    question = _question()
+    leader, theirs = _job(engine, tenant, question), _job(engine, other, question)
+    assert inflight.enter(_key(question, tenant), leader) == Lead()  # computing for `tenant`
+    calls = _calls(fake)
+    assert pipeline.run(theirs) == "succeeded"  # not "queued" behind the other tenant's job
+    row = _row(engine, theirs)
+    assert (row.cache_hit, row.attempts_made, row.route) == (
+        False, 1, [{"link": "openai:gpt-4o-mini", "result": "ok"}],
+    )  # fmt: skip
+    assert _calls(fake) == calls + 1
+    inflight.leave(_key(question, tenant), leader, "failed")
+    assert woken.ids == []  # nobody was waiting on the leader
+
+
+@pytest.mark.parametrize("cache_scope", ["global"])
+def test_the_global_scope_shares_answers_and_in_flight_jobs_across_tenants(
+    engine: Engine, pipeline: Pipeline, inflight: InFlight, fake: FakeProviderServer,
+    tenant: uuid.UUID, woken: Woken,
+) -> None:  # fmt: skip
+    other = _new_tenant(engine)
+    question = _question()
+    leader, theirs, later = (_job(engine, t, question) for t in (tenant, other, other))
+    assert inflight.enter(_key(question, tenant, "global"), leader) == Lead()
+    calls = _calls(fake)
+    assert pipeline.run(theirs) == "queued"  # waits for the other tenant's identical job
+    assert pipeline.run(leader) == "succeeded"
+    assert woken.ids == [theirs]
+    for job_id in (theirs, later):
+        assert pipeline.run(job_id) == "succeeded"
+        row = _row(engine, job_id)
+        assert (row.cache_hit, row.cost_usd, row.attempts_made) == (True, Decimal(0), 0)
+        assert row.result == _row(engine, leader).result
+    assert _calls(fake) == calls + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +453,33 @@ def test_a_batch_computes_each_distinct_input_once(stack: dict[str, Any]) -> Non
     assert metric_value(scraped, "llmq_cache_dedup_total", event="served") >= 1
 
 
+def test_a_worker_answers_each_tenant_separately(stack: dict[str, Any]) -> None:
+    """A worker on the default scope: two tenants submit the same input at once and each job
+    calls the provider; the same tenant asking again gets its own cached answer."""
+    engine, fake, env = stack["engine"], stack["fake"], stack["env"]
+    # The worker's environment (ours plus the stack's) leaves the scope at its default.
+    assert {**os.environ, **env}.get("LLMQ_CACHE_SCOPE", "tenant") == "tenant"
+    tenants = [_new_tenant(engine) for _ in range(2)]
+    # Slow answers: under a shared key the second job would find the first in flight and wait.
+    fake.set_script(FakeScript(latency_ms=1000))
+    fake.reset()
+    question = _question()
+    batches = [submit_batch(engine, env, t, CHAIN, [question], "prompt") for t in tenants]
+
+    def finished(batch_id: uuid.UUID) -> Any:
+        (job,) = _batch_jobs(engine, batch_id)
+        return job if job.status == "succeeded" else None
+
+    first = [wait_for(functools.partial(finished, b), 60, "each tenant's job") for b in batches]
+    assert fake.stats()["requests"] == 2
+    assert all(not j.cache_hit and j.attempts == 1 and j.cost_usd > 0 for j in first)
+
+    again = submit_batch(engine, env, tenants[0], CHAIN, [question], "prompt")
+    job = wait_for(lambda: finished(again), 60, "the same tenant's second job")
+    assert (job.cache_hit, job.attempts, job.cost_usd) == (True, 0, Decimal(0))
+    assert job.result == first[0].result and fake.stats()["requests"] == 2
+
+
 def test_a_job_takes_over_when_its_leader_died(stack: dict[str, Any]) -> None:
     engine, fake = stack["engine"], stack["fake"]
     principal = repository.authenticate(engine, repository.create_api_key(engine, "dedup-t"))
@@ -381,7 +488,7 @@ def test_a_job_takes_over_when_its_leader_died(stack: dict[str, Any]) -> None:
     question = _question()
     client = redis.Redis.from_url(stack["env"]["REDIS_URL"])
     # A leader that died mid-call: its lock stays until it expires, and no answer comes.
-    client.set(_lock(_key(question)), "dead-leader", px=2000)
+    client.set(_lock(_key(question, principal.tenant_id)), "dead-leader", px=2000)
     calls = _calls(fake)
     batch_id = submit_batch(engine, stack["env"], principal.tenant_id, CHAIN, [question], "prompt")
 

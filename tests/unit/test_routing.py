@@ -85,10 +85,11 @@ def test_no_route_a_named_model_or_a_malformed_row_leave_the_chain_alone() -> No
 def test_the_cache_key_follows_the_chain_actually_used() -> None:
     def key(tokens: int) -> str:
         links = choose_chain(CHAIN, {"short_input": ROUTE}, tokens).links
-        return cache_key(links, "prompt", 1, {"user": "hi"}, {})
+        return cache_key(links, "prompt", 1, {"user": "hi"}, {}, scope="tenant", tenant_id="t")
 
     assert key(5) != key(500)
-    assert key(500) == cache_key(CHAIN, "prompt", 1, {"user": "hi"}, {})
+    assert key(500) == cache_key(CHAIN, "prompt", 1, {"user": "hi"}, {}, scope="tenant",
+                                 tenant_id="t")  # fmt: skip
 
 
 def test_the_note_leads_the_route_of_an_outcome_or_a_hand_back() -> None:
