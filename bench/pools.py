@@ -14,6 +14,9 @@ In one run, on the same embedded PostgreSQL + Redis and fake provider (its own p
   tutorial           what a user writes first (bench/tutorial_celery.py): Celery defaults
                      (prefork, concurrency = cores), the OpenAI SDK called inline, the answer
                      INSERTed into Postgres
+  tutorial threads   the same task on llmq's pool, processes and concurrency: the floor of any
+                     Celery set-up that calls the SDK and keeps the answer (nothing else: no
+                     retries, no attempt records, early acks)
 Submission is the API's path without the HTTP hop: the batch's rows in one transaction
 (repository.insert_batch), then the fan-out task (llmq.dispatch_batch) publishes one message per
 job. The clock starts at that publish and stops at the last job's finished_at in Postgres.
@@ -140,7 +143,7 @@ def run_raw(
 
 
 def run_tutorial(
-    env: dict[str, str], log_dir: Path, *, concurrency: int, jobs: int
+    env: dict[str, str], log_dir: Path, *, pool: str, processes: int, concurrency: int, jobs: int
 ) -> dict[str, Any]:
     engine = get_engine(env["DATABASE_URL"])
     with engine.begin() as conn:
@@ -151,13 +154,17 @@ def run_tutorial(
                 "finished_at timestamptz NOT NULL DEFAULT clock_timestamp())"
             )
         )
-    proc = spawn(
-        celery_worker_command(
-            "bench.tutorial_celery", "tutorial", "prefork", concurrency, "tutorial"
-        ),
-        env,
-        log_dir / "tutorial.log",
-    )
+    procs = [
+        spawn(
+            celery_worker_command(
+                "bench.tutorial_celery", f"tutorial-{i}", pool, concurrency, "tutorial"
+            ),
+            env,
+            log_dir / f"tutorial-{pool}-{i}.log",
+        )
+        for i in range(processes)
+    ]
+    pids = [p.pid for p in procs]
 
     def finished() -> int:
         with engine.connect() as conn:
@@ -166,9 +173,9 @@ def run_tutorial(
     try:
         from bench.tutorial_celery import app as tutorial_app
 
-        wait_workers(env["REDIS_URL"], 1, tutorial_app)
-        with MemoryWatch({"tutorial": proc.pid}) as memory:
-            cpu = cpu_seconds([proc.pid])
+        wait_workers(env["REDIS_URL"], processes, tutorial_app)
+        with MemoryWatch({f"tutorial-{i}": pid for i, pid in enumerate(pids)}) as memory:
+            cpu = cpu_seconds(pids)
             start = time.time()
             with tutorial_app.producer_or_acquire() as producer:
                 for i in range(jobs):
@@ -179,7 +186,7 @@ def run_tutorial(
                         producer=producer,
                     )
             wait_until(lambda: finished() >= jobs, TIMEOUT, 0.25)
-            cpu = cpu_seconds([proc.pid]) - cpu
+            cpu = cpu_seconds(pids) - cpu
         with engine.connect() as conn:
             end = float(
                 conn.execute(
@@ -187,7 +194,7 @@ def run_tutorial(
                 ).scalar_one()
             )
     finally:
-        stop_processes([proc])
+        stop_processes(procs)
     return {
         "jobs": jobs,
         "seconds": end - start,
@@ -280,7 +287,21 @@ def plan(
         (
             "tutorial",
             f"tutorial: Celery prefork c{cores}, SDK inline",
-            lambda: run_tutorial(env, log_dir, concurrency=cores, jobs=small),
+            lambda: run_tutorial(
+                env, log_dir, pool="prefork", processes=1, concurrency=cores, jobs=small
+            ),
+        ),
+        (
+            "tutorial-threads",
+            f"tutorial task on threads {layout} (SDK + INSERT only)",
+            lambda: run_tutorial(
+                env,
+                log_dir,
+                pool="threads",
+                processes=args.processes,
+                concurrency=args.concurrency,
+                jobs=args.jobs,
+            ),
         ),
     ]
     return runs
@@ -297,6 +318,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     ratios: dict[str, float | None] = {
         "llmq_vs_raw_celery": _ratio(by_key.get("llmq"), by_key.get("raw")),
         "llmq_vs_tutorial": _ratio(by_key.get("llmq"), by_key.get("tutorial")),
+        "llmq_vs_tutorial_threads": _ratio(by_key.get("llmq"), by_key.get("tutorial-threads")),
         "llmq_vs_bound": _ratio(by_key.get("llmq"), bound),
     }
     print_table(results, bound, ratios, args)
@@ -338,18 +360,18 @@ def print_table(
 ) -> None:
     print(f"\n{args.jobs} jobs at {args.latency_ms:g} ms (prefork rows: {prefork_jobs(args.jobs)})")
     print(
-        f"{'setup':44s} {'jobs':>6s} {'s':>7s} {'jobs/s':>8s} {'ok':>6s} "
+        f"{'setup':52s} {'jobs':>6s} {'s':>7s} {'jobs/s':>8s} {'ok':>6s} "
         f"{'CPU ms/job':>10s} {'RSS/proc MiB':>12s} {'RSS sum MiB':>11s}"
     )
     for r in results:
         if r["jobs_per_s"] is None:
-            print(f"{r['setup']:44s} failed: {r['error'][:60]}")
+            print(f"{r['setup']:52s} failed: {r['error'][:60]}")
             continue
         memory = r["memory"].values()
         per_proc = max(m["peak_rss_process_mib"] for m in memory)
         tree = sum(m["peak_rss_tree_mib"] for m in memory)
         print(
-            f"{r['setup']:44s} {r['jobs']:6d} {r['seconds']:7.2f} {r['jobs_per_s']:8.1f} "
+            f"{r['setup']:52s} {r['jobs']:6d} {r['seconds']:7.2f} {r['jobs_per_s']:8.1f} "
             f"{r['succeeded']:6d} {r['worker_cpu_ms_per_job']:10.2f} {per_proc:12.1f} {tree:11.1f}"
         )
     print(f"\ntheoretical bound = processes x concurrency / latency = {bound:.0f} jobs/s")
@@ -359,6 +381,7 @@ def print_table(
 
     print(f"llmq / raw Celery = {show(ratios['llmq_vs_raw_celery'])}   (target >= 0.6)")
     print(f"llmq / tutorial   = {show(ratios['llmq_vs_tutorial'], 'x')}   (target > 20x)")
+    print(f"llmq / tutorial task on threads = {show(ratios['llmq_vs_tutorial_threads'])}")
     print(f"llmq / bound      = {show(ratios['llmq_vs_bound'])}")
 
 
