@@ -12,7 +12,7 @@ from workers.runtime import redis_client
 from . import errors, ingest_guard, observability
 from .auth import Authenticator
 from .key_limits import KeyLimiter
-from .limits import BodySizeLimit
+from .limits import UPLOAD_ENVELOPE_BYTES, BodySizeLimit
 from .routes import (
     admin,
     batches,
@@ -65,7 +65,10 @@ def _install_security(app: FastAPI, settings: Settings) -> None:
     """Key management, per-key rate limits, the body-size cap and (opt-in) CORS."""
     app.state.key_limiter = KeyLimiter(app.state.redis, settings)
     app.include_router(admin.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # The OpenAI-compatible upload has its own cap (LLMQ_COMPAT_MAX_FILE_BYTES), checked again
+    # by the route on the file itself; the slack is the multipart envelope around it.
+    uploads = {"/openai/v1/files": settings.compat_max_file_bytes + UPLOAD_ENVELOPE_BYTES}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path=uploads)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -12,19 +12,29 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# Room for a multipart upload's boundaries, part headers and other form fields.
+UPLOAD_ENVELOPE_BYTES = 64 * 1024
+
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`max_bytes` for every request, except the paths in `per_path` (exact match), which have
+    their own cap (a file upload's is larger than a JSON request's)."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_bytes <= 0:
+        max_bytes = self.per_path.get(scope.get("path", ""), self.default_max_bytes)
+        if scope["type"] != "http" or max_bytes <= 0:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared > max_bytes:
+            await self._refuse(send, max_bytes)
             return
         messages: list[Message] = []
         size = 0
@@ -34,8 +44,8 @@ class BodySizeLimit:
             if message["type"] != "http.request":
                 break  # client went away: let the app see the disconnect
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > max_bytes:
+                await self._refuse(send, max_bytes)
                 return
             if not message.get("more_body", False):
                 break
@@ -47,11 +57,11 @@ class BodySizeLimit:
 
         await self.app(scope, replayed, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, max_bytes: int) -> None:
         body: dict[str, Any] = {
             "error": {
                 "code": "payload_too_large",
-                "message": f"request body is larger than {self.max_bytes} bytes",
+                "message": f"request body is larger than {max_bytes} bytes",
             }
         }
         payload = json.dumps(body).encode()

@@ -354,3 +354,35 @@ def test_cors_is_off_by_default_and_on_for_configured_origins(
         assert allowed.headers["access-control-allow-origin"] == "https://app.example"
         other = client.options("/v1/jobs", headers={**preflight, "Origin": "https://evil.example"})
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_batch_file_uploads_have_their_own_cap_above_the_body_cap(
+    stack_env: dict[str, str], new_key: Any
+) -> None:
+    from api.app import create_app
+    from llmq.settings import Settings
+
+    # A batch input file may be larger than any JSON request: LLMQ_COMPAT_MAX_FILE_BYTES, not
+    # LLMQ_MAX_BODY_BYTES, decides (it used to be refused by the smaller body cap first).
+    settings = Settings(max_body_bytes=2_000, compat_max_file_bytes=20_000)
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": "gpt-4o-mini",
+                                "messages": [{"role": "user", "content": "x" * 100}]}})  # fmt: skip
+    key = new_key()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+
+        def upload(lines: int) -> Any:
+            data = ("\n".join([line] * lines) + "\n").encode()
+            return client.post(
+                "/openai/v1/files", headers=auth(key), data={"purpose": "batch"},
+                files={"file": ("in.jsonl", data, "application/jsonl")},
+            )  # fmt: skip
+
+        fits = upload(40)  # ~8 kB: over the body cap, under the file cap
+        assert fits.status_code == 200, fits.text
+        assert fits.json()["bytes"] > 2_000
+        too_big = upload(200)  # ~40 kB: the route refuses it in the OpenAI error shape
+        assert too_big.status_code == 413
+        assert too_big.json()["error"]["param"] == "file"
+        other = client.post("/v1/jobs", json={"input": "x" * 5_000}, headers=auth(key))
+        assert other.status_code == 413  # every other path keeps the body cap

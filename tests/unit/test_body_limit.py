@@ -13,10 +13,12 @@ from api.limits import BodySizeLimit
 class Upload:
     """A client sending `chunks` pieces of `size` bytes, recording how many the server pulled."""
 
-    def __init__(self, chunks: int, size: int, declared: int | None = None) -> None:
+    def __init__(
+        self, chunks: int, size: int, declared: int | None = None, path: str = "/v1/jobs"
+    ) -> None:
         self.chunks, self.size, self.pulled = chunks, size, 0
         headers = [] if declared is None else [(b"content-length", str(declared).encode())]
-        self.scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": headers}
+        self.scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
         self.sent: list[dict[str, Any]] = []
 
     async def receive(self) -> dict[str, Any]:
@@ -56,9 +58,10 @@ class EchoLength:
         await send({"type": "http.response.body", "body": str(total).encode()})
 
 
-def run(upload: Upload, max_bytes: int) -> EchoLength:
+def run(upload: Upload, max_bytes: int, per_path: dict[str, int] | None = None) -> EchoLength:
     app = EchoLength()
-    asyncio.run(BodySizeLimit(app, max_bytes)(upload.scope, upload.receive, upload.send))
+    limit = BodySizeLimit(app, max_bytes, per_path)
+    asyncio.run(limit(upload.scope, upload.receive, upload.send))
     return app
 
 
@@ -82,3 +85,18 @@ def test_body_within_the_cap_reaches_the_app_whole() -> None:
     app = run(upload, max_bytes=2_000)
     assert app.called and upload.status == 200
     assert upload.sent[1]["body"] == b"2000"
+
+
+def test_a_path_with_its_own_cap_uses_it_and_only_that_path() -> None:
+    # The file upload's cap (LLMQ_COMPAT_MAX_FILE_BYTES) is larger than the JSON requests' one.
+    files = {"/openai/v1/files": 5_000}
+    upload = Upload(chunks=40, size=100, path="/openai/v1/files")  # 4,000 bytes
+    app = run(upload, max_bytes=2_000, per_path=files)
+    assert app.called and upload.sent[1]["body"] == b"4000"
+    too_big = Upload(chunks=60, size=100, path="/openai/v1/files")
+    app = run(too_big, max_bytes=2_000, per_path=files)
+    assert too_big.status == 413 and not app.called
+    assert "larger than 5000 bytes" in too_big.body["error"]["message"]
+    elsewhere = Upload(chunks=40, size=100, path="/v1/jobs")
+    app = run(elsewhere, max_bytes=2_000, per_path=files)
+    assert elsewhere.status == 413 and not app.called
