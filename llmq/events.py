@@ -62,22 +62,27 @@ class EventPublisher:
         )
 
     def close(self) -> None:
-        """Publish what is pending and stop the background thread (coalescing publishers)."""
-        self._closed = True
+        """Publish what is pending and stop the background thread; later changes are published
+        at once."""
+        with self._lock:
+            self._closed = True
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
         self._flush()
 
     def _send(self, messages: dict[str, str]) -> None:
-        if self._coalesce_s is None or self._closed:
+        with self._lock:  # closed is read under the lock: nothing is held back after close()
+            held = self._coalesce_s is not None and not self._closed
+            if held:
+                self._pending.update(messages)
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._run, name="llmq-events", daemon=True
+                    )
+                    self._flusher.start()
+        if not held:
             self._publish(messages)
-            return
-        with self._lock:
-            self._pending.update(messages)
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._run, name="llmq-events", daemon=True)
-                self._flusher.start()
 
     def _run(self) -> None:
         assert self._coalesce_s is not None

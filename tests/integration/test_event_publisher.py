@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from llmq.events import EventPublisher, batch_channel, job_channel
 
@@ -91,7 +93,9 @@ def test_the_background_thread_flushes_without_close(client: redis.Redis, listen
 
 
 def test_an_unreachable_redis_never_fails_the_caller() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
+    dead = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     for publisher in (EventPublisher(dead), EventPublisher(dead, coalesce_s=0.01)):
         publisher.job_changed(uuid.uuid4(), uuid.uuid4(), "running")
         publisher.batches_changed([str(uuid.uuid4())])
