@@ -117,6 +117,10 @@ def worker(
     if name:
         argv += ["--hostname", f"{name}@%h"]
     if (pool or settings.worker_pool) == "gevent":
+        import importlib.util
+
+        if importlib.util.find_spec("gevent") is None:
+            raise _fail("--pool gevent needs gevent: pip install 'llmq[gevent]'")
         # gevent must patch sockets and locks before anything imports them; Celery's own entry
         # point does that first thing, this process is too late (its locks would block the hub).
         # A full gevent pool blocks intake by itself, so a prefetch of 2 x concurrency is never

@@ -160,6 +160,8 @@ class FakeProviderState:
         self.by_model: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
         self.timestamps: deque[float] = deque(maxlen=TIMESTAMP_CAP)
+        # Per model too: a test that owns a model is not misled by another test's calls.
+        self.timestamps_by_model: dict[str, deque[float]] = {}
         self.in_flight = 0
         self.max_in_flight = 0  # requests answered at the same time, at most
 
@@ -174,13 +176,16 @@ class FakeProviderState:
         self.by_model.clear()
         self.by_status.clear()
         self.timestamps.clear()
+        self.timestamps_by_model.clear()
         self.max_in_flight = self.in_flight
 
     def record_request(self, api: ApiName, model: str) -> None:
         self.requests += 1
         self.by_api[api] = self.by_api.get(api, 0) + 1
         self.by_model[model] = self.by_model.get(model, 0) + 1
-        self.timestamps.append(time.time())
+        now = time.time()
+        self.timestamps.append(now)
+        self.timestamps_by_model.setdefault(model, deque(maxlen=TIMESTAMP_CAP)).append(now)
 
     def record_status(self, status: int) -> None:
         key = str(status)
@@ -204,6 +209,7 @@ class FakeProviderState:
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
             "timestamps": list(self.timestamps),
+            "timestamps_by_model": {m: list(ts) for m, ts in self.timestamps_by_model.items()},
             "max_in_flight": self.max_in_flight,
         }
 

@@ -345,8 +345,11 @@ def test_stats_count_requests(fake: FakeProviderServer) -> None:
     assert stats["by_status"] == {"200": 3, "401": 1}
     assert len(stats["timestamps"]) == 4
     assert all(before <= ts <= time.time() for ts in stats["timestamps"])
+    by_model = stats["timestamps_by_model"]
+    assert {m: len(ts) for m, ts in by_model.items()} == stats["by_model"]
+    assert sorted(t for ts in by_model.values() for t in ts) == sorted(stats["timestamps"])
     fake.reset()
-    assert fake.stats()["requests"] == 0
+    assert fake.stats()["requests"] == 0 and fake.stats()["timestamps_by_model"] == {}
 
 
 def test_control_endpoints(fake: FakeProviderServer) -> None:
