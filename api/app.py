@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_security(app: FastAPI, settings: Settings) -> None:
     """Key management, per-key rate limits, the body-size cap and (opt-in) CORS."""
-    app.state.key_limiter = KeyLimiter(app.state.redis, settings)
+    # Its own client with a short timeout: every request asks the limiter, a Lua call takes
+    # well under a millisecond, and with Redis hung the limiter fails open after 1 s, not 5.
+    app.state.key_limiter = KeyLimiter(redis_client(settings, timeout_s=1.0), settings)
     app.include_router(admin.router)
     # The OpenAI-compatible upload has its own cap (LLMQ_COMPAT_MAX_FILE_BYTES), checked again
     # by the route on the file itself; the slack is the multipart envelope around it.

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import redis
 
+from llmq.outage import OutageMemo
+
 log = logging.getLogger(__name__)
 
 # KEYS: requests zset, tokens zset. ARGV: now, window, max_requests (0 = none),
@@ -65,6 +67,10 @@ class Limit:
     tokens: int = 0
 
 
+# Seconds a limiter calls without asking Redis after Redis failed (then it asks again).
+STORE_RETRY_S = 2.0
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -78,6 +84,9 @@ class RateLimiter:
         self._window_s = window_s
         self._clock = clock
         self._acquire = client.register_script(_ACQUIRE)
+        # After a failure the store is skipped briefly: a hung Redis would otherwise cost a
+        # socket timeout on every call, and failing open is the answer either way.
+        self._store = OutageMemo(STORE_RETRY_S)
         self.unavailable = 0
         self.rejections = 0
 
@@ -94,6 +103,9 @@ class RateLimiter:
             return 0.0
         if limit.tokens and tokens > limit.tokens:
             tokens = limit.tokens  # a call bigger than the whole budget waits for an empty window
+        if not self._store.available():
+            self.unavailable += 1
+            return 0.0
         try:
             wait = float(self._acquire(
                 keys=[f"llmq:rl:{link}:req", f"llmq:rl:{link}:tok"],
@@ -101,6 +113,7 @@ class RateLimiter:
                       tokens, uuid.uuid4().hex],
             ))  # fmt: skip
         except redis.RedisError as exc:
+            self._store.failed()
             self.unavailable += 1
             log.warning(
                 "rate-limit store unavailable, calling %s anyway: %s", link, type(exc).__name__

@@ -31,7 +31,8 @@ def celery_config(settings: Settings, broker_url: str | None = None) -> dict[str
             "visibility_timeout": visibility_timeout,
             # BRPOP the queues in the order given: llm.high before llm.default before llm.low.
             "queue_order_strategy": "priority",
-            "socket_timeout": 30,
+            # Above kombu's 1 s BRPOP wait; a hung broker holds an API publish this long.
+            "socket_timeout": 5,
             "socket_connect_timeout": 5,
             "health_check_interval": 25,
         },

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llmq import routing
+from llmq.outage import OutageMemo
 from llmq.settings import Settings
 from llmq.templates import (
     Experiment,
@@ -106,11 +107,20 @@ def resolve_chain(chain: list[str] | None, settings: Settings) -> list[str]:
     return list(chain) if chain else list(settings.default_chain)
 
 
+# After a failed publish the broker is left alone briefly: each request would otherwise wait
+# out a hung broker's timeout, and the reconciler publishes what was skipped.
+_broker = OutageMemo(2.0)
+
+
 def publish_quietly(action: Callable[[], None], what: str) -> bool:
     """Publish now if the broker is up; if not, the job is durable and the reconciler will."""
+    if not _broker.available():
+        log.info("broker failed moments ago; %s is left to the reconciler", what)
+        return False
     try:
         action()
         return True
     except Exception as exc:  # kombu raises several unrelated types for a dead broker
+        _broker.failed()
         log.warning("could not publish %s now (%s); the reconciler will", what, type(exc).__name__)
         return False
