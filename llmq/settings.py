@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # Jobs and workers.
     job_lease_s: float = 60.0
     job_deadline_s: float = 600.0
+    # Longest SQL statement (0 = no limit): a lock held by a stuck session, or a runaway query,
+    # ends in an error (API 503, worker retry) instead of holding a request or a slot forever.
+    db_statement_timeout_s: float = 60.0
     max_deliveries: int = 3
     worker_concurrency: int = 100
     worker_pool: str = "threads"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _lock = threading.Lock()
@@ -26,7 +27,8 @@ def get_engine(url: str) -> Engine:
     opened lazily, so a process that needs few opens few."""
     from llmq.settings import get_settings
 
-    pool_size = get_settings().worker_concurrency + 5
+    settings = get_settings()
+    pool_size = settings.worker_concurrency + 5
     key = normalize_url(url)
     with _lock:
         engine = _engines.get(key)
@@ -44,8 +46,25 @@ def get_engine(url: str) -> Engine:
                 pool_recycle=1800,
                 connect_args={"connect_timeout": 5, "application_name": "llmq"},
             )
+            if settings.db_statement_timeout_s > 0:
+                _bound_statements(engine, settings.db_statement_timeout_s)
             _engines[key] = engine
         return engine
+
+
+def _bound_statements(engine: Engine, timeout_s: float) -> None:
+    """Every statement on this engine's connections ends after `timeout_s` (Postgres cancels
+    it; callers see an OperationalError: the API's 503, a worker's retry). Set per session when
+    a connection opens, not as a libpq startup option, which PgBouncer refuses."""
+    milliseconds = max(1, round(timeout_s * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # so the SET outlives the pool's reset rollback
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {milliseconds}")
+        dbapi_connection.autocommit = autocommit
 
 
 def dispose_all() -> None:
