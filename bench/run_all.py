@@ -25,7 +25,7 @@ from bench.harness import ROOT, write_results
 # name -> (arguments for the full run, arguments for --quick)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "ingest": ([], ["--items", "2000", "--repeat", "1"]),
-    "pools": ([], ["--jobs", "1000"]),
+    "pools": (["--gevent"], ["--jobs", "1000"]),
     "overhead": ([], ["--jobs", "60"]),
     "api_latency": (["--api-workers", "1", "2"], ["--duration", "10", "--prepare", "100"]),
     "scaling": ([], ["--jobs", "120", "--processes", "1,2"]),
