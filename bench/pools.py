@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,56 @@ def run_llmq(
     }
 
 
+@dataclass
+class CeleryRun:
+    """What `run_celery_app` measured: the clock from the first send, worker CPU and memory."""
+
+    start: float
+    end: float
+    cpu_s: float
+    memory: dict[str, Any]
+
+
+def run_celery_app(
+    env: dict[str, str],
+    log_dir: Path,
+    app: Any,
+    *,
+    module: str,
+    pool: str,
+    processes: int,
+    concurrency: int,
+    send: Callable[[Any], None],
+    finished: Callable[[], bool],
+    poll_s: float,
+) -> CeleryRun:
+    """`processes` workers of a bench Celery app (`module`, consuming the queue named after its
+    last part); `send(producer)` publishes the work and the clock stops once `finished()`."""
+    name = module.rpartition(".")[2].removesuffix("_celery")
+    procs = [
+        spawn(
+            celery_worker_command(module, f"{name}-{i}", pool, concurrency, name),
+            env,
+            log_dir / f"{name}-{pool}-{i}.log",
+        )
+        for i in range(processes)
+    ]
+    pids = [p.pid for p in procs]
+    try:
+        wait_workers(env["REDIS_URL"], processes, app)
+        with MemoryWatch({f"{name}-{i}": pid for i, pid in enumerate(pids)}) as memory:
+            cpu = cpu_seconds(pids)
+            start = time.time()
+            with app.producer_or_acquire() as producer:
+                send(producer)
+            wait_until(finished, TIMEOUT, poll_s)
+            end = time.time()
+            cpu = cpu_seconds(pids) - cpu
+    finally:
+        stop_processes(procs)
+    return CeleryRun(start, end, cpu, memory.report())
+
+
 def run_raw(
     env: dict[str, str],
     log_dir: Path,
@@ -107,44 +158,34 @@ def run_raw(
     jobs: int,
     latency_s: float,
 ) -> dict[str, Any]:
+    from bench.raw_celery import app as raw_app
+
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.delete("raw:done")
-    procs = [
-        spawn(
-            celery_worker_command("bench.raw_celery", f"raw-{i}", "threads", concurrency, "raw"),
-            env,
-            log_dir / f"raw-{i}.log",
-        )
-        for i in range(processes)
-    ]
-    try:
-        from bench.raw_celery import app as raw_app
 
-        wait_workers(env["REDIS_URL"], processes, raw_app)
-        pids = [p.pid for p in procs]
-        with MemoryWatch({f"raw-{i}": pid for i, pid in enumerate(pids)}) as memory:
-            cpu = cpu_seconds(pids)
-            start = time.time()
-            with raw_app.producer_or_acquire() as producer:
-                for _ in range(jobs):
-                    raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
-            wait_until(lambda: int(client.get("raw:done") or 0) >= jobs, TIMEOUT, 0.02)
-            end = time.time()
-            cpu = cpu_seconds(pids) - cpu
-    finally:
-        stop_processes(procs)
+    def send(producer: Any) -> None:
+        for _ in range(jobs):
+            raw_app.send_task("raw.sleep", args=[latency_s], queue="raw", producer=producer)
+
+    run = run_celery_app(
+        env, log_dir, raw_app, module="bench.raw_celery", pool="threads", processes=processes,
+        concurrency=concurrency, send=send,
+        finished=lambda: int(client.get("raw:done") or 0) >= jobs, poll_s=0.02,
+    )  # fmt: skip
     return {
         "jobs": jobs,
-        "seconds": end - start,
+        "seconds": run.end - run.start,
         "succeeded": jobs,
-        "worker_cpu_s": cpu,
-        "memory": memory.report(),
+        "worker_cpu_s": run.cpu_s,
+        "memory": run.memory,
     }
 
 
 def run_tutorial(
     env: dict[str, str], log_dir: Path, *, pool: str, processes: int, concurrency: int, jobs: int
 ) -> dict[str, Any]:
+    from bench.tutorial_celery import app as tutorial_app
+
     engine = get_engine(env["DATABASE_URL"])
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS tutorial_results"))
@@ -154,53 +195,37 @@ def run_tutorial(
                 "finished_at timestamptz NOT NULL DEFAULT clock_timestamp())"
             )
         )
-    procs = [
-        spawn(
-            celery_worker_command(
-                "bench.tutorial_celery", f"tutorial-{i}", pool, concurrency, "tutorial"
-            ),
-            env,
-            log_dir / f"tutorial-{pool}-{i}.log",
-        )
-        for i in range(processes)
-    ]
-    pids = [p.pid for p in procs]
 
-    def finished() -> int:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM tutorial_results")).scalar_one())
-
-    try:
-        from bench.tutorial_celery import app as tutorial_app
-
-        wait_workers(env["REDIS_URL"], processes, tutorial_app)
-        with MemoryWatch({f"tutorial-{i}": pid for i, pid in enumerate(pids)}) as memory:
-            cpu = cpu_seconds(pids)
-            start = time.time()
-            with tutorial_app.producer_or_acquire() as producer:
-                for i in range(jobs):
-                    tutorial_app.send_task(
-                        "tutorial.summarize",
-                        args=[i, f"{DOC} (tutorial-{i})"],
-                        queue="tutorial",
-                        producer=producer,
-                    )
-            wait_until(lambda: finished() >= jobs, TIMEOUT, 0.25)
-            cpu = cpu_seconds(pids) - cpu
-        with engine.connect() as conn:
-            end = float(
-                conn.execute(
-                    text("SELECT extract(epoch FROM max(finished_at)) FROM tutorial_results")
-                ).scalar_one()
+    def send(producer: Any) -> None:
+        for i in range(jobs):
+            tutorial_app.send_task(
+                "tutorial.summarize",
+                args=[i, f"{DOC} (tutorial-{i})"],
+                queue="tutorial",
+                producer=producer,
             )
-    finally:
-        stop_processes(procs)
+
+    def finished() -> bool:
+        with engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM tutorial_results")).scalar_one()
+        return int(count) >= jobs
+
+    run = run_celery_app(
+        env, log_dir, tutorial_app, module="bench.tutorial_celery", pool=pool,
+        processes=processes, concurrency=concurrency, send=send, finished=finished, poll_s=0.25,
+    )  # fmt: skip
+    with engine.connect() as conn:  # the last answer stored, not the last poll
+        end = float(
+            conn.execute(
+                text("SELECT extract(epoch FROM max(finished_at)) FROM tutorial_results")
+            ).scalar_one()
+        )
     return {
         "jobs": jobs,
-        "seconds": end - start,
+        "seconds": end - run.start,
         "succeeded": jobs,
-        "worker_cpu_s": cpu,
-        "memory": memory.report(),
+        "worker_cpu_s": run.cpu_s,
+        "memory": run.memory,
     }
 
 

@@ -101,12 +101,13 @@ def worker(
     for queue in queues.split(","):
         if queue not in QUEUES:
             raise _fail(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
+    pool = pool or settings.worker_pool
     argv = [
         "worker",
         "-Q",
         queues,
         "--pool",
-        pool or settings.worker_pool,
+        pool,
         "--concurrency",
         str(concurrency or settings.worker_concurrency),
         "--loglevel",
@@ -116,7 +117,7 @@ def worker(
     ]
     if name:
         argv += ["--hostname", f"{name}@%h"]
-    if (pool or settings.worker_pool) == "gevent":
+    if pool == "gevent":
         import importlib.util
 
         if importlib.util.find_spec("gevent") is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import heapq
 import json
 import math
 import random
@@ -75,7 +76,7 @@ REPLY_WORDS = 40
 """How many words of the last user message the fake reply echoes."""
 
 TIMESTAMP_CAP = 100_000
-"""How many request timestamps ``/_fake/stats`` keeps (the most recent ones)."""
+"""How many request timestamps ``/_fake/stats`` keeps per model (the most recent ones)."""
 
 CLIENT_CLOSED = 499
 """Status recorded in the stats when the client went away before the answer (nginx's code)."""
@@ -159,8 +160,7 @@ class FakeProviderState:
         self.by_api: dict[str, int] = {}
         self.by_model: dict[str, int] = {}
         self.by_status: dict[str, int] = {}
-        self.timestamps: deque[float] = deque(maxlen=TIMESTAMP_CAP)
-        # Per model too: a test that owns a model is not misled by another test's calls.
+        # Per model: a test that owns a model is not misled by another test's calls.
         self.timestamps_by_model: dict[str, deque[float]] = {}
         self.in_flight = 0
         self.max_in_flight = 0  # requests answered at the same time, at most
@@ -175,7 +175,6 @@ class FakeProviderState:
         self.by_api.clear()
         self.by_model.clear()
         self.by_status.clear()
-        self.timestamps.clear()
         self.timestamps_by_model.clear()
         self.max_in_flight = self.in_flight
 
@@ -183,9 +182,7 @@ class FakeProviderState:
         self.requests += 1
         self.by_api[api] = self.by_api.get(api, 0) + 1
         self.by_model[model] = self.by_model.get(model, 0) + 1
-        now = time.time()
-        self.timestamps.append(now)
-        self.timestamps_by_model.setdefault(model, deque(maxlen=TIMESTAMP_CAP)).append(now)
+        self.timestamps_by_model.setdefault(model, deque(maxlen=TIMESTAMP_CAP)).append(time.time())
 
     def record_status(self, status: int) -> None:
         key = str(status)
@@ -208,7 +205,7 @@ class FakeProviderState:
             "by_api": dict(self.by_api),
             "by_model": dict(self.by_model),
             "by_status": dict(self.by_status),
-            "timestamps": list(self.timestamps),
+            "timestamps": list(heapq.merge(*self.timestamps_by_model.values())),
             "timestamps_by_model": {m: list(ts) for m, ts in self.timestamps_by_model.items()},
             "max_in_flight": self.max_in_flight,
         }
