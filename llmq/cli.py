@@ -228,7 +228,11 @@ def demo(
     from llmq.demo import run_demo
 
     _sigterm_as_interrupt()
-    raise typer.Exit(code=run_demo(workers=workers, concurrency=concurrency))
+    try:
+        code = run_demo(workers=workers, concurrency=concurrency)
+    except ServiceConfigError as exc:
+        raise _fail(str(exc)) from exc
+    raise typer.Exit(code=code)
 
 
 # ---------------------------------------------------------------------------------------------
