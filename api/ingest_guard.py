@@ -1,19 +1,22 @@
 """Guardrails that run in the API, before any row is written: plain prompts over the template's
-token budget are refused (422), and personal data is redacted (LLMQ_REDACT_PII_AT_INGEST), so
+token budget are refused (422), and personal data is redacted (LLMQ_REDACT_PII_AT_INGEST) in
+every text of a job that reaches a provider (input, template variables, a chat's messages), so
 the raw values never reach Postgres, the broker or a log line. The findings (counts only) go on
 the job record; the worker runs its full input chain again on the stored, redacted text."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from llmq.chat import Conversation, input_guard
+from llmq.chat import Conversation
 from llmq.compat.common import ChatIngest, FieldError, TextRedactor
 from llmq.guardrails import load_plugins
 from llmq.guardrails.selection import GuardrailSelection, redact
+from llmq.job_guard import guard_job
 from llmq.settings import Settings
 from llmq.templates import TEMPLATES, Template
 from llmq.tokens import estimate_tokens
@@ -83,17 +86,43 @@ def oversized_inputs(
     return details
 
 
-def redact_inputs(
-    selection: GuardrailSelection, settings: Settings, template: Template, inputs: Sequence[str]
-) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(text to store, ingest findings) per input; the inputs unchanged when redaction at
-    ingest is off or the template's input chain has no redactor."""
+@dataclass(frozen=True)
+class Stored:
+    """One job as it is written: input and params redacted, and the ingest findings."""
+
+    input: str
+    params: dict[str, Any]
+    findings: list[dict[str, Any]]
+
+
+def redact_jobs(
+    selection: GuardrailSelection,
+    settings: Settings,
+    template: Template,
+    jobs: Sequence[tuple[str, dict[str, Any]]],
+) -> list[Stored]:
+    """Each (input, params) as it is to be stored: every text that reaches a provider (the
+    input, a chat's messages, the template's variables: llmq/job_guard.py) redacted. Unchanged
+    when redaction at ingest is off or the template's input chain has no redactor."""
     redactors = selection.redactors_for(template) if settings.redact_pii_at_ingest else []
     if not redactors:
-        return [(text, []) for text in inputs]
-    # A chat's input is a JSON conversation: redact each message's text, never the JSON itself.
-    runner = input_guard(template.chat)
-    return [redact(redactors, text, runner) for text in inputs]
+        return [Stored(text, params, []) for text, params in jobs]
+    # Items of a batch usually share one params object (its defaults): its texts are redacted
+    # once, and the items keep sharing one (redacted) object, serialized once by the INSERT.
+    # Keyed by identity; the value keeps the object alive so its id cannot be reused.
+    by_params: dict[int, tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = {}
+    stored = []
+    for text, params in jobs:
+        memo = by_params.get(id(params))
+        if memo is None:
+            guarded = guard_job(redactors, template, "", params, stop_at_block=False)
+            kept = params if guarded.params == params else guarded.params
+            memo = by_params[id(params)] = (params, kept, guarded.findings)
+        _, kept, params_findings = memo
+        guarded = guard_job(redactors, template, text, {}, stop_at_block=False)
+        findings = [{**f, "stage": "ingest"} for f in (*guarded.findings, *params_findings)]
+        stored.append(Stored(guarded.input, kept, findings))
+    return stored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +143,8 @@ def chat_ingest(selection: GuardrailSelection, settings: Settings) -> ChatIngest
         if too_long:
             param = params[int(too_long[0]["loc"])]
             raise FieldError("input_too_long", param, f"{param}: {too_long[0]['message']}")
-        [stored] = redact_inputs(selection, settings, template, [conversation.encode()])
-        return stored
+        [stored] = redact_jobs(selection, settings, template, [(conversation.encode(), {})])
+        return stored.input, stored.findings
 
     return ingest
 

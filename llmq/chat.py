@@ -1,18 +1,17 @@
 """Chat jobs: a conversation (system + messages) run as one job of the `chat` template.
 
 The conversation is stored as JSON in the job's `input`. Guardrails run on each message's text
-(never on the JSON syntax, so a redaction can not break the document), and a job may name the
-model it asked for in `params["model"]`, which is tried before the configured chain.
+(never on the JSON syntax, so a redaction can not break the document: llmq/job_guard.py), and a
+job may name the model it asked for in `params["model"]`, which is tried before the configured
+chain.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from llmq.guardrails import ChainResult, Guardrail, run_chain
 
 Message = dict[str, str]  # {"role": "user" | "assistant", "content": text}
 ROLES = ("user", "assistant")
@@ -59,37 +58,6 @@ def decode(text: str) -> Conversation:
     if not messages:
         raise ChatFormatError("a chat needs at least one message")
     return Conversation(system=system, messages=messages)
-
-
-def guard(guardrails: list[Guardrail], text: str) -> ChainResult:
-    """Run the input chain over each piece of text of a stored conversation.
-
-    Returns the re-encoded conversation with redactions applied; the first block stops it."""
-    try:
-        conversation = decode(text)
-    except ChatFormatError:
-        return run_chain(guardrails, text)  # not a conversation: the template will reject it
-    findings = []
-    system = None
-    if conversation.system is not None:
-        checked = run_chain(guardrails, conversation.system)
-        findings.extend(checked.findings)
-        if checked.blocked_by:
-            return ChainResult(text=text, findings=findings, blocked_by=checked.blocked_by)
-        system = checked.text
-    messages: list[Message] = []
-    for message in conversation.messages:
-        checked = run_chain(guardrails, message["content"])
-        findings.extend(checked.findings)
-        if checked.blocked_by:
-            return ChainResult(text=text, findings=findings, blocked_by=checked.blocked_by)
-        messages.append({"role": message["role"], "content": checked.text})
-    return ChainResult(text=Conversation(system, messages).encode(), findings=findings)
-
-
-def input_guard(chat: bool) -> Callable[[list[Guardrail], str], ChainResult]:
-    """The input guardrail runner for a template: per message for chats, whole text otherwise."""
-    return guard if chat else run_chain
 
 
 def effective_chain(chain: Sequence[str], params: dict[str, Any]) -> list[str]:

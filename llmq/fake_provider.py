@@ -23,6 +23,8 @@ endpoints live under ``/_fake/``:
 * ``GET /_fake/script`` -> the current script
 * ``PUT /_fake/script`` -> replace the script (resets ``first_n`` counters and the RNG)
 * ``GET /_fake/stats`` -> request counters and timestamps
+* ``GET /_fake/requests?model=M`` -> the last request bodies for model ``M`` (what a provider
+  would have been sent: a test checks that a redacted value never left llmq)
 * ``POST /_fake/reset`` -> clear the stats
 
 Streaming (``stream: true``) is not supported; such requests get a 400.
@@ -77,6 +79,9 @@ REPLY_WORDS = 40
 
 TIMESTAMP_CAP = 100_000
 """How many request timestamps ``/_fake/stats`` keeps per model (the most recent ones)."""
+
+REQUEST_BODY_CAP = 20
+"""How many request bodies ``/_fake/requests`` keeps per model (the most recent ones)."""
 
 CLIENT_CLOSED = 499
 """Status recorded in the stats when the client went away before the answer (nginx's code)."""
@@ -162,6 +167,7 @@ class FakeProviderState:
         self.by_status: dict[str, int] = {}
         # Per model: a test that owns a model is not misled by another test's calls.
         self.timestamps_by_model: dict[str, deque[float]] = {}
+        self.bodies_by_model: dict[str, deque[Any]] = {}
         self.in_flight = 0
         self.max_in_flight = 0  # requests answered at the same time, at most
 
@@ -176,10 +182,12 @@ class FakeProviderState:
         self.by_model.clear()
         self.by_status.clear()
         self.timestamps_by_model.clear()
+        self.bodies_by_model.clear()
         self.max_in_flight = self.in_flight
 
-    def record_request(self, api: ApiName, model: str) -> None:
+    def record_request(self, api: ApiName, model: str, body: Any = None) -> None:
         self.requests += 1
+        self.bodies_by_model.setdefault(model, deque(maxlen=REQUEST_BODY_CAP)).append(body)
         self.by_api[api] = self.by_api.get(api, 0) + 1
         self.by_model[model] = self.by_model.get(model, 0) + 1
         self.timestamps_by_model.setdefault(model, deque(maxlen=TIMESTAMP_CAP)).append(time.time())
@@ -597,7 +605,7 @@ async def _handle(request: Request, api: ApiName) -> Response:
         body = None
     model = body.get("model") if isinstance(body, dict) else None
     model_name = model if isinstance(model, str) and model else "<none>"
-    state.record_request(api, model_name)
+    state.record_request(api, model_name, body)
 
     if _is_invalid_key(request):
         if api == "openai":
@@ -693,6 +701,12 @@ async def _get_stats(request: Request) -> Response:
     return JSONResponse(state.stats())
 
 
+async def _get_requests(request: Request) -> Response:
+    state: FakeProviderState = request.app.state.fake
+    model = request.query_params.get("model", "")
+    return JSONResponse(list(state.bodies_by_model.get(model, ())))
+
+
 async def _reset(request: Request) -> Response:
     state: FakeProviderState = request.app.state.fake
     state.reset_stats()
@@ -710,6 +724,7 @@ def create_app(state: FakeProviderState | None = None) -> ASGIApp:
             Route("/_fake/script", _get_script, methods=["GET"]),
             Route("/_fake/script", _put_script, methods=["PUT"]),
             Route("/_fake/stats", _get_stats, methods=["GET"]),
+            Route("/_fake/requests", _get_requests, methods=["GET"]),
             Route("/_fake/reset", _reset, methods=["POST"]),
         ]
     )
@@ -892,6 +907,15 @@ class FakeProviderServer:
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
+
+    def requests(self, model: str) -> list[Any]:
+        """The last request bodies (parsed JSON) sent for `model`, oldest first."""
+        response = httpx.get(
+            f"{self.url}/_fake/requests", params={"model": model}, timeout=self.control_timeout_s
+        )
+        response.raise_for_status()
+        bodies: list[Any] = response.json()
+        return bodies
 
     def reset(self) -> None:
         response = httpx.post(f"{self.url}/_fake/reset", timeout=self.control_timeout_s)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -21,12 +21,12 @@ from sqlalchemy.exc import OperationalError
 from llmq import dedup, observe, output_review, repository, routing
 from llmq.budgets import BudgetGuard, Hold
 from llmq.cache import CachedResult, ResultCache, cache_key
-from llmq.chat import input_guard
 from llmq.circuit import CircuitBreaker
 from llmq.db.models import JobStatus
 from llmq.events import EventPublisher
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.selection import GuardrailSelection
+from llmq.job_guard import guard_job
 from llmq.mapreduce import LongDocuments, Split
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
@@ -208,7 +208,11 @@ class Pipeline:
 
         try:
             with observe.stage("guardrails.input"):
-                guarded = input_guard(template.chat)(self.guardrails.input_for(template), job.input)
+                # Every text that reaches the provider (input, variables, ...), before the cache
+                # key is computed: neither the cache nor an attempt ever sees a raw value.
+                guarded = guard_job(
+                    self.guardrails.input_for(template), template, job.input, job.params
+                )
         except Exception:
             log.exception("input guardrail crashed on job %s", job.id)
             return repository.Outcome(
@@ -216,22 +220,25 @@ class Pipeline:
                 error_code="guardrail_error",
                 error_message="an input guardrail failed; the job was stopped (fail closed)",
             )
-        findings = [asdict(f) for f in guarded.findings]
+        findings = guarded.findings
         if guarded.blocked_by:
             observe.blocked("input", guarded.blocked_by)
+            where = f" in {guarded.blocked_field}" if guarded.blocked_field else ""
             return repository.Outcome(
                 status=JobStatus.BLOCKED,
                 error_code="input_blocked",
-                error_message=f"input blocked by guardrail rule {guarded.blocked_by}",
+                error_message=f"input blocked by guardrail rule {guarded.blocked_by}{where}",
                 guardrails=findings,
             )
+        # From here on the job is its guarded self (the stored row is left as it is).
+        job = replace(job, input=guarded.input, params=guarded.params)
         if self.long_documents is not None:  # too long for one job: map-reduce (mapreduce.py)
-            split = self.long_documents.plan(job, template, guarded.text, findings)
+            split = self.long_documents.plan(job, template, job.input, findings)
             if split is not None:
                 return split
 
         try:
-            rendered = template.render(guarded.text, job.params)
+            rendered = template.render(job.input, job.params)
         except TemplateError as exc:
             return repository.Outcome(
                 status=JobStatus.FAILED,
@@ -241,7 +248,7 @@ class Pipeline:
             )
 
         # A short input may try a cheaper model first (routing.py); the key is of the chain used.
-        choice = routing.choose_chain(job.chain, job.params, estimate_tokens(guarded.text))
+        choice = routing.choose_chain(job.chain, job.params, estimate_tokens(job.input))
         # no_cache asks for a fresh answer, not a different question: same key either way.
         answer_params = {k: v for k, v in job.params.items() if k not in NOT_IN_KEY}
         key = cache_key(

@@ -25,7 +25,7 @@ from .. import cancel
 from ..budget_gate import enforce_budget
 from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
-from ..ingest_guard import check_prompt_size, redact_inputs, selection
+from ..ingest_guard import check_prompt_size, redact_jobs, selection
 from ..intake import IdempotencyKey, read_batch, submit_once
 from ..key_limits import KeyLimiter
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
@@ -153,7 +153,7 @@ def accept_batch(
 
     inputs = [item.input for item in body.items]
     check_prompt_size(guards, template, inputs, "body.items.{index}.input")
-    stored = redact_inputs(guards, settings, template, inputs)
+    stored = redact_jobs(guards, settings, template, list(zip(inputs, params, strict=True)))
 
     def insert(idempotency: repository.Idempotency | None) -> uuid.UUID:
         return repository.insert_batch(
@@ -166,16 +166,14 @@ def accept_batch(
             meta=body.metadata,
             items=[
                 repository.NewJob(
-                    input=text,
+                    input=job.input,
                     custom_id=item.custom_id,
-                    params=p,
+                    params=job.params,
                     meta=item.metadata,
-                    guardrails=found,
+                    guardrails=job.findings,
                     template_version=version,
                 )
-                for item, p, version, (text, found) in zip(
-                    body.items, params, versions, stored, strict=True
-                )
+                for item, version, job in zip(body.items, versions, stored, strict=True)
             ],
             completion_window_s=window,
             webhook_url=body.webhook_url,

@@ -17,7 +17,7 @@ from .. import cancel
 from ..budget_gate import enforce_budget
 from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
-from ..ingest_guard import check_prompt_size, redact_inputs, selection
+from ..ingest_guard import check_prompt_size, redact_jobs, selection
 from ..intake import IdempotencyKey, submit_once
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
 from .submit import (
@@ -67,7 +67,7 @@ def submit_job(
     )
     enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
     check_prompt_size(guards, template, [body.input], "body.input")
-    [(stored_input, ingest_findings)] = redact_inputs(guards, settings, template, [body.input])
+    [stored] = redact_jobs(guards, settings, template, [(body.input, params)])
 
     def insert(idempotency: repository.Idempotency | None) -> uuid.UUID:
         return repository.insert_job(
@@ -78,11 +78,11 @@ def submit_job(
             priority=body.priority,
             chain=chain,
             item=repository.NewJob(
-                input=stored_input,
+                input=stored.input,
                 custom_id=body.custom_id,
-                params=params,
+                params=stored.params,
                 meta=body.metadata,
-                guardrails=ingest_findings,
+                guardrails=stored.findings,
                 template_version=version,
             ),
             idempotency=idempotency,

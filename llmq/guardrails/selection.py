@@ -7,13 +7,13 @@ instead of failing jobs one by one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
 from llmq.templates import Template
 
-from . import ChainResult, Guardrail, build_chain, run_chain
+from . import Guardrail, build_chain, run_chain
 
 
 class GuardrailSelection:
@@ -69,15 +69,11 @@ class GuardrailSelection:
         return [g for g in self.input_for(template) if getattr(g, "redacts", False)]
 
 
-def redact(
-    redactors: list[Guardrail],
-    text: str,
-    runner: Callable[[list[Guardrail], str], ChainResult] = run_chain,
-) -> tuple[str, list[dict[str, Any]]]:
-    """Run redactors on `text`: the redacted text and the findings (counts only), each marked
-    stage "ingest". A redactor that blocks is ignored here: blocking is the worker's decision.
-    `runner` is how the chain meets the text (`llmq.chat.guard` for a stored conversation)."""
+def redact(redactors: list[Guardrail], text: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run redactors on one plain `text`: the redacted text and the findings (counts only), each
+    marked stage "ingest". A redactor that blocks is ignored here: blocking is the worker's
+    decision. A job's texts are redacted with llmq/job_guard.py."""
     if not redactors:
         return text, []
-    result = runner(redactors, text)
+    result = run_chain(redactors, text)
     return result.text, [{**asdict(f), "stage": "ingest"} for f in result.findings]

@@ -254,8 +254,12 @@ def test_personal_data_is_redacted_per_message_before_it_is_stored(
 
     stored = database_text(engine)
     assert batch.id.removeprefix("msgbatch_") in stored.replace("-", "")  # the scan sees them
+    # Nor was it sent: the system prompt (which no answer echoes) reached the provider redacted.
+    sent = json.dumps(fake_provider.requests("claude-haiku-4-5"))
+    assert "The customer is [EMAIL]." in sent
     for raw in (email, card, grouped):
         assert raw not in stored
+        assert raw not in sent
 
 
 def test_a_text_over_the_budget_ends_as_an_errored_result(
