@@ -807,7 +807,7 @@ def iter_batch_results(
                     text(
                         "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "
                         "error_code, error_message, input_tokens, output_tokens, cost_usd, "
-                        "finished_at, template, template_version "
+                        "finished_at, template, template_version, route "
                         f"FROM jobs WHERE batch_id = :b AND seq > :s {only}"
                         "ORDER BY seq LIMIT :n"
                     ),
