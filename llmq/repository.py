@@ -1647,6 +1647,15 @@ def usage_by_template(
 # Operators (llmq jobs ...): not tenant-scoped, run with database access
 
 
+def job_ending(engine: Engine, job_id: str) -> tuple[str, str | None] | None:
+    """(status, error_code) of a job as its row says now (workers: how a task ended)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, error_code FROM jobs WHERE id = :id"), {"id": job_id}
+        ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 def get_job_owner(engine: Engine, job_id: uuid.UUID) -> uuid.UUID | None:
     with engine.connect() as conn:
         return conn.execute(

@@ -288,7 +288,7 @@ def test_the_clients_own_max_tokens_is_a_success_with_stop_reason_max_tokens(
         requests=[
             _request("cut", model=f"anthropic:{model}", max_tokens=3),
             _request("whole", model=f"anthropic:{model}"),
-        ]  # fmt: skip
+        ]
     )
     done = _wait_ended(client, batch.id)
     assert (done.request_counts.succeeded, done.request_counts.errored) == (2, 0)
