@@ -51,7 +51,7 @@ def url_problem(url: str) -> str | None:
         return f"webhook_url has an invalid host {parts.hostname!r}"
     try:
         httpx.URL(url)  # what delivery sends with; it refuses some hosts urlsplit accepts
-    except httpx.InvalidURL as exc:
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: e.g. an unencodable character
         return f"webhook_url is not a valid URL ({exc})"
     return None
 

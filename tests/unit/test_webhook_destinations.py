@@ -95,6 +95,7 @@ def test_numeric_forms_of_public_addresses_and_names_that_look_numeric_pass() ->
         ("ftp://hooks.example.com/x", "absolute http(s) URL"),
         ("/relative/path", "absolute http(s) URL"),
         ("http://exa mple.com/x", "invalid host"),
+        ("http://a\ud800b/x", "not a valid URL"),  # a lone surrogate (JSON "\\ud800")
     ],
 )
 def test_malformed_urls_are_named(url: str, says: str) -> None:
