@@ -108,8 +108,8 @@ def literal_refusal(url: str) -> str | None:
     if address is None:
         return None  # a name: resolved before each delivery
     refusal = _refusal(address)
-    if refusal is None or str(address) == host:
-        return refusal
+    if refusal is None or str(address) == host or address.version == 6:
+        return refusal  # (an IPv6 refusal names the IPv4 address it carries)
     return f"{host} is read as {address}: {refusal}"
 
 
