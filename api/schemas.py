@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -173,7 +172,11 @@ class BatchIn(Strict):
         "'90s', '30m', '1h', '2d'",
     )
     webhook_url: str | None = Field(
-        default=None, max_length=2000, description="POSTed a signed event when the batch ends"
+        default=None,
+        max_length=2000,
+        # Checked by the route (api/routes/batches.py), which knows whether private
+        # destinations are allowed: a refused destination is reported before a malformed one.
+        description="an absolute http(s) URL, POSTed a signed event when the batch ends",
     )
     template_version: int | None = Field(
         default=None, ge=1, description="pin a template version (no A/B assignment)"
@@ -196,15 +199,6 @@ class BatchIn(Strict):
             window = parse_duration(value)
             if window > MAX_COMPLETION_WINDOW_S:
                 raise ValueError("a completion window is at most 7 days")
-        return value
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
-        if value is not None:
-            url = urlsplit(value)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError("webhook_url must be an absolute http(s) URL")
         return value
 
     @model_validator(mode="after")

@@ -2,7 +2,10 @@
 
 Each kind of retry happens at most once per job:
 - truncated (finish_reason "length"): once more with twice the max_tokens (up to a cap), unless
-  the job set max_tokens itself, whose cap is respected; then the job fails `truncated_output`.
+  the job set max_tokens itself, whose cap is respected; then the job fails `truncated_output`,
+  or, for a job with params.accept_truncation (set by the OpenAI/Anthropic-compatible routes,
+  whose clients expect finish_reason "length" / stop_reason "max_tokens" as an answer), succeeds
+  with the cut-off text, marked `finish_reason: "length"` in its route.
 - JSON (params.response_format "json" and/or params.json_schema): the answer must parse (a
   surrounding ``` fence is tolerated) and match the schema (jsonschema). Once, the prompt is sent
   again with the validation error appended; then the job fails `invalid_output`.
@@ -27,6 +30,8 @@ _FENCE = re.compile(r"\A```[A-Za-z0-9_-]*\s*\n(?P<body>.*?)\n?```\s*\Z", re.DOTA
 # The validation error goes back to the model; only its first part, so a huge instance or
 # schema does not blow up the corrective prompt.
 _MAX_ERROR_CHARS = 600
+# A job param: a cut-off answer is a result, not a failure (the compatible APIs' contract).
+ACCEPT_TRUNCATION = "accept_truncation"
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class OutputSpec:
     wants_json: bool = False
     schema: dict[str, Any] | None = None
     own_max_tokens: bool = False
+    accept_truncation: bool = False
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> OutputSpec:
@@ -44,6 +50,7 @@ class OutputSpec:
             wants_json=params.get("response_format") == "json" or schema is not None,
             schema=schema if isinstance(schema, dict) else None,
             own_max_tokens=params.get("max_tokens") is not None,
+            accept_truncation=params.get(ACCEPT_TRUNCATION) is True,
         )
 
 
@@ -141,6 +148,13 @@ class Fail:
 Step = Accept | Retry | Fail
 
 
+def finish_reason(route: list[dict[str, Any]] | None) -> str:
+    """ "length" when the job's answer was cut off at max_tokens (an accepted truncation), else
+    "stop": read from the link that answered, where the pipeline notes it."""
+    truncated = any(entry.get("finish_reason") == "length" for entry in route or [])
+    return "length" if truncated else "stop"
+
+
 @dataclass
 class OutputReview:
     """Per job: decides, answer by answer, to accept, ask again (once per kind) or fail."""
@@ -158,6 +172,8 @@ class OutputReview:
             or self.spec.own_max_tokens
             or bigger <= (request.max_tokens)
         ):
+            if self.spec.accept_truncation:
+                return None  # the cut-off answer is the result
             return Fail(
                 "truncated_output",
                 f"the output was cut off at max_tokens={request.max_tokens} (finish_reason length)",

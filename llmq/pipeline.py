@@ -291,7 +291,12 @@ class Pipeline:
             )
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
-        if outcome.status == JobStatus.SUCCEEDED and outcome.result is not None:
+        if (
+            outcome.status == JobStatus.SUCCEEDED
+            and outcome.result is not None
+            # A cut-off answer is not cached: a hit could not say it was cut off.
+            and output_review.finish_reason(outcome.route) == "stop"
+        ):
             self.cache.put(
                 key,
                 CachedResult(outcome.result, outcome.provider or "", outcome.model or ""),
@@ -446,7 +451,10 @@ class Pipeline:
                             model=link.model, route=route, guardrails=findings,
                         )  # fmt: skip
                     if verdict is None:
-                        route.append({"link": link_text, "result": "ok"})
+                        answered: dict[str, Any] = {"link": link_text, "result": "ok"}
+                        if completion.finish_reason == "length":  # an accepted truncation
+                            answered["finish_reason"] = "length"
+                        route.append(answered)
                         findings.extend(output_findings(checked))
                         return repository.Outcome(
                             status=JobStatus.SUCCEEDED,

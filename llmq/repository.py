@@ -807,7 +807,7 @@ def iter_batch_results(
                     text(
                         "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "
                         "error_code, error_message, input_tokens, output_tokens, cost_usd, "
-                        "finished_at, template, template_version "
+                        "finished_at, template, template_version, route "
                         f"FROM jobs WHERE batch_id = :b AND seq > :s {only}"
                         "ORDER BY seq LIMIT :n"
                     ),
@@ -1311,18 +1311,33 @@ def mark_completed_batches_for_webhook(conn: Connection) -> int:
     ).rowcount
 
 
-def take_due_webhooks(conn: Connection, lease_s: float, limit: int) -> list[tuple[str, int, str]]:
+def take_due_webhooks(
+    conn: Connection, lease_s: float, limit: int, max_attempts: int
+) -> list[tuple[str, int, str]]:
     """(batch_id, attempt_no, priority) of deliveries due now. The lease keeps a delivery in
-    flight from being published twice; if its message is lost it comes due again."""
+    flight from being published twice; if its message is lost it comes due again.
+
+    An attempt is counted when it is claimed, so one that never recorded an outcome (its worker
+    died) still counts: when the last allowed attempt's lease runs out, the webhook has failed.
+    Without this bound such a webhook was published again every lease, forever (issue 14)."""
+    conn.execute(
+        text(
+            "UPDATE batches SET webhook_status = 'failed' WHERE webhook_url IS NOT NULL "
+            "AND webhook_status = 'pending' AND webhook_next_at <= now() "
+            "AND webhook_attempts >= :max"
+        ),
+        {"max": max_attempts},
+    )
     rows = conn.execute(
         text(
             "UPDATE batches SET webhook_next_at = now() + make_interval(secs => :lease) "
             "WHERE id IN (SELECT id FROM batches WHERE webhook_url IS NOT NULL "
             "AND webhook_status = 'pending' AND webhook_next_at <= now() "
+            "AND webhook_attempts < :max "
             "ORDER BY webhook_next_at LIMIT :n FOR UPDATE SKIP LOCKED) "
             "RETURNING id::text, webhook_attempts + 1, priority"
         ),
-        {"lease": lease_s, "n": limit},
+        {"lease": lease_s, "n": limit, "max": max_attempts},
     )
     return [(r[0], r[1], r[2]) for r in rows]
 
@@ -1630,6 +1645,15 @@ def usage_by_template(
 
 
 # Operators (llmq jobs ...): not tenant-scoped, run with database access
+
+
+def job_ending(engine: Engine, job_id: str) -> tuple[str, str | None] | None:
+    """(status, error_code) of a job as its row says now (workers: how a task ended)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT status, error_code FROM jobs WHERE id = :id"), {"id": job_id}
+        ).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 def get_job_owner(engine: Engine, job_id: uuid.UUID) -> uuid.UUID | None:

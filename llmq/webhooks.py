@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from llmq import repository
 from llmq.settings import Settings
-from llmq.webhook_destinations import destination_refusal
+from llmq.webhook_destinations import destination_refusal, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class DeliveryResult:
     http_status: int | None
     error: str | None
     latency_ms: float
+    retryable: bool = True  # False: another attempt would fail the same way
 
 
 def post(url: str, body: bytes, secret: str, event_id: str, timeout_s: float) -> DeliveryResult:
@@ -144,24 +145,15 @@ def deliver_attempt(engine: Engine, settings: Settings, batch_id: str, attempt_n
     claim = repository.claim_webhook_attempt(engine, batch_id, attempt_no, lease_s)
     if claim is None:
         return "not_claimable"  # a duplicate message, or already delivered
-    salt = repository.get_webhook_salt(engine, claim.tenant_id)
-    if salt is None or settings.webhook_signing_key is None:
-        result = DeliveryResult(False, None, "no webhook signing secret is configured", 0.0)
-        retry_in: float | None = None
-    elif (
-        not settings.webhook_allow_private
-        and (refusal := destination_refusal(claim.url)) is not None
-    ):
-        # Not retried: the tenant must fix the URL (or the operator allow private networks).
-        result = DeliveryResult(False, None, f"destination refused: {refusal}", 0.0)
-        retry_in = None
-    else:
-        secret = derive_secret(settings.webhook_signing_key.get_secret_value(), salt)
-        body = payload(str(claim.event_id), batch_snapshot(engine, claim.tenant_id, batch_id))
-        result = post(claim.url, body, secret, str(claim.event_id), settings.webhook_timeout_s)
-        more = attempt_no < settings.webhook_max_attempts and not result.delivered
-        base, cap = settings.webhook_backoff_base_s, settings.webhook_backoff_cap_s
-        retry_in = backoff_s(attempt_no, base, cap) if more else None
+    try:
+        result = _send(engine, settings, batch_id, claim)
+    except Exception as exc:
+        # Any error is this attempt's failure, recorded like a refused POST: left unrecorded,
+        # the attempt would come due again after its lease, without end (issue 14).
+        log.exception("webhook for batch %s attempt %d crashed", batch_id, attempt_no)
+        result = DeliveryResult(False, None, f"{type(exc).__name__}: {exc}"[:500], 0.0)
+    more = result.retryable and not result.delivered and attempt_no < settings.webhook_max_attempts
+    base, cap = settings.webhook_backoff_base_s, settings.webhook_backoff_cap_s
     repository.record_webhook_delivery(
         engine,
         batch_id,
@@ -171,8 +163,27 @@ def deliver_attempt(engine: Engine, settings: Settings, batch_id: str, attempt_n
         http_status=result.http_status,
         error=result.error,
         latency_ms=round(result.latency_ms, 3),
-        retry_in_s=retry_in,
+        retry_in_s=backoff_s(attempt_no, base, cap) if more else None,
     )
     if not result.delivered:
         log.info("webhook for batch %s attempt %d failed: %s", batch_id, attempt_no, result.error)
     return "delivered" if result.delivered else "failed"
+
+
+def _send(
+    engine: Engine, settings: Settings, batch_id: str, claim: repository.WebhookClaim
+) -> DeliveryResult:
+    """One POST of the event, or why none is made. Refusals are not retried: the tenant must fix
+    the URL (or the operator configure a key or allow private networks)."""
+    salt = repository.get_webhook_salt(engine, claim.tenant_id)
+    if salt is None or settings.webhook_signing_key is None:
+        return DeliveryResult(False, None, "no webhook signing secret is configured", 0.0, False)
+    problem = url_problem(claim.url)  # a URL stored before submissions were checked
+    if problem is None and not settings.webhook_allow_private:
+        problem = destination_refusal(claim.url)
+        problem = f"destination refused: {problem}" if problem is not None else None
+    if problem is not None:
+        return DeliveryResult(False, None, problem, 0.0, False)
+    secret = derive_secret(settings.webhook_signing_key.get_secret_value(), salt)
+    body = payload(str(claim.event_id), batch_snapshot(engine, claim.tenant_id, batch_id))
+    return post(claim.url, body, secret, str(claim.event_id), settings.webhook_timeout_s)

@@ -8,6 +8,7 @@ from sqlalchemy.exc import OperationalError
 
 from llmq import repository
 from llmq.db.engine import get_engine
+from llmq.db.models import JobStatus
 from llmq.settings import get_settings
 from workers import signals as _signals  # noqa: F401  (connects the worker lifecycle hooks)
 from workers.celery_app import app
@@ -18,6 +19,24 @@ from workers.telemetry import consuming
 log = logging.getLogger(__name__)
 
 DISPATCH_CHUNK = 1000
+# A job that ends in one of these ends its task in Celery's FAILURE state (Flower's "Failed").
+FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.EXPIRED})
+
+
+class JobFailed(Exception):
+    """Raised by run_job once the job's row is final as failed, blocked or expired, so the task
+    ends FAILURE (task-failed event) with the job's error code. The message is still acked
+    (acks_late acks on an exception: task_acks_on_failure_or_timeout) and never retried (only
+    OperationalError is): the job is over, this only reports it."""
+
+    def __init__(self, job_id: str, status: str, error_code: str | None) -> None:
+        # One message, so the repr that Flower shows reads as a sentence.
+        super().__init__(f"{error_code or status}: job {job_id} ended {status}")
+        self.job_id, self.status, self.error_code = job_id, status, error_code
+
+    def __reduce__(self) -> tuple[type[JobFailed], tuple[str, str, str | None]]:
+        # Pickled across pool processes (prefork) with the arguments __init__ takes.
+        return (JobFailed, (self.job_id, self.status, self.error_code))
 
 
 @app.task(
@@ -30,10 +49,20 @@ DISPATCH_CHUNK = 1000
     retry_backoff_max=30,
     retry_jitter=True,
     max_retries=None,
+    # Expected: logged without a traceback, still a FAILURE for Celery's events and Flower.
+    throws=(JobFailed,),
 )
 def run_job(job_id: str) -> str:
     with consuming(run_job.request, "run_job"):
-        return get_pipeline().run(job_id)
+        pipeline = get_pipeline()
+        status = pipeline.run(job_id)
+        if status in FAILURE_STATUSES:
+            # The row, not this delivery's view: a delivery fenced out by another reports
+            # what the job really became.
+            ending = repository.job_ending(pipeline.engine, job_id)
+            if ending is not None and ending[0] in FAILURE_STATUSES:
+                raise JobFailed(job_id, *ending)
+        return status
 
 
 @app.task(name=DISPATCH_BATCH, ignore_result=True)

@@ -32,7 +32,9 @@ def collect(conn: Connection, settings: Settings) -> Upkeep:
     """Inside the reconciler's transaction (one reconciler at a time)."""
     expired = repository.expire_overdue_jobs(conn)
     repository.mark_completed_batches_for_webhook(conn)
-    due = repository.take_due_webhooks(conn, settings.webhook_timeout_s + 30, WEBHOOK_LIMIT)
+    due = repository.take_due_webhooks(
+        conn, settings.webhook_timeout_s + 30, WEBHOOK_LIMIT, settings.webhook_max_attempts
+    )
     repository.delete_expired_idempotency_keys(conn, settings.idempotency_ttl_s, KEYS_LIMIT)
     return Upkeep(expired, due)
 

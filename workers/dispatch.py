@@ -39,6 +39,8 @@ def publish_jobs(jobs: Sequence[tuple[str, str]]) -> None:
                 producer=producer,
                 retry_policy=RETRY_POLICY,
                 headers=headers,
+                # What Flower's task list shows as the args: the job, by name.
+                argsrepr=f"job={job_id}",
             )
 
 

@@ -18,7 +18,7 @@ from llmq.durations import parse_duration
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.repository import Principal
 from llmq.settings import Settings
-from llmq.webhook_destinations import literal_refusal
+from llmq.webhook_destinations import literal_refusal, url_problem
 from workers.dispatch import publish_batch_dispatch
 
 from .. import cancel
@@ -142,14 +142,8 @@ def accept_batch(
             else "webhooks are disabled: the server has no LLMQ_WEBHOOK_SIGNING_KEY",
         )
 
-    if body.webhook_url and not settings.webhook_allow_private:
-        refusal = literal_refusal(body.webhook_url)
-        if refusal is not None:
-            raise ApiError(
-                422,
-                "webhook_destination_refused",
-                f"webhook_url is refused: {refusal} (deliveries go to public addresses only)",
-            )
+    if body.webhook_url:
+        check_webhook_url(body.webhook_url, settings)
 
     inputs = [item.input for item in body.items]
     check_prompt_size(guards, template, inputs, "body.items.{index}.input")
@@ -203,6 +197,22 @@ def get_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
     batch["id"] = str(batch["id"])
     extras = repository.get_batch_extras(engine, who.tenant_id, parse_id(batch_id, "batch"))
     return BatchOut.model_validate({**batch, **batch_extras(extras)})
+
+
+def check_webhook_url(url: str, settings: Settings) -> None:
+    """A 422 for a webhook URL no delivery could use. The destination is judged first, so
+    127.0.0.1 in any spelling (0177.0.0.1, which httpx cannot even parse, included) gets the
+    same answer."""
+    refusal = None if settings.webhook_allow_private else literal_refusal(url)
+    if refusal is not None:
+        raise ApiError(
+            422,
+            "webhook_destination_refused",
+            f"webhook_url is refused: {refusal} (deliveries go to public addresses only)",
+        )
+    problem = url_problem(url)
+    if problem is not None:
+        raise ApiError(422, "invalid_webhook_url", problem)
 
 
 def batch_extras(extras: dict[str, Any] | None) -> dict[str, Any]:

@@ -306,8 +306,7 @@ def chat_completions(
     if job["status"] != "succeeded":
         status, error = fmt.job_error(job["error_code"], job["error_message"])
         raise CompatError(status, error["message"], kind=error["type"], code=error["code"])
-    return fmt.chat_completion(job_id, job["model"], job["result"] or "", job["input_tokens"],
-                               job["output_tokens"], job["finished_at"])  # fmt: skip
+    return fmt.chat_completion(job)
 
 
 def _wait_for_job(

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from llmq.chat import Conversation
+from llmq.output_review import ACCEPT_TRUNCATION, finish_reason
 from llmq.repository import NewJob
 
 from .common import MAX_TOKENS_LIMIT, ChatIngest, FieldError, check_number, public_id, text_of
@@ -33,6 +34,9 @@ _ERROR_TYPES = {
     "bad_template": "invalid_request_error",
     "deadline_exceeded": "timeout_error",
 }
+
+
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -71,7 +75,9 @@ def message_params(
         turns.append({"role": message["role"], "content": text_of(message.get("content"), where)})
     system = params.get("system")
     system_text = text_of(system, "params.system") if system is not None else None
-    job_params: dict[str, Any] = {"model": link, "max_tokens": params["max_tokens"]}
+    job_params: dict[str, Any] = {
+        "model": link, "max_tokens": params["max_tokens"], ACCEPT_TRUNCATION: True,
+    }  # fmt: skip
     if params.get("temperature") is not None:
         job_params["temperature"] = params["temperature"]
     conversation = Conversation(system_text or None, turns)
@@ -157,7 +163,7 @@ def result_line(row: dict[str, Any]) -> dict[str, Any] | None:
             "id": public_id("msg_", job_id), "type": "message", "role": "assistant",
             "model": row["model"] or "unknown",
             "content": [{"type": "text", "text": row["result"] or ""}],
-            "stop_reason": "end_turn", "stop_sequence": None,
+            "stop_reason": _STOP_REASONS[finish_reason(row["route"])], "stop_sequence": None,
             "usage": {"input_tokens": row["input_tokens"],
                       "output_tokens": row["output_tokens"]},
         }  # fmt: skip

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from llmq.chat import Conversation
+from llmq.output_review import ACCEPT_TRUNCATION, finish_reason
 from llmq.repository import NewJob
 
 from .batch_file import FINDINGS_KEY
@@ -87,7 +88,7 @@ def chat_request(
             )
     if not turns:
         raise FieldError("invalid_request", f"{prefix}messages", "no user or assistant message")
-    params: dict[str, Any] = {"model": link}
+    params: dict[str, Any] = {"model": link, ACCEPT_TRUNCATION: True}
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is not None:
         params["max_tokens"] = max_tokens
@@ -238,16 +239,15 @@ def batch_object(record: dict[str, Any], native: dict[str, Any] | None) -> dict[
     return body
 
 
-def chat_completion(
-    job_id: uuid.UUID, model: str | None, text: str, input_tokens: int, output_tokens: int,
-    created: Any,
-) -> dict[str, Any]:  # fmt: skip
+def chat_completion(job: dict[str, Any]) -> dict[str, Any]:
+    """The Chat Completion of a succeeded job (a row of get_job or iter_batch_results)."""
+    input_tokens, output_tokens = job["input_tokens"], job["output_tokens"]
     return {
-        "id": public_id("chatcmpl-", job_id), "object": "chat.completion",
-        "created": unix(created), "model": model or "unknown",
+        "id": public_id("chatcmpl-", job["id"]), "object": "chat.completion",
+        "created": unix(job["finished_at"]), "model": job["model"] or "unknown",
         "choices": [{
-            "index": 0, "finish_reason": "stop", "logprobs": None,
-            "message": {"role": "assistant", "content": text, "refusal": None},
+            "index": 0, "finish_reason": finish_reason(job["route"]), "logprobs": None,
+            "message": {"role": "assistant", "content": job["result"] or "", "refusal": None},
         }],
         "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
                   "total_tokens": input_tokens + output_tokens},
@@ -281,8 +281,7 @@ def result_line(row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     request_id = public_id("req_", job_id)
     status = row["status"]
     if status == "succeeded":
-        body = chat_completion(job_id, row["model"], row["result"] or "", row["input_tokens"],
-                               row["output_tokens"], row["finished_at"])  # fmt: skip
+        body = chat_completion(row)
         response = {"status_code": 200, "request_id": request_id, "body": body}
         return "output", {**base, "response": response, "error": None}
     if status == "cancelled":

@@ -278,3 +278,28 @@ def test_a_text_over_the_budget_ends_as_an_errored_result(
     big = results["big"]
     assert big.type == "errored" and big.error.error.type == "invalid_request_error"
     assert big.error.error.message.startswith("params.messages.0.content: about")
+
+
+def test_the_clients_own_max_tokens_is_a_success_with_stop_reason_max_tokens(
+    client_for: Any, new_key: Any, worker: Any, fake_provider: Any
+) -> None:
+    """As Anthropic does: a succeeded result with the text that fit, stop_reason "max_tokens"
+    and its usage, from one provider call (no retry with more tokens)."""
+    fake_provider.set_script(FakeScript())
+    model = f"claude-cut-{uuid.uuid4().hex[:8]}"
+    client = client_for(new_key())
+    batch = client.messages.batches.create(
+        requests=[
+            _request("cut", model=f"anthropic:{model}", max_tokens=3),
+            _request("whole", model=f"anthropic:{model}"),
+        ]
+    )
+    done = _wait_ended(client, batch.id)
+    assert (done.request_counts.succeeded, done.request_counts.errored) == (2, 0)
+    results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    cut, whole = results["cut"], results["whole"]
+    assert cut.type == "succeeded" and whole.type == "succeeded"
+    assert cut.message.stop_reason == "max_tokens" and cut.message.usage.output_tokens == 3
+    assert cut.message.content[0].text  # type: ignore[union-attr]
+    assert whole.message.stop_reason == "end_turn"
+    assert fake_provider.stats()["by_model"][model] == 2

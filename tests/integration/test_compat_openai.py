@@ -399,3 +399,34 @@ def test_texts_over_the_budget_are_line_errors_and_400s_with_nothing_run(
             text("SELECT count(*) FROM jobs WHERE tenant_id = :t"), {"t": tenant.tenant_id}
         )
         assert jobs.scalar_one() == 0  # nothing of either request was written
+
+
+def test_the_clients_own_max_tokens_is_answered_with_finish_reason_length(
+    client_for: Any, new_key: Any, worker: Any, fake_provider: Any, http: Any
+) -> None:
+    """As OpenAI does: a 200 with what fits in max_tokens, finish_reason "length", and its
+    usage; one provider call (no retry with more tokens), for a chat call and a batch line."""
+    fake_provider.set_script(FakeScript())
+    model = f"gpt-cut-{uuid.uuid4().hex[:8]}"
+    key = new_key()
+    client = client_for(key)
+    reply = client.chat.completions.create(
+        model=f"openai:{model}", max_tokens=3,
+        messages=[{"role": "user", "content": f"{TEXT} Tell me everything about it."}],
+    )  # fmt: skip
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content
+    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    assert fake_provider.stats()["by_model"][model] == 1
+
+    batch = _wait(client, _create(client, [_line("cut", model=f"openai:{model}", max_tokens=3),
+                                          _line("whole", model=f"openai:{model}")]).id,
+                  "completed")  # fmt: skip
+    assert batch.request_counts is not None and batch.request_counts.failed == 0
+    lines = {line["custom_id"]: line for line in _jsonl(client, batch.output_file_id or "")}
+    cut = ChatCompletion.model_validate(lines["cut"]["response"]["body"])
+    assert cut.choices[0].finish_reason == "length" and cut.usage is not None
+    assert cut.usage.completion_tokens == 3
+    whole = ChatCompletion.model_validate(lines["whole"]["response"]["body"])
+    assert whole.choices[0].finish_reason == "stop"
+    assert fake_provider.stats()["by_model"][model] == 3

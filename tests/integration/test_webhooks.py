@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -137,7 +138,19 @@ def test_webhook_gives_up_after_the_bounded_attempts(http: Any, new_key: Any, wo
 
 
 @pytest.mark.parametrize(
-    "url", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:6379/", "http://[::1]/"]
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:6379/",
+        "http://[::1]/",
+        # 127.0.0.1 as the resolver also reads it (inet_aton), and in IPv6 clothing.
+        "http://2130706433:6379/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+    ],
 )
 def test_internal_webhook_destinations_are_refused_at_submission(
     new_key: Any, engine: Any, url: str
@@ -164,3 +177,99 @@ def test_internal_webhook_destinations_are_refused_at_submission(
             text("SELECT count(*) FROM batches WHERE tenant_id = :t"), {"t": principal.tenant_id}
         ).scalar_one()
     assert written == 0
+
+
+@pytest.mark.parametrize("port", ["99999", "abc", "-1", "0"])
+def test_a_malformed_webhook_url_is_a_422_at_submission(http: Any, new_key: Any, port: str) -> None:
+    key = new_key()
+    assert http.post("/v1/webhooks/secret", headers=auth(key)).status_code == 201
+    url = f"http://hooks.example.com:{port}/x"
+    body = {"items": [{"input": "It snowed."}], "chain": ["local:extractive"], "webhook_url": url}
+    as_json = http.post("/v1/batches", json=body, headers=auth(key))
+    # The same check on a JSONL upload, whose fields arrive as a form.
+    upload = http.post(
+        "/v1/batches",
+        headers=auth(key),
+        files={"file": ("items.jsonl", b'{"input": "It snowed."}\n')},
+        data={"chain": '["local:extractive"]', "webhook_url": url},
+    )
+    for refused in (as_json, upload):
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_webhook_url"
+        assert "webhook_url" in error["message"] and "port" in error["message"].lower()
+
+
+def _pending_webhook(http: Any, new_key: Any, engine: Any) -> str:
+    """A batch whose completion webhook is due later (nobody else's reconciler takes it)."""
+    key = new_key()
+    http.post("/v1/webhooks/secret", headers=auth(key))
+    body = {"items": [{"input": "It snowed."}], "chain": ["local:extractive"],
+            "webhook_url": "https://hooks.example.com/llmq"}  # fmt: skip
+    batch_id: str = http.post("/v1/batches", json=body, headers=auth(key)).json()["id"]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE batches SET webhook_status = 'pending', webhook_event_id = "
+                "gen_random_uuid(), webhook_next_at = now() + interval '1 hour' WHERE id = :b"
+            ),
+            {"b": batch_id},
+        )
+    return batch_id
+
+
+def _webhook_state(engine: Any, batch_id: str) -> tuple[str, int]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT webhook_status, webhook_attempts FROM batches WHERE id = :b"),
+            {"b": batch_id},
+        ).one()
+    return row[0], row[1]
+
+
+def test_a_crashing_delivery_is_one_failed_attempt_within_the_maximum(
+    http: Any, new_key: Any, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmq.settings import get_settings
+
+    batch_id = _pending_webhook(http, new_key, engine)
+    # Backoff of an hour: each next attempt is made here, not by a running reconciler.
+    settings = get_settings().model_copy(
+        update={"webhook_max_attempts": 3, "webhook_backoff_base_s": 3600.0}
+    )
+
+    def crash(*args: Any, **kwargs: Any) -> webhooks.DeliveryResult:
+        raise ValueError("Port out of range 0-65535")  # what a bad stored URL raised
+
+    monkeypatch.setattr(webhooks, "post", crash)
+    outcomes = [webhooks.deliver_attempt(engine, settings, batch_id, n) for n in (1, 2, 3, 4)]
+
+    assert outcomes == ["failed", "failed", "failed", "not_claimable"]
+    assert _webhook_state(engine, batch_id) == ("failed", 3)
+    deliveries = repository.list_webhook_deliveries(engine, uuid.UUID(batch_id))
+    assert [(d["attempt_no"], d["outcome"], d["error"]) for d in deliveries] == [
+        (n, "failed", "ValueError: Port out of range 0-65535") for n in (1, 2, 3)
+    ]
+
+
+def test_a_lost_last_attempt_ends_the_webhook_instead_of_counting_on(
+    http: Any, new_key: Any, engine: Any
+) -> None:
+    """The operator's 25 attempts of 6: the last allowed attempt was claimed, never recorded,
+    and the reconciler handed out attempt 7, 8, ... each time its lease ran out."""
+    from llmq.settings import get_settings
+    from workers import batch_upkeep
+
+    batch_id = _pending_webhook(http, new_key, engine)
+    for n in range(1, 7):  # six attempts claimed, none recorded (each worker died)
+        assert repository.claim_webhook_attempt(engine, batch_id, n, 40.0) is not None
+    with engine.begin() as conn:  # the last lease has run out
+        conn.execute(
+            text("UPDATE batches SET webhook_next_at = now() - interval '1 second' WHERE id = :b"),
+            {"b": batch_id},
+        )
+    with engine.begin() as conn:  # the reconciler's pass
+        due = batch_upkeep.collect(conn, get_settings()).webhooks_due
+    assert get_settings().webhook_max_attempts == 6
+    assert batch_id not in [b for b, _, _ in due]
+    assert _webhook_state(engine, batch_id) == ("failed", 6)

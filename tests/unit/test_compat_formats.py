@@ -79,7 +79,9 @@ def test_chat_request_maps_messages_and_params() -> None:
                       {"role": "user", "content": "Summarize"}]},
         MODELS.resolve, INGEST,
     )  # fmt: skip
-    assert job.params == {"model": "openai:gpt-4o-mini", "max_tokens": 20, "temperature": 0.5}
+    # A cut-off answer is the client's answer (finish_reason "length"), not a failure.
+    assert job.params == {"model": "openai:gpt-4o-mini", "max_tokens": 20, "temperature": 0.5,
+                          "accept_truncation": True}  # fmt: skip
     conversation = chat.decode(job.input)
     assert conversation.system == "Be brief.\n\nNo lists."
     assert [m["role"] for m in conversation.messages] == ["user", "assistant", "user"]
@@ -167,7 +169,8 @@ def _row(status: str, **extra: Any) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(), "custom_id": "c1", "status": status, "result": "Answer.",
         "model": "gpt-4o-mini", "input_tokens": 7, "output_tokens": 3, "finished_at": NOW,
-        "error_code": None, "error_message": None, **extra,
+        "error_code": None, "error_message": None, "route": [{"link": "x:y", "result": "ok"}],
+        **extra,
     }  # fmt: skip
 
 
@@ -186,6 +189,19 @@ def test_openai_result_lines_go_to_the_right_file() -> None:
     which, line = openai_format.result_line(_row("cancelled")) or ("", {})
     assert which == "errors" and line["error"]["code"] == "batch_cancelled"
     assert openai_format.result_line(_row("running")) is None
+
+
+def test_a_cut_off_answer_is_a_success_with_the_providers_finish_reason() -> None:
+    row = _row("succeeded", route=[{"link": "x:y", "result": "ok", "finish_reason": "length"}])
+    which, line = openai_format.result_line(row) or ("", {})
+    completion = ChatCompletion.model_validate(line["response"]["body"])
+    assert which == "output" and completion.choices[0].finish_reason == "length"
+    message = MessageBatchIndividualResponse.model_validate(anthropic_format.result_line(row))
+    assert message.result.type == "succeeded"
+    assert message.result.message.stop_reason == "max_tokens"
+    assert message.result.message.usage.output_tokens == 3
+    whole = openai_format.result_line(_row("succeeded")) or ("", {})
+    assert whole[1]["response"]["body"]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_anthropic_objects_parse_as_the_sdks_types() -> None:
@@ -224,7 +240,8 @@ def test_anthropic_requests_split_into_jobs_and_errored_ones() -> None:
         MODELS.resolve, INGEST,
     )  # fmt: skip
     assert [i.custom_id for i in items] == ["a", "b", "c"]
-    assert items[0].params == {"model": "anthropic:claude-haiku-4-5", "max_tokens": 9}
+    assert items[0].params == {"model": "anthropic:claude-haiku-4-5", "max_tokens": 9,
+                               "accept_truncation": True}  # fmt: skip
     assert chat.decode(items[0].input).system == "Brief."
     assert {k: v[0] for k, v in rejected.items()} == {
         1: "model_not_found",

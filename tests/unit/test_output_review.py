@@ -8,6 +8,7 @@ import pytest
 
 from llmq.guardrails import UnsafeOutputGuard
 from llmq.output_review import (
+    ACCEPT_TRUNCATION,
     Accept,
     Fail,
     OutputReview,
@@ -15,6 +16,7 @@ from llmq.output_review import (
     Retry,
     check_schema,
     corrective_request,
+    finish_reason,
     prepare,
     validate_json,
 )
@@ -162,6 +164,31 @@ def test_a_job_that_set_max_tokens_keeps_its_cap() -> None:
     review = OutputReview(OutputSpec(own_max_tokens=True), max_tokens_cap=4096)
     step = review.truncation(_done("cut", "length"), REQUEST)
     assert isinstance(step, Fail) and step.code == "truncated_output"
+
+
+def test_a_compat_job_gets_its_cut_off_answer_at_its_own_max_tokens() -> None:
+    """OpenAI answers max_tokens=3 with finish_reason "length", not an error: so do we, at once."""
+    spec = OutputSpec.from_params({"max_tokens": 3, ACCEPT_TRUNCATION: True})
+    assert spec.own_max_tokens and spec.accept_truncation
+    review = OutputReview(spec, max_tokens_cap=4096)
+    assert review.truncation(_done("cut", "length"), REQUEST) is None  # accepted, no retry
+    assert review.retried == set()
+
+
+def test_a_compat_job_without_max_tokens_gets_one_retry_then_the_cut_off_answer() -> None:
+    # The limit was ours (the default max tokens), not the client's: raise it once first.
+    review = OutputReview(OutputSpec.from_params({ACCEPT_TRUNCATION: True}), max_tokens_cap=4096)
+    first = review.truncation(_done("cut", "length"), REQUEST)
+    assert isinstance(first, Retry) and first.request.max_tokens == 200
+    assert review.truncation(_done("cut again", "length"), first.request) is None
+
+
+def test_the_finish_reason_is_read_from_the_answering_link() -> None:
+    assert finish_reason(None) == finish_reason([]) == "stop"
+    assert finish_reason([{"link": "a:b", "result": "ok"}]) == "stop"
+    cut = [{"link": "a:x", "result": "timeout"},
+           {"link": "a:b", "result": "ok", "finish_reason": "length"}]  # fmt: skip
+    assert finish_reason(cut) == "length"
 
 
 @pytest.mark.parametrize(
