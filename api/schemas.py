@@ -29,6 +29,11 @@ Usd = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=s
 MAX_INPUT_CHARS = 2_000_000
 MAX_COMPLETION_WINDOW_S = 7 * 86_400
 MAX_METADATA_BYTES = 16_384
+MAX_CUSTOM_ID_CHARS = 200
+# Pydantic's JSON parser (jiter, for batch bodies and JSONL lines) refuses a little past 200
+# levels; fields that take free-form JSON are held to the same depth, so one limit is true.
+MAX_JSON_DEPTH = 200
+JSON_TOO_DEEP = f"JSON nested too deep (at most {MAX_JSON_DEPTH} levels)"
 
 
 def _storable(value: str) -> str:
@@ -57,9 +62,30 @@ def _strings(value: object) -> Iterator[str]:
             yield from _strings(item)
 
 
+def json_depth(value: object) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, `[]` is 1), without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, at = level.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is not None:
+            depth = max(depth, at)
+            level.extend((child, at + 1) for child in children)
+    return depth
+
+
+def _not_too_deep(value: Any) -> Any:
+    if value is not None and json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(JSON_TOO_DEEP)
+    return value
+
+
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     if not value:  # most batch items carry none
         return value
+    _not_too_deep(value)
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
@@ -76,6 +102,9 @@ Text = Annotated[str, AfterValidator(_storable)]
 Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_storable)]
 Link = Annotated[str, Field(max_length=200)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
+# The length inside the Annotated, so a long one is "at most 200 characters" (on `X | None` a
+# Field(max_length) becomes a generic "items" check).
+CustomId = Annotated[str, Field(max_length=MAX_CUSTOM_ID_CHARS), AfterValidator(_storable)]
 
 
 class Strict(BaseModel):
@@ -114,6 +143,7 @@ class Params(Strict):
     @field_validator("json_schema")
     @classmethod
     def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        _not_too_deep(schema)
         if schema is not None and (problem := check_schema(schema)) is not None:
             raise ValueError(problem)
         return schema
@@ -144,7 +174,7 @@ class JobIn(Strict):
     params: Params = Params()
     priority: Priority = "default"
     chain: list[Link] | None = Field(default=None, max_length=10)
-    custom_id: Text | None = Field(default=None, max_length=200)
+    custom_id: CustomId | None = None
     metadata: Metadata = Field(default_factory=dict)
     template_version: int | None = Field(
         default=None, ge=1, description="pin a template version (no A/B assignment)"
@@ -154,7 +184,7 @@ class JobIn(Strict):
 
 
 class BatchItem(Strict):
-    custom_id: Text | None = Field(default=None, max_length=200)
+    custom_id: CustomId | None = None
     input: Text = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     params: Params | None = None
     metadata: Metadata = Field(default_factory=dict)

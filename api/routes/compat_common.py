@@ -20,7 +20,7 @@ from llmq.pricing import load_price_table
 from llmq.repository import Principal
 from llmq.settings import Settings
 
-from ..errors import ApiError
+from ..errors import BODY_PARSE_ERROR, ApiError, body_parse_error, json_message
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,11 @@ def _as_compat(exc: Exception) -> CompatError:
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = f"{param}: {first.get('msg', 'invalid')}" if param else "invalid request body"
+        message = f"{param}: {json_message(first)}" if param else "invalid request body"
         return CompatError(400, message, code="invalid_request", param=param)
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            return CompatError(400, body_parse_error(exc), code="invalid_request")
         return CompatError(exc.status_code, str(exc.detail))
     log.warning("database unavailable: %s", type(exc).__name__)
     return CompatError(503, "the database is unavailable; retry shortly")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -113,3 +114,86 @@ def test_other_tenants_jobs_and_batches_are_404(http: Any, new_key: Any) -> None
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == "not_found"
     assert http.get("/v1/jobs/not-a-uuid", headers=auth(owner)).status_code == 404
+
+
+def _nested(depth: int) -> Any:
+    """JSON of exactly `depth` levels: a dict holding lists."""
+    value: Any = []
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", '{"input": "x", "metadata": {"a": %s}}'),
+        ("/v1/batches", '{"items": [{"input": "x", "metadata": {"a": %s}}]}'),
+        ("/openai/v1/chat/completions", '{"model": "m", "messages": %s}'),
+    ],
+)
+def test_json_nested_too_deep_says_so_with_the_limit(
+    http: Any, new_key: Any, path: str, body: str
+) -> None:
+    deep = "[" * 1000 + "]" * 1000
+    response = http.post(
+        path,
+        content=(body % deep).encode(),
+        headers={**auth(new_key()), "content-type": "application/json"},
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "JSON nested too deep (at most 200 levels)" in response.text
+
+
+def test_free_form_json_is_held_to_the_stated_depth(http: Any, new_key: Any) -> None:
+    key = new_key()
+    at_limit = http.post(
+        "/v1/jobs", json={"input": "x", "metadata": _nested(200)}, headers=auth(key)
+    )
+    assert at_limit.status_code == 202, at_limit.text
+    past = http.post("/v1/jobs", json={"input": "x", "metadata": _nested(201)}, headers=auth(key))
+    assert past.status_code == 422
+    assert "JSON nested too deep (at most 200 levels)" in past.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/v1/jobs", {"input": "x", "custom_id": "c" * 201}, "body.custom_id"),
+        (
+            "/v1/batches",
+            {"items": [{"input": "x", "custom_id": "c" * 201}]},
+            "body.items.0.custom_id",
+        ),
+    ],
+)
+def test_a_long_custom_id_is_counted_in_characters(
+    http: Any, new_key: Any, path: str, body: dict[str, Any], where: str
+) -> None:
+    response = http.post(path, json=body, headers=auth(new_key()))
+    assert response.status_code == 422
+    assert (
+        response.json()["error"]["message"] == f"{where}: String should have at most 200 characters"
+    )
+
+
+def test_jsonl_errors_name_the_file_line(http: Any, new_key: Any) -> None:
+    key = new_key()
+    rows = [{"custom_id": c, "input": "x"} for c in ("a", "b", "c", "a")]
+    duplicate = http.post(
+        "/v1/batches",
+        files={"file": ("b.jsonl", "".join(json.dumps(r) + "\n" for r in rows))},
+        headers=auth(key),
+    )
+    assert duplicate.status_code == 422
+    error = duplicate.json()["error"]
+    assert error["code"] == "invalid_jsonl"
+    assert error["message"] == "line 4: custom_id: 'a' is a duplicate of line 1"
+
+    broken = '{"input": "x"}\n' * 4 + '{"input": \n'
+    response = http.post("/v1/batches", files={"file": ("b.jsonl", broken)}, headers=auth(key))
+    assert response.status_code == 422
+    assert (
+        response.json()["error"]["message"]
+        == "line 5: Invalid JSON: EOF while parsing a value at column 10"
+    )
