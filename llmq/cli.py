@@ -315,15 +315,16 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
-    """Revoke a key by id or prefix."""
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="key id, or a prefix of the id or the key")],
+) -> None:
+    """Revoke a key by its id, or a prefix of the id or of the key (at least 8 characters, naming
+    one active key). The last active admin key is never revoked."""
     from llmq import repository
     from llmq.db.engine import get_engine
 
-    count = repository.revoke_api_key(get_engine(database_url(get_settings())), key_id)
-    if not count:
-        raise _fail(f"no active key matches {key_id!r}")
-    typer.echo(f"revoked {count} key(s)")
+    revoked = repository.revoke_api_key(get_engine(database_url(get_settings())), key_id)
+    typer.echo(f"revoked key {revoked}")
 
 
 # ---------------------------------------------------------------------------------------------
