@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
+from pydantic import BaseModel
 
 from llmq import logs, tracing
 from llmq.db.engine import get_engine
@@ -25,6 +28,7 @@ from .routes import (
     usage,
     webhooks,
 )
+from .schemas import BatchIn
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,7 +62,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     observability.install(app)
     _install_security(app, settings)
+    _document_models(app, BatchIn)
     return app
+
+
+def _document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put models that routes parse themselves (so FastAPI never sees them) into the schema's
+    components, where the routes' documented bodies refer to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # cached by FastAPI as app.openapi_schema
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, definition)
+            schemas[model.__name__] = schema
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension point
 
 
 def _install_security(app: FastAPI, settings: Settings) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schemas import JSON_TOO_DEEP
 
 log = logging.getLogger(__name__)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
@@ -46,17 +50,63 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def json_message(err: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, with its JSON parser's "recursion limit exceeded"
+    said as what it is: the document is nested too deep (and the limit)."""
+    message: str = err.get("msg", "invalid")
+    if err.get("type") == "json_invalid" and "recursion limit exceeded" in message:
+        return JSON_TOO_DEEP
+    return message
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for err in exc.errors():
         details.append(
             {
                 "loc": ".".join(str(p) for p in err.get("loc", ())),
-                "message": err.get("msg", "invalid"),
+                "message": json_message(err),
                 "type": err.get("type", "value_error"),
             }
         )
     return details
+
+
+def body_parse_error(exc: StarletteHTTPException) -> str:
+    """Why FastAPI could not parse a body (its 400 names no reason): the stdlib parser ran
+    out of stack on deep nesting, or the bytes are not UTF-8 JSON."""
+    if isinstance(exc.__cause__, RecursionError):
+        return f"body: {JSON_TOO_DEEP}"
+    return "body: not valid UTF-8 JSON"
+
+
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` of a 405: the methods the API documents at this path. (Starlette names only
+    the first matching route's, and GET and POST of one path are separate routes here.)"""
+    methods: set[str] = set()
+    for pattern, verbs in _documented_paths(request.app):
+        if pattern.fullmatch(request.url.path):
+            methods |= verbs
+    return ", ".join(sorted(methods))
+
+
+def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    paths: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        app.state, "documented_paths", None
+    )
+    if paths is None:
+        paths = [
+            (
+                re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))),
+                {method.upper() for method in item if method in HTTP_METHODS},
+            )
+            for path, item in app.openapi()["paths"].items()
+        ]
+        app.state.documented_paths = paths
+    return paths
 
 
 def install(app: FastAPI) -> None:
@@ -73,16 +123,17 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
             # Undecodable bytes (not UTF-8) get the same 422 as malformed JSON.
-            return error_response(422, "invalid_request", "body: not valid UTF-8 JSON")
+            return error_response(422, "invalid_request", body_parse_error(exc))
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(
-            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
-        )
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": allowed_methods(request)}
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import IO, Annotated, Any
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException
 from llmq import repository
 from llmq.repository import Idempotency, IdempotentReplay, Principal, StoredResponse
 
-from .errors import ApiError
+from .errors import ApiError, json_message
 from .schemas import BatchIn, BatchItem
 
 IdempotencyKey = Annotated[
@@ -34,6 +35,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 MAX_LINE_ERRORS = 20
+_AT_LINE_1 = re.compile(r" at line 1 column (\d+)$")
 # Form fields of an upload that hold JSON rather than plain text.
 JSON_FORM_FIELDS = ("params", "metadata", "chain")
 FORM_FIELDS = (*JSON_FORM_FIELDS, "template", "priority", "completion_window", "webhook_url")
@@ -103,6 +105,7 @@ def parse_jsonl(stream: IO[bytes], max_items: int) -> list[BatchItem]:
     fixes a file in one round, and write nothing unless every line is valid."""
     items: list[BatchItem] = []
     errors: list[dict[str, Any]] = []
+    first_line_of: dict[str, int] = {}  # custom_id -> the line that used it first
     count = 0
     for number, raw in enumerate(stream, start=1):
         if not raw.strip():
@@ -111,27 +114,48 @@ def parse_jsonl(stream: IO[bytes], max_items: int) -> list[BatchItem]:
         if count > max_items:
             _check_size(count, max_items)
         try:
-            items.append(BatchItem.model_validate_json(raw))
+            # Without its line ending, a parse error's position is a column of this line.
+            item = BatchItem.model_validate_json(raw.rstrip(b"\r\n"))
         except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                field = ".".join(str(p) for p in err["loc"]) or "line"
-                errors.append(
-                    {"line": number, "loc": field, "message": err["msg"], "type": err["type"]}
-                )
-            if len(errors) >= MAX_LINE_ERRORS:
-                break
+            errors.extend(_line_errors(number, exc))
+        else:
+            items.append(item)
+            if item.custom_id is not None:
+                first = first_line_of.setdefault(item.custom_id, number)
+                if first != number:
+                    message = f"{item.custom_id!r} is a duplicate of line {first}"
+                    errors.append(_line_error(number, "custom_id", message, "duplicate"))
+        if len(errors) >= MAX_LINE_ERRORS:
+            break
     if errors:
-        first = errors[0]
+        first_error = errors[0]
+        field = "" if first_error["loc"] == "line" else f"{first_error['loc']}: "
         raise ApiError(
             422,
             "invalid_jsonl",
-            f"line {first['line']}: {first['loc']}: {first['message']}"
+            f"line {first_error['line']}: {field}{first_error['message']}"
             + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""),
             details=errors,
         )
     if not items:
         raise ApiError(422, "invalid_jsonl", "the file holds no items")
     return items
+
+
+def _line_error(number: int, loc: str, message: str, kind: str) -> dict[str, Any]:
+    return {"line": number, "loc": loc, "message": message, "type": kind}
+
+
+def _line_errors(number: int, exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        _line_error(
+            number,
+            ".".join(str(p) for p in err["loc"]) or "line",
+            _AT_LINE_1.sub(r" at column \1", json_message(err)),
+            err["type"],
+        )
+        for err in exc.errors(include_url=False)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

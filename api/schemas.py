@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -20,7 +21,7 @@ from pydantic import (
 
 from llmq.durations import parse_duration
 from llmq.output_review import check_schema
-from llmq.providers.registry import parse_link
+from llmq.providers.registry import KNOWN_PROVIDERS, parse_link
 
 Priority = Literal["high", "default", "low"]
 # Money as an exact fixed-point string ("0.0000123000"), never a float or "0E-10".
@@ -28,6 +29,11 @@ Usd = Annotated[Decimal, PlainSerializer(lambda d: format(d, "f"), return_type=s
 MAX_INPUT_CHARS = 2_000_000
 MAX_COMPLETION_WINDOW_S = 7 * 86_400
 MAX_METADATA_BYTES = 16_384
+MAX_CUSTOM_ID_CHARS = 200
+# Pydantic's JSON parser (jiter, for batch bodies and JSONL lines) refuses a little past 200
+# levels; fields that take free-form JSON are held to the same depth, so one limit is true.
+MAX_JSON_DEPTH = 200
+JSON_TOO_DEEP = f"JSON nested too deep (at most {MAX_JSON_DEPTH} levels)"
 
 
 def _storable(value: str) -> str:
@@ -56,9 +62,30 @@ def _strings(value: object) -> Iterator[str]:
             yield from _strings(item)
 
 
+def json_depth(value: object) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0, `[]` is 1), without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, at = level.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is not None:
+            depth = max(depth, at)
+            level.extend((child, at + 1) for child in children)
+    return depth
+
+
+def _not_too_deep(value: Any) -> Any:
+    if value is not None and json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(JSON_TOO_DEEP)
+    return value
+
+
 def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     if not value:  # most batch items carry none
         return value
+    _not_too_deep(value)
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         size = len(text.encode("utf-8"))
@@ -71,10 +98,26 @@ def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _whole(value: object) -> object:
+    # JSON has one number type: JSON Schema counts 3.0 as an integer, and so do we (strict mode
+    # still refuses "3", true and 3.5).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the int's own constraints (Annotated[int, Field(ge=1), WHOLE]): before them, pydantic
+# cannot write them as JSON Schema `minimum`/`maximum`, and the fuzzer reads the schema.
+WHOLE = BeforeValidator(_whole)
 Text = Annotated[str, AfterValidator(_storable)]
 Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_storable)]
-Link = Annotated[str, Field(max_length=200)]
+# Documented as a pattern; parse_link checks the same and says which provider is unknown.
+LINK_PATTERN = f"^(?:{'|'.join(KNOWN_PROVIDERS)}):[\\s\\S]"
+Link = Annotated[str, Field(max_length=200, json_schema_extra={"pattern": LINK_PATTERN})]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
+# The length inside the Annotated, so a long one is "at most 200 characters" (on `X | None` a
+# Field(max_length) becomes a generic "items" check).
+CustomId = Annotated[str, Field(max_length=MAX_CUSTOM_ID_CHARS), AfterValidator(_storable)]
 
 
 class Strict(BaseModel):
@@ -87,8 +130,8 @@ class ShortInputIn(Strict):
     """Size-based routing for this request (llmq/routing.py)."""
 
     link: Link = Field(description="provider:model tried first for a short input")
-    max_input_tokens: int = Field(
-        ge=1, le=10_000_000, description="inputs of at most this many estimated tokens"
+    max_input_tokens: Annotated[int, Field(ge=1, le=10_000_000), WHOLE] = Field(
+        description="inputs of at most this many estimated tokens"
     )
 
     @field_validator("link")
@@ -102,7 +145,7 @@ class Params(Strict):
     style: Annotated[str, Field(max_length=50)] | None = Field(
         default=None, description="summary style: paragraph|short|bullets|executive"
     )
-    max_tokens: int | None = Field(default=None, ge=1, le=32_000)
+    max_tokens: Annotated[int, Field(ge=1, le=32_000), WHOLE] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     no_cache: bool = False
     # Structured output (llmq/output_review.py): the answer must be JSON, matching json_schema
@@ -113,6 +156,7 @@ class Params(Strict):
     @field_validator("json_schema")
     @classmethod
     def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        _not_too_deep(schema)
         if schema is not None and (problem := check_schema(schema)) is not None:
             raise ValueError(problem)
         return schema
@@ -142,18 +186,18 @@ class JobIn(Strict):
     template: Name = "summarize"
     params: Params = Params()
     priority: Priority = "default"
-    chain: list[Link] | None = Field(default=None, max_length=10)
-    custom_id: Text | None = Field(default=None, max_length=200)
+    chain: list[Link] | None = Field(default=None, min_length=1, max_length=10)
+    custom_id: CustomId | None = None
     metadata: Metadata = Field(default_factory=dict)
-    template_version: int | None = Field(
-        default=None, ge=1, description="pin a template version (no A/B assignment)"
+    template_version: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        default=None, description="pin a template version (no A/B assignment)"
     )
 
     _chain = field_validator("chain")(_check_chain)
 
 
 class BatchItem(Strict):
-    custom_id: Text | None = Field(default=None, max_length=200)
+    custom_id: CustomId | None = None
     input: Text = Field(min_length=1, max_length=MAX_INPUT_CHARS)
     params: Params | None = None
     metadata: Metadata = Field(default_factory=dict)
@@ -164,9 +208,9 @@ class BatchIn(Strict):
     template: Name = "summarize"
     params: Params = Params()
     priority: Priority = "default"
-    chain: list[Link] | None = Field(default=None, max_length=10)
+    chain: list[Link] | None = Field(default=None, min_length=1, max_length=10)
     metadata: Metadata = Field(default_factory=dict)
-    completion_window: int | str | None = Field(
+    completion_window: Annotated[int, WHOLE] | str | None = Field(
         default=None,
         description="jobs not done this long after submission end `expired`: seconds or "
         "'90s', '30m', '1h', '2d'",
@@ -178,8 +222,8 @@ class BatchIn(Strict):
         # destinations are allowed: a refused destination is reported before a malformed one.
         description="an absolute http(s) URL, POSTed a signed event when the batch ends",
     )
-    template_version: int | None = Field(
-        default=None, ge=1, description="pin a template version (no A/B assignment)"
+    template_version: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        default=None, description="pin a template version (no A/B assignment)"
     )
     max_cost_usd: Decimal | None = Field(
         default=None,
@@ -349,11 +393,11 @@ class WebhookDeliveriesOut(BaseModel):
 class KeyIn(Strict):
     tenant: Text = Field(min_length=1, max_length=200, description="tenant name (created if new)")
     admin: bool = Field(default=False, description="may manage keys")
-    requests_per_min: int | None = Field(
-        default=None, ge=0, le=1_000_000, description="own limit; null = default, 0 = unlimited"
+    requests_per_min: Annotated[int, Field(ge=0, le=1_000_000), WHOLE] | None = Field(
+        default=None, description="own limit; null = default, 0 = unlimited"
     )
-    items_per_min: int | None = Field(
-        default=None, ge=0, le=100_000_000, description="own limit; null = default, 0 = unlimited"
+    items_per_min: Annotated[int, Field(ge=0, le=100_000_000), WHOLE] | None = Field(
+        default=None, description="own limit; null = default, 0 = unlimited"
     )
 
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from llmq.services import ServiceConfigError, database_url, services
+from llmq.errors import UserError
+from llmq.services import database_url, services
 from llmq.settings import QUEUES, Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -28,11 +29,31 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _database_url(settings: Settings) -> str:
-    try:
-        return database_url(settings)
-    except ServiceConfigError as exc:
-        raise _fail(str(exc)) from exc
+def _database_unreachable(exc: Exception) -> str | None:
+    """One line for a database that refuses connections, else None. SQLAlchemy is only looked
+    up if a command imported it (the CLI starts without it)."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.OperationalError):
+        return None
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url(get_settings())).render_as_string(hide_password=True)
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    return f"cannot reach the database at {url} ({reason}): check DATABASE_URL"
+
+
+def _setting(field: str) -> str:
+    """How --help shows an option whose default is a setting: its env var and built-in value."""
+    return f"LLMQ_{field.upper()} or {Settings.model_fields[field].default}"
+
+
+def node_name(name: str) -> str:
+    """Celery's node name for `--name`/`-n`: `w1` -> `w1@<host>` (a bare name is the name half,
+    as `worker@host` is by default), `w1@%h` -> `w1@<host>`, `w1@box` as given; `%h`, `%n`,
+    `%d` expand once, as in `celery worker -n` (celery.utils.nodenames)."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    return host_format(default_nodename(name if "@" in name else f"{name}@%h"))
 
 
 def _use_env(urls: dict[str, str]) -> None:
@@ -56,20 +77,28 @@ def migrate() -> None:
     """Create or upgrade the database schema (Alembic) at DATABASE_URL."""
     from llmq.db.migrate import upgrade
 
-    upgrade(_database_url(get_settings()))
+    upgrade(database_url(get_settings()))
     typer.echo("database is at the latest schema")
 
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="bind address")] = "",
-    port: Annotated[int, typer.Option(help="port")] = 0,
+    host: Annotated[
+        str | None, typer.Option(help="bind address", show_default=_setting("api_host"))
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="port", show_default=_setting("api_port"))
+    ] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
     """Serve the HTTP API (needs DATABASE_URL and REDIS_URL)."""
     import uvicorn
 
     settings = get_settings()
+    if not settings.database_url:
+        # `llmq up` is what starts the embedded servers; the API alone only connects.
+        raise _fail("llmq api needs DATABASE_URL (and REDIS_URL); `llmq up` runs it all on "
+                    "embedded servers")  # fmt: skip
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -84,9 +113,22 @@ def api(
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="queues, highest priority first")] = ",".join(QUEUES),
-    concurrency: Annotated[int, typer.Option(help="concurrent jobs per process")] = 0,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="concurrent jobs per process", show_default=_setting("worker_concurrency")
+        ),
+    ] = None,
     pool: Annotated[str, typer.Option(help="threads (recommended) | gevent | prefork")] = "",
-    name: Annotated[str, typer.Option(help="node name (default worker@hostname)")] = "",
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name",
+            "-n",
+            help="node name: w1 or w1@%h -> w1@<host>, w1@box as given",
+            show_default="celery@<host>",
+        ),
+    ] = "",
     loglevel: Annotated[str, typer.Option(help="log level (default LLMQ_LOG_LEVEL)")] = "",
     metrics_port: Annotated[
         int, typer.Option(help="serve /metrics here (default LLMQ_WORKER_METRICS_PORT; 0 = off)")
@@ -116,7 +158,7 @@ def worker(
         "--without-gossip",
     ]
     if name:
-        argv += ["--hostname", f"{name}@%h"]
+        argv += ["--hostname", node_name(name)]
     if pool == "gevent":
         import importlib.util
 
@@ -137,7 +179,11 @@ def worker(
 
 
 @app.command()
-def flower(port: Annotated[int, typer.Option(help="port")] = 0) -> None:
+def flower(
+    port: Annotated[
+        int | None, typer.Option(help="port", show_default=_setting("flower_port"))
+    ] = None,
+) -> None:
     """Run Flower (queue and worker dashboard) against the broker, with basic auth."""
     settings = get_settings()
     if not settings.redis_url:
@@ -174,8 +220,13 @@ def fake_provider(
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
-    concurrency: Annotated[int, typer.Option(help="jobs per worker process")] = 0,
-    port: Annotated[int, typer.Option(help="API port")] = 0,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="jobs per worker process", show_default=_setting("worker_concurrency")),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="API port", show_default=_setting("api_port"))
+    ] = None,
     with_flower: Annotated[bool, typer.Option("--flower/--no-flower")] = False,
 ) -> None:
     """Run everything: embedded PostgreSQL and Redis (unless URLs are set), the schema, the API
@@ -248,7 +299,7 @@ def keys_create(
     from llmq import repository
     from llmq.db.engine import get_engine
 
-    key = repository.create_api_key(get_engine(_database_url(get_settings())), tenant, admin=admin)
+    key = repository.create_api_key(get_engine(database_url(get_settings())), tenant, admin=admin)
     typer.echo(f"created key for tenant {tenant!r}; store it now, it is not shown again:", err=True)
     typer.echo(key)
 
@@ -259,7 +310,7 @@ def keys_list() -> None:
     from llmq import repository
     from llmq.db.engine import get_engine
 
-    for row in repository.list_api_keys(get_engine(_database_url(get_settings()))):
+    for row in repository.list_api_keys(get_engine(database_url(get_settings()))):
         revoked = f" revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else ""
         typer.echo(
             f"{row['id']}  {row['prefix']}...  {row['tenant']}"
@@ -268,15 +319,16 @@ def keys_list() -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
-    """Revoke a key by id or prefix."""
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="key id, or a prefix of the id or the key")],
+) -> None:
+    """Revoke a key by its id, or a prefix of the id or of the key (at least 8 characters, naming
+    one active key). The last active admin key is never revoked."""
     from llmq import repository
     from llmq.db.engine import get_engine
 
-    count = repository.revoke_api_key(get_engine(_database_url(get_settings())), key_id)
-    if not count:
-        raise _fail(f"no active key matches {key_id!r}")
-    typer.echo(f"revoked {count} key(s)")
+    revoked = repository.revoke_api_key(get_engine(database_url(get_settings())), key_id)
+    typer.echo(f"revoked key {revoked}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +346,7 @@ def submit(
     chain: Annotated[str | None, typer.Option(help="provider:model,... (fallback order)")] = None,
 ) -> None:
     """Submit a JSONL file as one batch; prints the batch id."""
-    from llmq.client import ApiError, Client
+    from llmq.client import Client
 
     items = []
     for number, line in enumerate(file.read_text().splitlines(), start=1):
@@ -311,10 +363,7 @@ def submit(
     if chain:
         fields["chain"] = chain.split(",")
     with Client(api_url, api_key) as client:
-        try:
-            accepted = client.submit_batch(items, **fields)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+        accepted = client.submit_batch(items, **fields)
     typer.echo(accepted["id"])
 
 
@@ -326,14 +375,11 @@ def status(
     wait: Annotated[bool, typer.Option("--wait", "--watch", help="follow until done")] = False,
 ) -> None:
     """Show a batch's counts; with --wait, a progress bar until it completes."""
-    from llmq.client import ApiError, Client
+    from llmq.client import Client
     from llmq.progress import follow_batch
 
     with Client(api_url, api_key) as client:
-        try:
-            batch = follow_batch(client, batch_id) if wait else client.batch(batch_id)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+        batch = follow_batch(client, batch_id) if wait else client.batch(batch_id)
     counts = " ".join(f"{k}={v}" for k, v in batch["counts"].items() if v)
     typer.echo(
         f"{batch['id']} {batch['status']} {batch['completed']}/{batch['item_count']} "
@@ -353,15 +399,13 @@ def results(
     ] = None,
 ) -> None:
     """Download a batch's results as JSONL (stdout or -o FILE)."""
-    from llmq.client import ApiError, Client
+    from llmq.client import Client
 
     with Client(api_url, api_key) as client:
         sink = output.open("w") if output else sys.stdout
         try:
             for row in client.results(batch_id, only):
                 sink.write(json.dumps(row) + "\n")
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
         finally:
             if output:
                 sink.close()
@@ -374,13 +418,10 @@ def retry(
     api_url: ApiUrl = "http://127.0.0.1:8000",
 ) -> None:
     """Run a batch's failed and expired items again; prints how many."""
-    from llmq.client import ApiError, Client
+    from llmq.client import Client
 
     with Client(api_url, api_key) as client:
-        try:
-            typer.echo(f"retrying {client.retry(batch_id)['retried']} item(s)")
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+        typer.echo(f"retrying {client.retry(batch_id)['retried']} item(s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +484,7 @@ def jobs_retry(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     from llmq.db.engine import get_engine
 
     settings = get_settings()
-    engine = get_engine(_database_url(settings))
+    engine = get_engine(database_url(settings))
     taken = repository.retry_job(engine, _uuid(job_id))
     if taken is None:
         raise _fail(f"no failed, expired, blocked or cancelled job {job_id}")
@@ -466,7 +507,7 @@ def jobs_cancel(item_id: Annotated[str, typer.Argument(help="job id or batch id"
     from llmq import repository
     from llmq.db.engine import get_engine
 
-    engine = get_engine(_database_url(get_settings()))
+    engine = get_engine(database_url(get_settings()))
     target = _uuid(item_id)
     done: repository.Cancellation | None = None
     owner = repository.get_job_owner(engine, target)
@@ -491,7 +532,18 @@ _add_cost_commands()
 
 
 def main() -> None:
-    app()
+    """Every command's expected failures (a setting missing, the API or database unreachable,
+    a refused request) end here: one line on stderr and exit 1, never a traceback."""
+    try:
+        app()
+    except UserError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if (unreachable := _database_unreachable(exc)) is None:
+            raise
+        typer.secho(unreachable, fg=typer.colors.RED, err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

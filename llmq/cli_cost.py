@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import Engine, text
 
-from llmq.services import ServiceConfigError, database_url
+from llmq.services import database_url
 from llmq.settings import get_settings
 
 budgets_app = typer.Typer(no_args_is_help=True, help="Tenant spending limits (USD, UTC periods).")
@@ -39,10 +39,7 @@ def _usd(value: str | None, what: str) -> Decimal | None:
 def _engine() -> Engine:
     from llmq.db.engine import get_engine
 
-    try:
-        return get_engine(database_url(get_settings()))
-    except ServiceConfigError as exc:
-        raise _fail(str(exc)) from exc
+    return get_engine(database_url(get_settings()))
 
 
 @budgets_app.command("set")
@@ -103,14 +100,11 @@ def usage(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
 ) -> None:
     """Cost and tokens of your provider calls, per model, day, batch or API key."""
-    from llmq.client import ApiError, Client
+    from llmq.client import Client
 
     params = {"group_by": group_by, "from": from_, "to": to}
     with Client(api_url, api_key) as client:
-        try:
-            report = client.usage(**{k: v for k, v in params.items() if v is not None})
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+        report = client.usage(**{k: v for k, v in params.items() if v is not None})
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

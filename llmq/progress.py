@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from llmq.client import Client
+from llmq.client import ApiUnreachable, Client
 
 RECONNECTS = 5
 
@@ -64,7 +63,7 @@ def _states(client: Client, batch_id: str) -> Iterator[dict[str, Any]]:
                 yield event.data
                 if event.event in ("completed", "cancelled"):
                     return
-        except (httpx.TransportError, httpx.RemoteProtocolError):
+        except ApiUnreachable:  # the stream dropped: resume from the last event
             continue
         return
 

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from llmq.db.models import TERMINAL_STATUSES, JobStatus
+from llmq.errors import UserError
 
 KEY_PREFIX = "llmq_"
 
@@ -125,16 +126,72 @@ def list_api_keys(engine: Engine) -> list[dict[str, Any]]:
         return [dict(row) for row in rows]
 
 
-def revoke_api_key(engine: Engine, key_id_or_prefix: str) -> int:
+# A reference shorter than this names too little to be sure which key is meant (an id's first
+# group is 8 characters; a key's first 8 are "llmq_" and 3 random ones).
+MIN_KEY_REF_CHARS = 8
+
+
+class KeyRefError(UserError):
+    """A revoke that names no single active key."""
+
+
+class LastAdminKey(UserError):
+    """Revoking this key would leave no active admin key: nobody could manage keys over HTTP."""
+
+
+def revoke_api_key(engine: Engine, ref: str) -> uuid.UUID:
+    """Revoke the one active key `ref` names: its id or a prefix of it, a prefix of the key
+    (the 11 characters `keys list` shows, or more), or the whole key. Never the last active
+    admin key: the active admin rows are locked first, so of two concurrent revokes of the
+    last two admin keys the second sees the first one's result and is refused."""
+    ref = ref.strip()
+    if len(ref) < MIN_KEY_REF_CHARS:
+        raise KeyRefError(f"give at least {MIN_KEY_REF_CHARS} characters of the key or its id")
     with engine.begin() as conn:
-        result = conn.execute(
+        # starts_with, not LIKE: "_" in "llmq_" would be a wildcard. Only 11 characters of a
+        # key are stored in the clear, so a longer prefix is matched on those (or its hash).
+        rows = conn.execute(
             text(
-                "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
-                "AND (id::text = :v OR prefix = :v)"
+                "SELECT id, is_admin, key_hash = :hash AS exact FROM api_keys "
+                "WHERE revoked_at IS NULL AND (starts_with(id::text, lower(:ref)) "
+                "OR starts_with(prefix, :ref) OR starts_with(:ref, prefix) OR key_hash = :hash)"
             ),
-            {"v": key_id_or_prefix},
-        )
-        return result.rowcount
+            {"ref": ref, "hash": hash_key(ref)},
+        ).all()
+        exact = [row for row in rows if row.exact]
+        if len(exact) == 1:
+            rows = exact
+        if not rows:
+            raise KeyRefError(f"no active key matches {ref!r}")
+        if len(rows) > 1:
+            raise KeyRefError(
+                f"{ref!r} matches {len(rows)} active keys; give more of it or the key's id "
+                "(llmq keys list)"
+            )
+        key_id, is_admin = rows[0].id, rows[0].is_admin
+        if is_admin:
+            admins = (
+                conn.execute(
+                    text(
+                        "SELECT id FROM api_keys WHERE is_admin AND revoked_at IS NULL "
+                        "ORDER BY id FOR UPDATE"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if admins == [key_id]:
+                raise LastAdminKey(
+                    f"key {key_id} is the last active admin key; create another admin key "
+                    "first (llmq keys create --admin), then revoke this one"
+                )
+        revoked = conn.execute(
+            text("UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL"),
+            {"id": key_id},
+        ).rowcount
+        if not revoked:  # revoked by a concurrent call since it was found
+            raise KeyRefError(f"no active key matches {ref!r}")
+        return uuid.UUID(str(key_id))
 
 
 # ---------------------------------------------------------------------------------------------

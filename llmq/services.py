@@ -7,10 +7,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmq.errors import UserError
 from llmq.settings import Settings
 
 
-class ServiceConfigError(RuntimeError):
+class ServiceConfigError(UserError):
     pass
 
 

@@ -58,10 +58,18 @@ def list_keys(engine: EngineDep, _: AdminDep) -> KeyList:
     )
 
 
-@router.delete("/{key_id}", status_code=204, responses={**ERRORS, 404: {"model": ErrorOut}})
+@router.delete(
+    "/{key_id}",
+    status_code=204,
+    responses={**ERRORS, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+)
 def revoke_key(key_id: str, request: Request, engine: EngineDep, _: AdminDep) -> Response:
-    if not repository.revoke_api_key(engine, str(parse_id(key_id, "key"))):
-        raise ApiError(404, "not_found", f"key {key_id} not found or already revoked")
+    try:
+        repository.revoke_api_key(engine, str(parse_id(key_id, "key")))
+    except repository.KeyRefError:
+        raise ApiError(404, "not_found", f"key {key_id} not found or already revoked") from None
+    except repository.LastAdminKey as exc:
+        raise ApiError(409, "last_admin_key", str(exc)) from None
     # This instance stops honouring it now; others within the auth cache's few seconds.
     request.app.state.authenticator.forget()
     return Response(status_code=204)

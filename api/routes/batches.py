@@ -28,6 +28,7 @@ from ..errors import ApiError
 from ..ingest_guard import check_prompt_size, redact_jobs, selection
 from ..intake import IdempotencyKey, read_batch, submit_once
 from ..key_limits import KeyLimiter
+from ..openapi_bodies import native_batch
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
 from .submit import (
@@ -50,24 +51,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-BATCH_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "a JSON BatchIn, or multipart/form-data with a JSONL `file` (one "
-        "BatchItem per line) and optional fields template, priority, chain, params, "
-        "metadata, completion_window, webhook_url",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-        },
-    }
-}
+BATCH_BODY = native_batch("#/components/schemas/BatchIn")
 
 
 @router.post(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from llmq import repository
@@ -23,15 +23,19 @@ from workers.dispatch import publish_batch_dispatch
 from .. import cancel
 from ..deps import EngineDep, EventsDep, SettingsDep
 from ..ingest_guard import chat_ingest, selection
+from ..openapi_bodies import ANTHROPIC_BATCH_BODY
 from .compat_common import (
+    CATCH_ALL_METHODS,
     CompatError,
     CompatPrincipal,
     ResolverDep,
     page_limit,
     route_class,
+    unknown_route,
 )
 from .submit import publish_quietly
 
+BATCH_ID_PATTERN = f"^{fmt.BATCH_PREFIX}[0-9a-fA-F]{{32}}$"
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
     409: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -81,7 +85,7 @@ def _batch(record: dict[str, Any], engine: Any, who: Any) -> dict[str, Any]:
     return fmt.batch_object(record, native, _results_path(record["id"]))
 
 
-@router.post("")
+@router.post("", openapi_extra=ANTHROPIC_BATCH_BODY)
 def create_batch(
     body: dict[str, Any],
     engine: EngineDep,
@@ -114,7 +118,11 @@ def get_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict[st
     return _batch(_record(batch_id, engine, who), engine, who)
 
 
-@router.get("/{batch_id}/results")
+@router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-jsonl": {}}, "description": "JSONL results"}},
+)
 def batch_results(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> StreamingResponse:
     """One line per finished request, in submission order; partial while the batch runs."""
     record = _record(batch_id, engine, who)
@@ -155,9 +163,9 @@ def delete_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict
 def list_batches(
     engine: EngineDep,
     who: CompatPrincipal,
-    after_id: str | None = None,
-    before_id: str | None = None,
-    limit: int | None = None,
+    after_id: Annotated[str | None, Query(pattern=BATCH_ID_PATTERN)] = None,
+    before_id: Annotated[str | None, Query(pattern=BATCH_ID_PATTERN)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> dict[str, Any]:
     cursors: dict[str, uuid.UUID | None] = {}
     for name, value in (("after", after_id), ("before", before_id)):
@@ -174,9 +182,8 @@ def list_batches(
     }  # fmt: skip
 
 
-# Registered last: any other path under the prefix is a 404 in this API's own error shape.
-@router.api_route(
-    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
-)
-def unknown_path(path: str) -> None:
-    raise CompatError(404, f"Invalid URL (/anthropic/v1/messages/batches/{path})")
+# Registered last: any other path or method under the prefix is a 404 (or a 405 naming the
+# path's methods) in this API's own error shape.
+@router.api_route("/{path:path}", methods=CATCH_ALL_METHODS, include_in_schema=False)
+def unknown_path(path: str, request: Request) -> None:
+    raise unknown_route(request, f"/anthropic/v1/messages/batches/{path}")

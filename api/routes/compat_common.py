@@ -20,7 +20,7 @@ from llmq.pricing import load_price_table
 from llmq.repository import Principal
 from llmq.settings import Settings
 
-from ..errors import ApiError
+from ..errors import BODY_PARSE_ERROR, ApiError, allowed_methods, body_parse_error, json_message
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class CompatError(Exception):
         kind: str | None = None,
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -44,6 +45,7 @@ class CompatError(Exception):
         self.kind = kind
         self.code = code
         self.param = param
+        self.headers = headers
 
 
 ErrorRenderer = Callable[[CompatError, str], dict[str, Any]]
@@ -57,9 +59,11 @@ def _as_compat(exc: Exception) -> CompatError:
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = f"{param}: {first.get('msg', 'invalid')}" if param else "invalid request body"
+        message = f"{param}: {json_message(first)}" if param else "invalid request body"
         return CompatError(400, message, code="invalid_request", param=param)
     if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            return CompatError(400, body_parse_error(exc), code="invalid_request")
         return CompatError(exc.status_code, str(exc.detail))
     log.warning("database unavailable: %s", type(exc).__name__)
     return CompatError(503, "the database is unavailable; retry shortly")
@@ -82,7 +86,9 @@ def route_class(render: ErrorRenderer, request_id_headers: tuple[str, ...]) -> t
                     OperationalError,
                 ) as exc:  # fmt: skip
                     error = _as_compat(exc)
-                    headers = {"Retry-After": "5"} if error.status == 503 else {}
+                    headers = dict(error.headers or {})
+                    if error.status == 503:
+                        headers["Retry-After"] = "5"
                     if error.status == 409:
                         headers["x-should-retry"] = "false"  # the SDKs retry 409 otherwise
                     response = JSONResponse(
@@ -95,6 +101,19 @@ def route_class(render: ErrorRenderer, request_id_headers: tuple[str, ...]) -> t
             return handle
 
     return CompatRoute
+
+
+# Every method, so any request under a compat prefix is answered in that API's own shape.
+CATCH_ALL_METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def unknown_route(request: Request, shown_path: str) -> CompatError:
+    """A 405 naming the methods when the path exists under another method, else a 404."""
+    allowed = allowed_methods(request)
+    if allowed:
+        return CompatError(405, f"Method Not Allowed ({request.method} {shown_path})",
+                           headers={"Allow": allowed})  # fmt: skip
+    return CompatError(404, f"Invalid URL ({shown_path})")
 
 
 def principal(request: Request) -> Principal:

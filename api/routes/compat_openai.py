@@ -10,11 +10,11 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmq import repository
 from llmq.compat import openai_format as fmt
@@ -27,15 +27,19 @@ from workers.dispatch import publish_batch_dispatch, publish_jobs
 from .. import cancel
 from ..deps import EngineDep, EventsDep, SettingsDep
 from ..ingest_guard import chat_ingest, selection, text_redactor
+from ..openapi_bodies import CHAT_COMPLETION_BODY
 from .compat_common import (
+    CATCH_ALL_METHODS,
     CompatError,
     CompatPrincipal,
     ResolverDep,
     page_limit,
     route_class,
+    unknown_route,
 )
 from .submit import publish_quietly
 
+BATCH_ID_PATTERN = f"^{fmt.BATCH_PREFIX}[0-9a-fA-F]{{32}}$"
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
 
 
@@ -69,7 +73,7 @@ def upload_file(
     settings: SettingsDep,
     who: CompatPrincipal,
     file: UploadFile = File(...),
-    purpose: str = Form(...),
+    purpose: str = Form(..., json_schema_extra={"const": "batch"}),
     guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     if purpose != "batch":
@@ -162,10 +166,19 @@ class BatchCreate(BaseModel):
     # Newer SDKs may send fields we do not know; they never change how a batch runs here.
     model_config = ConfigDict(extra="ignore")
 
+    # The values the route accepts, documented (the route's own checks say what is wrong).
     input_file_id: str
-    endpoint: str
-    completion_window: str
-    metadata: dict[str, str] | None = None
+    endpoint: str = Field(json_schema_extra={"const": fmt.CHAT_ENDPOINT})
+    completion_window: str = Field(json_schema_extra={"const": fmt.COMPLETION_WINDOW})
+    metadata: dict[str, str] | None = Field(
+        default=None,
+        json_schema_extra={
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "properties": {"llmq_priority": {"enum": list(PRIORITIES)}},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+    )
 
 
 def _batch(record: dict[str, Any], engine: Any, who: Any) -> dict[str, Any]:
@@ -257,7 +270,10 @@ def cancel_batch(
 
 @router.get("/batches")
 def list_batches(
-    engine: EngineDep, who: CompatPrincipal, after: str | None = None, limit: int | None = None
+    engine: EngineDep,
+    who: CompatPrincipal,
+    after: Annotated[str | None, Query(pattern=BATCH_ID_PATTERN)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
 ) -> dict[str, Any]:
     cursor = None
     if after is not None:
@@ -278,7 +294,7 @@ def list_batches(
 # Chat Completions, answered synchronously through the same queue and pipeline
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=CHAT_COMPLETION_BODY)
 def chat_completions(
     body: dict[str, Any],
     engine: EngineDep,
@@ -326,9 +342,8 @@ def _wait_for_job(
         delay = min(delay * 1.5, 0.2)
 
 
-# Registered last: any other path under the prefix is a 404 in this API's own error shape.
-@router.api_route(
-    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
-)
-def unknown_path(path: str) -> None:
-    raise CompatError(404, f"Invalid URL (/openai/v1/{path})")
+# Registered last: any other path or method under the prefix is a 404 (or a 405 naming the
+# path's methods) in this API's own error shape.
+@router.api_route("/{path:path}", methods=CATCH_ALL_METHODS, include_in_schema=False)
+def unknown_path(path: str, request: Request) -> None:
+    raise unknown_route(request, f"/openai/v1/{path}")

@@ -59,12 +59,21 @@ def _utc(value: datetime) -> datetime:
 
 def _when(value: datetime | float, name: str) -> datetime:
     """An ISO 8601 time or Unix seconds (both are what people paste), in UTC."""
-    if isinstance(value, datetime):
-        return _utc(value)
     try:
+        if isinstance(value, datetime):
+            return _utc(value)
         return datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
         raise ApiError(422, "invalid_request", f"{name}: {value} is out of range") from None
+
+
+def _default_from(end: datetime, now: datetime) -> datetime:
+    """The start of the month `to` falls in (this month without `to`). `to` is exclusive, so
+    one at a month's first instant means the month before."""
+    try:
+        return month_start(min(now, end - timedelta(microseconds=1)))
+    except OverflowError:
+        raise ApiError(422, "invalid_request", "to: out of range") from None
 
 
 @router.get("/usage", response_model=UsageOut, responses=ERRORS)
@@ -75,7 +84,8 @@ def usage(
         datetime | float | None,
         Query(
             alias="from",
-            description="start (inclusive, ISO 8601 or Unix seconds; default: month start)",
+            description="start (inclusive, ISO 8601 or Unix seconds; default: the start of "
+            "the month of `to`); must be before `to`",
         ),
     ] = None,
     to: Annotated[
@@ -88,8 +98,8 @@ def usage(
     API key. Every figure is a sum over the same attempt rows, so the rows add up to the total
     and the total equals the jobs' and batches' own cost figures."""
     now = datetime.now(UTC)
-    start = _when(from_, "from") if from_ is not None else month_start(now)
     end = _when(to, "to") if to is not None else now + timedelta(seconds=1)
+    start = _when(from_, "from") if from_ is not None else _default_from(end, now)
     if start >= end:
         raise ApiError(422, "invalid_request", "'from' must be before 'to'")
     rows = ledger.usage_rollup(engine, who.tenant_id, start, end, group_by)

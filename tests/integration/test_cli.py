@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmq.embedded import free_port
 from llmq.stack import Stack
+
+from ..helpers import wait_for
 
 
 def _llmq(
@@ -104,3 +109,98 @@ def test_demo_runs_from_nothing_twice(tmp_path: Path) -> None:
         assert last.endswith("cost $0.000000")
         assert "openai:gpt-4o-mini not_configured" in result.stdout
         assert "pii.email x1" in result.stdout
+
+
+def _without_services() -> dict[str, str]:
+    """The environment with no DATABASE_URL/REDIS_URL (values of "" count as unset)."""
+    return {"DATABASE_URL": "", "REDIS_URL": ""}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "00000000-0000-0000-0000-000000000000"],
+        ["status", "00000000-0000-0000-0000-000000000000", "--wait"],
+        ["results", "00000000-0000-0000-0000-000000000000"],
+        ["retry", "00000000-0000-0000-0000-000000000000"],
+        ["usage"],
+        ["submit", "DOCS"],
+    ],
+)
+def test_client_commands_name_the_api_url_they_cannot_reach(
+    command: list[str], tmp_path: Path
+) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"input": "one document"}\n')
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = [str(docs) if a == "DOCS" else a for a in command]
+    result = _llmq(*args, env={"LLMQ_API_URL": url, "LLMQ_API_KEY": "llmq_x", "COLUMNS": "200"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot reach the llmq API at {url}" in lines[0] and "LLMQ_API_URL" in lines[0]
+
+
+def test_api_without_a_database_says_what_to_set(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "llmq.cli", "api", "--port", str(free_port())],
+        env={**os.environ, **_without_services()},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "llmq api needs DATABASE_URL (and REDIS_URL); `llmq up` runs it all on embedded servers"
+    ]
+
+
+def test_a_wrong_database_is_one_line_naming_it(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://llmq:secret@127.0.0.1:{free_port()}/llmq"
+    result = _llmq("keys", "list", env={"DATABASE_URL": url})
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cannot reach the database at {url.replace('secret', '***')}" in line
+    assert "DATABASE_URL" in line and "secret" not in line
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        (["api"], "LLMQ_API_PORT or 8000"),
+        (["worker"], "LLMQ_WORKER_CONCURRENCY or 100"),
+        (["flower"], "LLMQ_FLOWER_PORT or 5555"),
+        (["up"], "LLMQ_API_PORT or 8000"),
+    ],
+)
+def test_help_shows_the_real_defaults(command: list[str], shown: str) -> None:
+    result = _llmq(*command, "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert shown in result.stdout
+    assert "[default: 0]" not in result.stdout
+
+
+def test_worker_takes_celerys_dash_n_and_expands_the_host_once(
+    isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    import redis
+
+    from workers.heartbeat import live_workers
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmq.cli", "worker", "-n", "w1@%h", "--concurrency", "2",
+         "--metrics-port", "0"],
+        env={**os.environ, **isolated_env}, cwd=tmp_path, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        client = redis.Redis.from_url(isolated_env["REDIS_URL"])
+        names = wait_for(
+            lambda: [w["name"] for w in live_workers(client)], 60, "the worker's heartbeat"
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert names == [f"w1@{socket.gethostname()}"]

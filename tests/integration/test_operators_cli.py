@@ -105,3 +105,37 @@ def test_retry_runs_a_failed_job_again_from_a_fresh_start(
 
     again = _llmq("jobs", "retry", failed["id"], env=stack_env)
     assert again.returncode == 1 and "no failed, expired, blocked or cancelled job" in again.stderr
+
+
+def _key_id(engine: Engine, key: str) -> str:
+    row = repository.get_api_key_by_hash(engine, repository.hash_key(key))
+    assert row is not None
+    return str(row["id"])
+
+
+def test_keys_revoke_takes_any_unambiguous_prefix(isolated_env: dict[str, str]) -> None:
+    engine = get_engine(isolated_env["DATABASE_URL"])
+    admin = repository.create_api_key(engine, "ops", admin=True)
+    first, second, third = (repository.create_api_key(engine, "t") for _ in range(3))
+
+    by_key = _llmq("keys", "revoke", first[:12], env=isolated_env)  # longer than `keys list`'s 11
+    assert by_key.returncode == 0, by_key.stderr
+    assert by_key.stdout.strip() == f"revoked key {_key_id(engine, first)}"
+    by_id = _llmq("keys", "revoke", _key_id(engine, second)[:8], env=isolated_env)
+    assert by_id.returncode == 0, by_id.stderr
+
+    short = _llmq("keys", "revoke", "llmq_ab", env=isolated_env)
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+    with engine.begin() as conn:  # two keys whose visible prefixes collide
+        conn.execute(text("UPDATE api_keys SET prefix = 'llmq_same00' WHERE revoked_at IS NULL"))
+    ambiguous = _llmq("keys", "revoke", "llmq_same00", env=isolated_env)
+    assert ambiguous.returncode == 1
+    assert "'llmq_same00' matches 2 active keys" in ambiguous.stderr
+    whole = _llmq("keys", "revoke", third, env=isolated_env)  # the whole key: its hash decides
+    assert whole.returncode == 0, whole.stderr
+
+    last = _llmq("keys", "revoke", _key_id(engine, admin), env=isolated_env)
+    assert last.returncode == 1
+    assert len(last.stderr.strip().splitlines()) == 1
+    assert "is the last active admin key" in last.stderr
+    assert repository.authenticate(engine, admin) is not None

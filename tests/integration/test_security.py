@@ -386,3 +386,84 @@ def test_batch_file_uploads_have_their_own_cap_above_the_body_cap(
         assert too_big.json()["error"]["param"] == "file"
         other = client.post("/v1/jobs", json={"input": "x" * 5_000}, headers=auth(key))
         assert other.status_code == 413  # every other path keeps the body cap
+
+
+def test_the_last_admin_key_cannot_revoke_itself(isolated_env: dict[str, str]) -> None:
+    """A fresh database holds one admin key: revoking it over HTTP would lock every operator
+    out of key management, so it is a 409 until another admin key exists."""
+    from api.app import create_app
+    from llmq.db.engine import get_engine
+    from llmq.settings import get_settings
+
+    engine = get_engine(isolated_env["DATABASE_URL"])
+    only = repository.create_api_key(engine, "ops", admin=True)
+    settings = get_settings().model_copy(
+        update={
+            "database_url": isolated_env["DATABASE_URL"],
+            "redis_url": isolated_env["REDIS_URL"],
+        }
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as http:
+        (row,) = http.get("/v1/admin/keys", headers=auth(only)).json()["data"]
+        refused = http.delete(f"/v1/admin/keys/{row['id']}", headers=auth(only))
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "last_admin_key" and "last active admin key" in error["message"]
+        assert http.get("/v1/admin/keys", headers=auth(only)).status_code == 200
+
+        other = http.post(
+            "/v1/admin/keys", json={"tenant": "ops", "admin": True}, headers=auth(only)
+        )
+        assert other.status_code == 201
+        assert http.delete(f"/v1/admin/keys/{row['id']}", headers=auth(only)).status_code == 204
+        last = other.json()
+        refused_again = http.delete(f"/v1/admin/keys/{last['id']}", headers=auth(last["key"]))
+        assert refused_again.status_code == 409
+
+
+def _waiting_on_locks(engine: Any) -> int:
+    # A connection of its own: pg_stat_activity is a snapshot per transaction.
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
+
+
+def test_two_concurrent_revokes_cannot_remove_the_last_two_admin_keys(
+    isolated_env: dict[str, str],
+) -> None:
+    """One revoke of admin key A is in flight (uncommitted) while another revokes admin key B:
+    B's revoke waits for A's outcome and then refuses, instead of counting A as still active."""
+    import threading
+
+    from llmq.db.engine import get_engine
+
+    from ..helpers import wait_for
+
+    engine = get_engine(isolated_env["DATABASE_URL"])
+    for _ in range(2):
+        repository.create_api_key(engine, "ops", admin=True)
+    a, b = (row["id"] for row in repository.list_api_keys(engine))
+    outcome: list[BaseException | uuid.UUID] = []
+
+    def revoke_b() -> None:
+        try:
+            outcome.append(repository.revoke_api_key(engine, str(b)))
+        except repository.LastAdminKey as exc:
+            outcome.append(exc)
+
+    with engine.connect() as first:
+        first.execute(text("UPDATE api_keys SET revoked_at = now() WHERE id = :a"), {"a": a})
+        second = threading.Thread(target=revoke_b)
+        second.start()
+        wait_for(lambda: _waiting_on_locks(engine), 30, "the second revoke to wait for the first")
+        first.commit()
+    second.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], repository.LastAdminKey)
+    active = [r for r in repository.list_api_keys(engine) if r["revoked_at"] is None]
+    assert [r["id"] for r in active] == [b]
