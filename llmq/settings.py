@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # Longest SQL statement (0 = no limit): a lock held by a stuck session, or a runaway query,
     # ends in an error (API 503, worker retry) instead of holding a request or a slot forever.
     db_statement_timeout_s: float = 60.0
+    # How long a worker retries a write that records a paid call or ends a job while Postgres
+    # refuses connections, before parking the call in Redis and handing the job on.
+    db_retry_s: float = 30.0
     max_deliveries: int = 3
     worker_concurrency: int = 100
     worker_pool: str = "threads"

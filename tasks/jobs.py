@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-
-from sqlalchemy.exc import OperationalError
+import random
+from typing import Any
 
 from llmq import repository
 from llmq.db.engine import get_engine
+from llmq.pipeline import LeaseHandedOver
+from llmq.retry import RetryPolicy
 from llmq.settings import get_settings
 from workers import signals as _signals  # noqa: F401  (connects the worker lifecycle hooks)
 from workers.celery_app import app
@@ -18,22 +20,39 @@ from workers.telemetry import consuming
 log = logging.getLogger(__name__)
 
 DISPATCH_CHUNK = 1000
+_rng = random.Random()
 
 
 @app.task(
     name=RUN_JOB,
+    bind=True,
     ignore_result=True,
     # Postgres unreachable before the claim: publish the message again after a short, growing,
-    # jittered wait instead of acking it away. (After a claim, the lease covers the job.)
-    autoretry_for=(OperationalError,),
+    # jittered wait instead of acking it away.
+    autoretry_for=repository.UNAVAILABLE,
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,
     max_retries=None,
 )
-def run_job(job_id: str) -> str:
-    with consuming(run_job.request, "run_job"):
-        return get_pipeline().run(job_id)
+def run_job(self: Any, job_id: str, resume: str | None = None) -> str:
+    with consuming(self.request, "run_job"):
+        try:
+            return get_pipeline().run(job_id, resume=resume)
+        except LeaseHandedOver as exc:
+            resume = exc.owner
+        except repository.UNAVAILABLE:
+            if resume is None:
+                raise  # nothing claimed: the autoretry above
+        # Postgres went away after the claim: the next message takes the lease over (and the
+        # paid calls parked with it) once Postgres answers, within a third of a lease, before
+        # the lease could expire and the job wait for the reconciler.
+        policy = RetryPolicy(base_s=0.5, cap_s=max(1.0, get_settings().job_lease_s / 3))
+        raise self.retry(
+            kwargs={"job_id": job_id, "resume": resume},
+            countdown=policy.delay(self.request.retries, _rng),
+            max_retries=None,
+        )
 
 
 @app.task(name=DISPATCH_BATCH, ignore_result=True)
