@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 from llmq import repository
 from llmq.db.engine import get_engine
@@ -156,12 +157,18 @@ class Audit:
     jobs_paid_twice: int  # jobs with more than one successful (billed) provider answer
     redelivered: int  # jobs whose message was delivered more than once
     observed: dict[str, Any] = field(default_factory=dict)  # what the scenario saw mid-run
+    # Set by the scenarios that count them (0 elsewhere): provider calls without an attempt row,
+    # and jobs that waited for their lease to expire (a redelivery where no worker died).
+    unrecorded_calls: int = 0
+    lease_waits: int = 0
 
     def exactly_once(self, jobs: int) -> bool:
         return (
             self.statuses == {"succeeded": jobs}
             and self.totals_mismatched == 0
             and self.jobs_paid_twice == 0
+            and self.unrecorded_calls == 0
+            and self.lease_waits == 0
         )
 
 
@@ -278,6 +285,72 @@ def postgres_restart(r: Rig, jobs: int = 60) -> Audit:
     return _break_mid_batch(r, jobs, _restart(r.services.postgres))
 
 
+@contextmanager
+def connections_refused(database_url: str) -> Iterator[None]:
+    """Postgres refuses every connection to the database of `database_url` and drops the open
+    ones, as `too many clients`, a role's CONNECTION LIMIT or a restart do to llmq; run from
+    the `postgres` database, so it works on the embedded and on an external server (as a
+    superuser or the database's owner)."""
+    url = make_url(database_url)
+    name = url.database
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": name},
+            )
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+def refused_connections(r: Rig, jobs: int = 300, refused_s: float = 20) -> Audit:
+    """Postgres refuses llmq's connections for 20 s mid-batch while two workers (20 slots
+    each) have 1 s provider calls in flight: every paid call ends up as one attempt row, and
+    no job waits for its lease to expire."""
+    r.fake.set_script(FakeScript(latency_ms=1000))
+    batch_id = r.submit(jobs)
+    for name in ("refused1", "refused2"):
+        r.worker(name, concurrency=20)
+    r.wait_count(batch_id, "succeeded", jobs // 6)
+    r.engine.dispose()  # its pooled connections are about to be dropped
+    with connections_refused(r.env["DATABASE_URL"]):
+        time.sleep(refused_s)  # the outage itself: there is no event to wait for
+    restored = time.monotonic()
+    r.wait_ended(batch_id)
+    ended_after_s = time.monotonic() - restored
+    audit = r.audit(batch_id)
+    requests = int(r.fake.stats()["requests"])
+    attempts = sum(audit.attempt_outcomes.values())
+    audit.unrecorded_calls = requests - attempts
+    audit.lease_waits = audit.redelivered
+    with r.engine.connect() as conn:
+        recovered, cache_hits = conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE route::text LIKE '%recovered_attempt%'), "
+                "count(*) FILTER (WHERE cache_hit) FROM jobs WHERE batch_id = :b"
+            ),
+            {"b": batch_id},
+        ).one()
+    audit.observed.update(
+        provider_requests=requests,
+        attempt_rows=attempts,
+        # Finished from an answer a previous delivery paid for (parked or recorded).
+        recovered=int(recovered),
+        # Distinct documents: a cache hit would be a paid job rewritten after the fact.
+        cache_hits=int(cache_hits),
+        ended_s_after_restore=round(ended_after_s, 1),
+    )
+    return audit
+
+
 def error_storm(r: Rig, jobs: int = 200) -> Audit:
     """30% of calls fail with 500 and 10% with 429 + Retry-After: 1 s, across two providers."""
     r.fake.set_script(
@@ -360,9 +433,14 @@ SCENARIOS: dict[str, Callable[[Rig], Audit]] = {
     "postgres-restart": postgres_restart,
     "error-storm": error_storm,
     "poison-job": poison_job,
+    "refused-connections": refused_connections,
 }
 # Settings a scenario needs in its workers (fewer deliveries keep poison-job short).
 SCENARIO_ENV: dict[str, dict[str, str]] = {
     "error-storm": {"LLMQ_RETRY_MAX_ATTEMPTS": "8"},
     "poison-job": {"LLMQ_MAX_DELIVERIES": "2"},
+    # Retries shorter than the outage, so the calls in flight are parked in Redis and their
+    # jobs handed over (llmq/paid.py), not only retried through it; a lease longer than the
+    # outage, so a job that waited for one shows as a redelivery.
+    "refused-connections": {"LLMQ_DB_RETRY_S": "5", "LLMQ_JOB_LEASE_S": "30"},
 }

@@ -279,11 +279,8 @@ def demo(
     from llmq.demo import run_demo
 
     _sigterm_as_interrupt()
-    try:
-        code = run_demo(workers=workers, concurrency=concurrency)
-    except ServiceConfigError as exc:
-        raise _fail(str(exc)) from exc
-    raise typer.Exit(code=code)
+    # A setup problem (e.g. no user for the embedded server) is a UserError: one line (main).
+    raise typer.Exit(code=run_demo(workers=workers, concurrency=concurrency))
 
 
 # ---------------------------------------------------------------------------------------------

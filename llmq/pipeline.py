@@ -5,6 +5,7 @@ output guardrails -> record. Plain Python: the Celery task is a thin wrapper aro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -13,10 +14,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from llmq import dedup, observe, output_review, repository, routing
 from llmq.budgets import BudgetGuard, Hold
@@ -28,20 +29,26 @@ from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.job_guard import guard_job
 from llmq.mapreduce import LongDocuments, Split
+from llmq.paid import PaidCalls
 from llmq.pricing import PriceTable
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
 from llmq.providers.registry import parse_link
 from llmq.ratelimit import RateLimiter
-from llmq.retry import RetryPolicy
+from llmq.retry import RetryPolicy, retry_call
 from llmq.settings import CacheScope
 from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_template
 from llmq.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Params that do not change the question: no_cache asks for a fresh answer, and the short-input
 # route is already in the key as the chain it chose.
 NOT_IN_KEY = frozenset({"no_cache", routing.PARAM})
+
+# Waits between tries of a write that records paid work or ends a job (LLMQ_DB_RETRY_S bounds
+# the total): short first, since most refusals (too many clients) clear in a moment.
+DB_WRITE_RETRY = RetryPolicy(base_s=0.2, cap_s=4.0)
 
 
 @dataclass
@@ -57,6 +64,7 @@ class PipelineConfig:
     template_max_input_tokens: dict[str, int] = field(default_factory=dict)
     truncation_retry_max_tokens: int = 4096
     cache_scope: CacheScope = "tenant"  # LLMQ_CACHE_SCOPE
+    db_retry_s: float = 30.0  # LLMQ_DB_RETRY_S
 
 
 def _from_cache(
@@ -70,6 +78,17 @@ def _from_cache(
 
 class JobCancelled(Exception):
     """The client cancelled the job while it ran; raised at the next step."""
+
+
+class LeaseHandedOver(Exception):
+    """Postgres stayed unreachable after this delivery claimed the job. Its paid calls are
+    parked (llmq/paid.py) and it stops; the message that runs the job next passes `owner` to
+    `Pipeline.run(resume=...)` and takes the lease over at once instead of waiting for it to
+    expire. Its cause is the database error."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"job {job_id}: Postgres unreachable, lease handed over")
+        self.owner = owner
 
 
 CANCELLED = repository.Outcome(
@@ -104,6 +123,7 @@ class Pipeline:
         long_documents: LongDocuments | None = None,
         budgets: BudgetGuard | None = None,
         inflight: dedup.InFlight | None = None,
+        paid: PaidCalls | None = None,
     ) -> None:
         self.engine = engine
         self.providers = providers
@@ -118,6 +138,7 @@ class Pipeline:
         self._rng = rng or random.Random()
         self.budgets = budgets
         self.inflight = inflight
+        self.paid = paid
         self.events = events
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
@@ -130,25 +151,31 @@ class Pipeline:
 
     # -----------------------------------------------------------------------------------------
 
-    def run(self, job_id: str) -> str:
+    def run(self, job_id: str, resume: str | None = None) -> str:
         """Process one job message. Returns what happened (for logs); never raises for job
-        errors. Infrastructure errors (Postgres down) propagate: the lease then expires and the
-        reconciler re-queues the job."""
+        errors. Postgres unreachable before the claim raises its error (the task retries the
+        message); after the claim, LeaseHandedOver (the task retries the message, which takes
+        the lease over). `resume` is the owner of such a handed-over lease."""
         owner = uuid.uuid4().hex
-        job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s)
+        job = repository.claim_job(self.engine, job_id, owner, self.config.lease_s, resume)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
-        status = self._run_claimed(job, owner)
+        try:
+            status = self._run_claimed(job, owner, resumed=resume is not None)
+        except repository.UNAVAILABLE as exc:
+            raise LeaseHandedOver(job_id, owner) from exc
         if self.events is not None:
             shown = JobStatus.RETRYING if status == "deferred" else status
             self.events.job_changed(job.id, job.batch_id, shown)
         return status
 
-    def _run_claimed(self, job: repository.ClaimedJob, owner: str) -> str:
+    def _run_claimed(self, job: repository.ClaimedJob, owner: str, resumed: bool = False) -> str:
         if self.events is not None:
             self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
+        if self.paid is not None and (resumed or job.deliveries > 1):
+            job = self._record_parked(job, owner)
         if job.cancel_requested:
-            repository.finish_job(self.engine, job.id, owner, CANCELLED)
+            self._write(lambda: repository.finish_job(self.engine, job.id, owner, CANCELLED))
             return CANCELLED.status
         if job.deliveries > self.config.max_deliveries:
             outcome = repository.Outcome(
@@ -156,7 +183,7 @@ class Pipeline:
                 error_code="worker_lost",
                 error_message=f"the job was interrupted {job.deliveries - 1} times",
             )
-            repository.finish_job(self.engine, job.id, owner, outcome)
+            self._write(lambda: repository.finish_job(self.engine, job.id, owner, outcome))
             return outcome.status
         hold = (
             self.leases.hold(job.id, owner) if self.leases is not None else contextlib.nullcontext()
@@ -164,7 +191,7 @@ class Pipeline:
         with hold, observe.job(job) as watch:
             try:
                 result = self._process(job, owner)
-            except OperationalError:
+            except repository.UNAVAILABLE:
                 raise
             except JobCancelled:
                 result = CANCELLED
@@ -177,9 +204,13 @@ class Pipeline:
                 )
             watch.result = result
             if isinstance(result, Deferred):
-                handed_back = repository.defer_job(
-                    self.engine, job.id, owner, result.delay_s, result.route, result.shown_as
-                )
+                deferred = result
+                handed_back = self._write(
+                    lambda: repository.defer_job(
+                        self.engine, job.id, owner, deferred.delay_s, deferred.route,
+                        deferred.shown_as,
+                    )
+                )  # fmt: skip
                 if handed_back and result.then is not None:
                     result.then()
                 return "deferred" if result.shown_as == JobStatus.RETRYING else result.shown_as
@@ -187,10 +218,53 @@ class Pipeline:
                 assert self.long_documents is not None
                 self.long_documents.start(job, owner, result)
                 return "split"
-            watch.recorded = repository.finish_job(self.engine, job.id, owner, result)
+            outcome = result
+            watch.recorded = self._write(
+                lambda: repository.finish_job(self.engine, job.id, owner, outcome)
+            )
             if job.parent_id is not None and self.long_documents is not None:
                 self.long_documents.after_child(job.parent_id)
             return result.status
+
+    def _write(self, write: Callable[[], _T]) -> _T:
+        """A write that records paid work or moves a claimed job on, tried again through a
+        short Postgres refusal (bounded by LLMQ_DB_RETRY_S, jittered waits) while the lease
+        keeper holds the lease: a refusal costs a moment, not a lease or a paid answer."""
+        return retry_call(
+            write,
+            retry_on=repository.UNAVAILABLE,
+            budget_s=self.config.db_retry_s,
+            policy=DB_WRITE_RETRY,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+
+    def _record_parked(self, job: repository.ClaimedJob, owner: str) -> repository.ClaimedJob:
+        """Write the attempts an earlier delivery paid for but could not record (paid.py), so
+        that the recovery below finishes from them; the job as it now stands."""
+        assert self.paid is not None
+        try:
+            parked = self.paid.parked(job.id)
+        except redis.RedisError as exc:
+            log.warning("could not read parked calls of job %s: %s", job.id, type(exc).__name__)
+            return job
+        recorded = 0
+        for field_, record in parked:
+            written = self._write(
+                functools.partial(
+                    repository.record_attempt, self.engine, job.id, owner, self.config.lease_s,
+                    record,
+                )
+            )  # fmt: skip
+            if written is None:  # lost the lease: the new owner records them
+                break
+            recorded += 1
+            with contextlib.suppress(redis.RedisError):  # left over: written twice (paid.py)
+                self.paid.forget(job.id, field_)
+        if not recorded:
+            return job
+        log.info("recorded %d parked provider calls of job %s", recorded, job.id)
+        return dataclasses.replace(job, attempts_made=job.attempts_made + recorded)
 
     # -----------------------------------------------------------------------------------------
 
@@ -260,6 +334,13 @@ class Pipeline:
             scope=self.config.cache_scope,
             tenant_id=job.tenant_id,
         )
+        # A previous delivery got (and paid for) an answer, then could not finish the job: finish
+        # from that answer before looking at the cache, so the job's route and cost stay those
+        # of the call that was made (never rewritten into a cache hit).
+        prior = repository.prior_attempts(self.engine, job.id) if job.attempts_made else []
+        recovered = self._recovered(job, prior, template, findings)
+        if recovered is not None:
+            return choice.noted(recovered)
         turn: dedup.Turn = dedup.Alone()
         if self.cache is not None and not job.params.get("no_cache"):
             with observe.stage("cache.lookup"):
@@ -272,8 +353,36 @@ class Pipeline:
                 wait = [dict(dedup.WAITING)]
                 return choice.noted(Deferred(turn.delay_s, wait, JobStatus.QUEUED, then))
         with dedup.leading(self.inflight, turn, key, str(job.id)) as answer:
-            answer.value = self._answer(job, owner, rendered, findings, template, key, choice)
+            answer.value = self._answer(
+                job, owner, rendered, findings, template, key, choice, prior
+            )
         return choice.noted(answer.value)
+
+    def _recovered(
+        self,
+        job: repository.ClaimedJob,
+        prior: list[dict[str, Any]],
+        template: Template,
+        findings: list[dict[str, Any]],
+    ) -> repository.Outcome | None:
+        """The outcome from the last recorded answer, if it is one the job can end with."""
+        last = prior[-1] if prior else None
+        if (
+            last is None
+            or last["output"] is None
+            # A JSON answer would need its review replayed too.
+            or output_review.OutputSpec.from_params(job.params).wants_json
+            or self._check_text(last["output"], self.guardrails.output_for(template)).blocked_by
+            is not None
+        ):
+            return None
+        return repository.Outcome(
+            status=JobStatus.SUCCEEDED, result=last["output"],
+            provider=last["provider"], model=last["model"],
+            route=[{"link": f"{last['provider']}:{last['model']}", "result": "ok",
+                    "recovered_attempt": last["attempt_no"]}],
+            guardrails=findings,
+        )  # fmt: skip
 
     def _answer(
         self,
@@ -284,11 +393,13 @@ class Pipeline:
         template: Template,
         key: str,
         choice: routing.ChainChoice,
+        prior: list[dict[str, Any]],
     ) -> repository.Outcome | Deferred:
         with observe.stage("provider_chain", chain=",".join(choice.links)):
             outcome = self._run_chain(
-                job, owner, rendered, findings, self.guardrails.output_for(template), choice.links
-            )
+                job, owner, rendered, findings, self.guardrails.output_for(template),
+                choice.links, prior,
+            )  # fmt: skip
         if not isinstance(outcome, repository.Outcome) or self.cache is None:
             return outcome
         if (
@@ -318,6 +429,7 @@ class Pipeline:
         findings: list[dict[str, Any]],
         output_guards: list[Guardrail],
         chain: list[str],
+        prior: list[dict[str, Any]],
     ) -> repository.Outcome | Deferred:
         policy = self.config.retry
         spec = output_review.OutputSpec.from_params(job.params)
@@ -325,28 +437,9 @@ class Pipeline:
         max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
         prompt_tokens = estimate_tokens(rendered.user) + estimate_tokens(rendered.system or "")
         # A job resumed after a long backoff continues where it stopped, attempts included.
-        failures_before: Counter[str] = Counter()
-        if job.attempts_made:
-            prior = repository.prior_attempts(self.engine, job.id)
-            for a in prior:
-                if a["outcome"] != "ok":
-                    failures_before[f"{a['provider']}:{a['model']}"] += 1
-            last = prior[-1] if prior else None
-            # A previous delivery got (and paid for) an answer, then died before finishing the
-            # job: finish from that answer rather than buy it again.
-            if (
-                last is not None
-                and last["output"] is not None
-                and not spec.wants_json  # a JSON answer would need its review replayed too
-                and self._check_text(last["output"], output_guards).blocked_by is None
-            ):
-                return repository.Outcome(
-                    status=JobStatus.SUCCEEDED, result=last["output"],
-                    provider=last["provider"], model=last["model"],
-                    route=[{"link": f"{last['provider']}:{last['model']}", "result": "ok",
-                            "recovered_attempt": last["attempt_no"]}],
-                    guardrails=findings,
-                )  # fmt: skip
+        failures_before: Counter[str] = Counter(
+            f"{a['provider']}:{a['model']}" for a in prior if a["outcome"] != "ok"
+        )
 
         route: list[dict[str, Any]] = []
         failure_codes: list[str] = []
@@ -560,12 +653,23 @@ class Pipeline:
             if completion is not None and completion.finish_reason not in ("refusal", "length")
             else None,
         )
-        recorded = repository.record_attempt(
-            self.engine, job.id, owner, self.config.lease_s, record
-        )
-        observe.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
-        if hold is not None and self.budgets is not None:
-            self.budgets.settle(hold, cost)
+        recorded = None
+        try:
+            recorded = self._write(
+                functools.partial(
+                    repository.record_attempt, self.engine, job.id, owner, self.config.lease_s,
+                    record,
+                )
+            )  # fmt: skip
+        except repository.UNAVAILABLE:
+            # Paid for, and Postgres still refuses: the next delivery records it (paid.py).
+            if self.paid is not None:
+                self.paid.park(job.id, record)
+            raise
+        finally:
+            observe.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
+            if hold is not None and self.budgets is not None:
+                self.budgets.settle(hold, cost)
         if completion is None and recorded is not None and recorded.cancel_requested:
             raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":

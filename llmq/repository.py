@@ -19,11 +19,17 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from llmq.db.models import TERMINAL_STATUSES, JobStatus
 from llmq.errors import UserError
 
 KEY_PREFIX = "llmq_"
+
+# Postgres refused or lost the connection (too many clients, a role's CONNECTION LIMIT, a
+# restart, a statement timeout), or every pooled connection is busy: worth retrying later.
+UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, PoolTimeout)
 
 
 @contextlib.contextmanager
@@ -429,10 +435,12 @@ class ClaimedJob:
 _CLAIM_SQL = text(
     "UPDATE jobs SET status = 'running', lease_owner = :owner, "
     "lease_expires_at = now() + make_interval(secs => :lease), "
-    "deliveries = deliveries + 1, started_at = coalesce(started_at, now()), "
-    "not_before = NULL "
+    # Taking over from a delivery that handed its lease over is not a lost delivery.
+    "deliveries = deliveries + CASE WHEN lease_owner = CAST(:released AS text) THEN 0 ELSE 1 END, "
+    "started_at = coalesce(started_at, now()), not_before = NULL "
     "WHERE id = :id AND (status IN ('queued', 'retrying') "
-    "OR (status = 'running' AND lease_expires_at < now())) "
+    "OR (status = 'running' AND (lease_expires_at < now() "
+    "OR lease_owner = CAST(:released AS text)))) "
     "RETURNING id, tenant_id, batch_id, template, template_version, input, params, "
     "chain, attempts_made, deliveries, created_at, "
     "cancel_requested_at IS NOT NULL AS cancel_requested, "
@@ -443,12 +451,16 @@ _CLAIM_SQL = text(
 )
 
 
-def claim_job(engine: Engine, job_id: str, owner: str, lease_s: float) -> ClaimedJob | None:
-    """Take the job for `owner` if it is waiting, or running under an expired lease."""
+def claim_job(
+    engine: Engine, job_id: str, owner: str, lease_s: float, released: str | None = None
+) -> ClaimedJob | None:
+    """Take the job for `owner` if it is waiting, or running under an expired lease, or running
+    under the lease of `released`: a delivery that lost Postgres after its claim and handed its
+    lease over to the next delivery (pipeline.LeaseHandedOver) instead of letting it expire."""
     with _statement(engine) as conn:
         row = conn.execute(
             _CLAIM_SQL,
-            {"id": job_id, "owner": owner, "lease": lease_s},
+            {"id": job_id, "owner": owner, "lease": lease_s, "released": released},
         ).first()
     if row is None:
         return None
@@ -915,6 +927,19 @@ def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str,
         {"max": max_deliveries},
     )
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+def extend_leases(conn: Connection, lease_s: float) -> int:
+    """Every running job's lease lasts at least `lease_s` from now (after Postgres was
+    unreachable, when no worker could renew): live workers renew again within a third of it,
+    and a job whose worker died meanwhile comes back one lease later."""
+    return conn.execute(
+        text(
+            "UPDATE jobs SET lease_expires_at = greatest(lease_expires_at, "
+            "now() + make_interval(secs => :lease)) WHERE status = 'running'"
+        ),
+        {"lease": lease_s},
+    ).rowcount
 
 
 def take_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[tuple[str, str]]:

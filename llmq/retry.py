@@ -10,7 +10,10 @@ provider sends Retry-After / retry-after-ms, that wait wins: it knows when capac
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
@@ -31,3 +34,34 @@ class RetryPolicy:
     def should_defer(self, delay_s: float) -> bool:
         """True when a wait is too long to spend holding a worker slot."""
         return delay_s > self.inline_max_s
+
+
+T = TypeVar("T")
+
+
+def retry_call(
+    call: Callable[[], T],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    budget_s: float,
+    policy: RetryPolicy,
+    sleep: Callable[[float], object],
+    rng: random.Random,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """`call()`, tried again after `policy.delay` on `retry_on` until `budget_s` would be
+    exceeded (counting both the clock and the waits, so an injected `sleep` ends it too); the
+    last error is raised."""
+    started = clock()
+    waited = 0.0
+    retry_no = 0
+    while True:
+        try:
+            return call()
+        except retry_on:
+            delay = policy.delay(retry_no, rng)
+            if max(clock() - started, waited) + delay > budget_s:
+                raise
+            sleep(delay)
+            waited += delay
+            retry_no += 1

@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     # Longest SQL statement (0 = no limit): a lock held by a stuck session, or a runaway query,
     # ends in an error (API 503, worker retry) instead of holding a request or a slot forever.
     db_statement_timeout_s: float = 60.0
+    # Connections per process: pool + overflow. 0 = the worker's slots (its --concurrency, or 1
+    # per process under prefork) + 5 for its own threads (lease keeper, reconciler, ...).
+    db_pool_size: int = 0
+    db_max_overflow: int = 10
+    # psycopg's server-side prepared statements; off behind PgBouncer < 1.21 in transaction mode.
+    db_prepared_statements: bool = True
+    # How long a worker retries a write that records a paid call or ends a job while Postgres
+    # refuses connections, before parking the call in Redis and handing the job on.
+    db_retry_s: float = 30.0
     max_deliveries: int = 3
     worker_concurrency: int = 100
     worker_pool: str = "threads"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmq import chaos
 
-EXPECTED_JOBS = {"error-storm": 200, "poison-job": 10}
+EXPECTED_JOBS = {"error-storm": 200, "poison-job": 10, "refused-connections": 300}
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     args = parser.parse_args()
     names = args.scenarios or list(chaos.SCENARIOS)
     results = []
-    print(f"{'scenario':<18}{'jobs':>6}{'ok':>6}{'other':>7}{'paid 2x':>9}{'totals off':>12}"
+    print(f"{'scenario':<20}{'jobs':>6}{'ok':>6}{'other':>7}{'paid 2x':>9}{'totals off':>12}"
           f"{'redelivered':>13}{'seconds':>9}  verdict")  # fmt: skip
     for name in names:
         started = time.monotonic()
@@ -39,7 +39,7 @@ def main() -> int:
         jobs = EXPECTED_JOBS.get(name, 60)
         ok = audit.exactly_once(jobs)
         succeeded = audit.statuses.get("succeeded", 0)
-        print(f"{name:<18}{jobs:>6}{succeeded:>6}{sum(audit.statuses.values()) - succeeded:>7}"
+        print(f"{name:<20}{jobs:>6}{succeeded:>6}{sum(audit.statuses.values()) - succeeded:>7}"
               f"{audit.jobs_paid_twice:>9}{audit.totals_mismatched:>12}{audit.redelivered:>13}"
               f"{elapsed:>9.1f}  {'exactly once' if ok else 'FAILED'}"
               f"  {json.dumps(audit.observed, default=str) if audit.observed else ''}")  # fmt: skip

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-
-from sqlalchemy.exc import OperationalError
+import random
+from typing import Any
 
 from llmq import repository
 from llmq.db.engine import get_engine
 from llmq.db.models import JobStatus
+from llmq.pipeline import LeaseHandedOver
+from llmq.retry import RetryPolicy
 from llmq.settings import get_settings
 from workers import signals as _signals  # noqa: F401  (connects the worker lifecycle hooks)
 from workers.celery_app import app
@@ -19,6 +21,7 @@ from workers.telemetry import consuming
 log = logging.getLogger(__name__)
 
 DISPATCH_CHUNK = 1000
+_rng = random.Random()
 # A job that ends in one of these ends its task in Celery's FAILURE state (Flower's "Failed").
 FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.EXPIRED})
 
@@ -41,10 +44,11 @@ class JobFailed(Exception):
 
 @app.task(
     name=RUN_JOB,
+    bind=True,
     ignore_result=True,
     # Postgres unreachable before the claim: publish the message again after a short, growing,
-    # jittered wait instead of acking it away. (After a claim, the lease covers the job.)
-    autoretry_for=(OperationalError,),
+    # jittered wait instead of acking it away.
+    autoretry_for=repository.UNAVAILABLE,
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,
@@ -52,17 +56,33 @@ class JobFailed(Exception):
     # Expected: logged without a traceback, still a FAILURE for Celery's events and Flower.
     throws=(JobFailed,),
 )
-def run_job(job_id: str) -> str:
-    with consuming(run_job.request, "run_job"):
+def run_job(self: Any, job_id: str, resume: str | None = None) -> str:
+    with consuming(self.request, "run_job"):
         pipeline = get_pipeline()
-        status = pipeline.run(job_id)
-        if status in FAILURE_STATUSES:
-            # The row, not this delivery's view: a delivery fenced out by another reports
-            # what the job really became.
-            ending = repository.job_ending(pipeline.engine, job_id)
-            if ending is not None and ending[0] in FAILURE_STATUSES:
-                raise JobFailed(job_id, *ending)
-        return status
+        try:
+            status = pipeline.run(job_id, resume=resume)
+        except LeaseHandedOver as exc:
+            resume = exc.owner
+        except repository.UNAVAILABLE:
+            if resume is None:
+                raise  # nothing claimed: the autoretry above
+        else:
+            if status in FAILURE_STATUSES:
+                # The row, not this delivery's view: a delivery fenced out by another reports
+                # what the job really became.
+                ending = repository.job_ending(pipeline.engine, job_id)
+                if ending is not None and ending[0] in FAILURE_STATUSES:
+                    raise JobFailed(job_id, *ending)
+            return status
+        # Postgres went away after the claim: the next message takes the lease over (and the
+        # paid calls parked with it) once Postgres answers, within a third of a lease, before
+        # the lease could expire and the job wait for the reconciler.
+        policy = RetryPolicy(base_s=0.5, cap_s=max(1.0, get_settings().job_lease_s / 3))
+        raise self.retry(
+            kwargs={"job_id": job_id, "resume": resume},
+            countdown=policy.delay(self.request.retries, _rng),
+            max_retries=None,
+        )
 
 
 @app.task(name=DISPATCH_BATCH, ignore_result=True)

@@ -34,11 +34,19 @@ def broker_lost_messages(client: redis.Redis) -> bool:
     return bool(client.set(BROKER_EPOCH_KEY, uuid.uuid4().hex, nx=True))
 
 
-def tick(engine: Engine, client: redis.Redis, settings: Settings) -> dict[str, int]:
+def tick(
+    engine: Engine, client: redis.Redis, settings: Settings, after_outage: bool = False
+) -> dict[str, int]:
     with engine.begin() as conn:
         if not repository.try_reconcile_lock(conn):
             return {}
-        expired = repository.expire_leases(conn, settings.max_deliveries)
+        if after_outage:
+            # No worker could renew a lease while Postgres was unreachable: give every running
+            # job a fresh one rather than take work (and paid answers) from live workers.
+            repository.extend_leases(conn, settings.job_lease_s)
+            expired = []
+        else:
+            expired = repository.expire_leases(conn, settings.max_deliveries)
         forgotten = repository.forget_dispatches(conn) if broker_lost_messages(client) else 0
         depths = queue_depths(client)
         empty = [p for p, queue in PRIORITY_TO_QUEUE.items() if depths[queue] == 0]
@@ -87,12 +95,15 @@ class Reconciler:
         # any work arrives. Later, it would mistake the messages of a batch published in the
         # meantime for lost ones and publish every one of them again (harmless, but doubled).
         first = True
+        db_down = False
         while first or not self._stop.wait(self._settings.reconcile_interval_s):
             first = False
             try:
-                tick(self._engine, self._client, self._settings)
+                tick(self._engine, self._client, self._settings, after_outage=db_down)
+                db_down = False
             except (SQLAlchemyError, redis.RedisError, OSError) as exc:
                 # Postgres or Redis is down: keep trying, that is the point of this loop.
+                db_down = db_down or isinstance(exc, SQLAlchemyError)
                 log.warning("reconciler tick failed: %s: %s", type(exc).__name__, exc)
             except Exception:
                 log.exception("reconciler tick crashed")

@@ -20,6 +20,7 @@ from llmq.events import EventPublisher
 from llmq.guardrails import load_plugins
 from llmq.leases import LeaseKeeper
 from llmq.mapreduce import LongDocConfig, LongDocuments
+from llmq.paid import PaidCalls
 from llmq.pipeline import Pipeline, PipelineConfig
 from llmq.pricing import load_price_table
 from llmq.providers.registry import build_providers
@@ -79,6 +80,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         template_max_input_tokens=settings.template_max_input_tokens,
         truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
         cache_scope=settings.cache_scope,
+        db_retry_s=settings.db_retry_s,
     )
 
 
@@ -121,6 +123,8 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         )
         if settings.cache_dedup
         else None,
+        # Parked calls wait for the job's next delivery, at most its whole life.
+        paid=PaidCalls(client, settings.job_deadline_s + settings.job_lease_s),
     )
 
 

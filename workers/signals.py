@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from llmq.db.engine import get_engine
+from llmq.db.engine import get_engine, set_worker_slots
 from llmq.settings import get_settings
 
 from . import runtime, telemetry
@@ -18,6 +18,22 @@ from .reconciler import Reconciler
 log = logging.getLogger(__name__)
 _reconciler: Reconciler | None = None
 _heartbeat: Heartbeat | None = None
+
+
+def slots_per_process(concurrency: int, pool_module: str) -> int:
+    """Jobs one process runs at once: all of them in a threads or gevent pool, one per child
+    process under prefork (each child has its own engine) or solo."""
+    if pool_module.endswith((".prefork", ".solo")):
+        return 1
+    return concurrency
+
+
+@celeryd_after_setup.connect
+def _on_setup(instance: Any = None, **_: Any) -> None:
+    # Before any engine exists: the pool is sized from --concurrency as Celery resolved it.
+    if instance is not None and getattr(instance, "concurrency", None):
+        pool_module = getattr(instance.pool_cls, "__module__", str(instance.pool_cls))
+        set_worker_slots(slots_per_process(int(instance.concurrency), pool_module))
 
 
 @worker_ready.connect

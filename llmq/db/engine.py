@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from llmq.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
+# Jobs this process runs at once, as its worker was started (set before the first engine).
+_slots: int | None = None
+# The process's own threads that use the database beside its slots (lease keeper, reconciler,
+# batch upkeep, budgets reconciliation, long-document sweep).
+OWN_CONNECTIONS = 5
+
+
+def set_worker_slots(slots: int) -> None:
+    """Size the pools of engines made from now on for `slots` concurrent jobs (the Celery
+    worker's concurrency as started, whatever LLMQ_WORKER_CONCURRENCY says)."""
+    global _slots
+    _slots = max(1, slots)
+
+
+def pool_limits(settings: Settings, slots: int | None = None) -> tuple[int, int]:
+    """(pool_size, max_overflow): LLMQ_DB_POOL_SIZE, or one connection per slot plus the
+    process's own; connections are opened lazily, so an idle process holds few."""
+    if settings.db_pool_size > 0:
+        return settings.db_pool_size, settings.db_max_overflow
+    return (slots or settings.worker_concurrency) + OWN_CONNECTIONS, settings.db_max_overflow
 
 
 def normalize_url(url: str) -> str:
@@ -21,14 +45,17 @@ def normalize_url(url: str) -> str:
 
 
 def get_engine(url: str) -> Engine:
-    """The process's engine for `url`. The pool holds one connection per worker thread (plus
-    the lease keeper and reconciler): overflow connections are opened and closed per use, and a
-    PostgreSQL backend per transaction costs more than the transaction itself. Connections are
-    opened lazily, so a process that needs few opens few."""
-    from llmq.settings import get_settings
-
+    """The process's engine for `url`. The pool holds one connection per worker slot (plus
+    the lease keeper and reconciler, see pool_limits): overflow connections are opened and
+    closed per use, and a PostgreSQL backend per transaction costs more than the transaction
+    itself. Connections are opened lazily, so a process that needs few opens few."""
     settings = get_settings()
-    pool_size = settings.worker_concurrency + 5
+    pool_size, max_overflow = pool_limits(settings, _slots)
+    connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "llmq"}
+    if not settings.db_prepared_statements:
+        # PgBouncer < 1.21 in transaction mode hands each transaction any server connection,
+        # where psycopg's prepared statements do not exist.
+        connect_args["prepare_threshold"] = None
     key = normalize_url(url)
     with _lock:
         engine = _engines.get(key)
@@ -36,7 +63,7 @@ def get_engine(url: str) -> Engine:
             engine = create_engine(
                 key,
                 pool_size=pool_size,
-                max_overflow=10,
+                max_overflow=max_overflow,
                 pool_timeout=30,
                 # No pre-ping (a round trip per checkout on the hot path): a connection that died
                 # with a Postgres restart fails its statement, SQLAlchemy then discards the
@@ -44,7 +71,13 @@ def get_engine(url: str) -> Engine:
                 # 503 + Retry-After) gets fresh connections.
                 pool_pre_ping=False,
                 pool_recycle=1800,
-                connect_args={"connect_timeout": 5, "application_name": "llmq"},
+                connect_args=connect_args,
+            )
+            log.info(
+                "database pool: %d connections + %d overflow (LLMQ_DB_POOL_SIZE, "
+                "LLMQ_DB_MAX_OVERFLOW)",
+                pool_size,
+                max_overflow,
             )
             if settings.db_statement_timeout_s > 0:
                 _bound_statements(engine, settings.db_statement_timeout_s)

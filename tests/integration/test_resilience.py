@@ -79,3 +79,12 @@ def test_error_storm_30pct_500s_and_10pct_429s_every_job_succeeds_honouring_retr
     assert audit.observed["min_wait_after_429_s"] >= 0.95  # Retry-After: 1 s was honoured
     failed_calls = audit.attempt_outcomes["server_error"] + audit.attempt_outcomes["rate_limited"]
     assert audit.observed["provider_requests"] == 200 + failed_calls  # every call recorded
+
+
+@pytest.mark.scenario("refused-connections")
+def test_postgres_refusing_connections_mid_batch_loses_no_paid_answer(rig: chaos.Rig) -> None:
+    audit = chaos.refused_connections(rig)
+    assert audit.observed["provider_requests"] == audit.observed["attempt_rows"], audit
+    assert audit.lease_waits == 0, audit  # no job waited for its lease to expire
+    assert audit.observed["cache_hits"] == 0, audit  # no paid job re-finished as a cache hit
+    assert audit.exactly_once(300), audit

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from llmq.retry import RetryPolicy
+from llmq.retry import RetryPolicy, retry_call
 
 
 @pytest.mark.parametrize("retry_no", range(8))
@@ -39,3 +39,47 @@ def test_long_waits_are_deferred_short_ones_are_not() -> None:
     policy = RetryPolicy(inline_max_s=2)
     assert not policy.should_defer(1.99)
     assert policy.should_defer(2.01)
+
+
+def test_retry_call_rides_out_transient_errors_within_its_budget() -> None:
+    failures = iter([ConnectionError(), ConnectionError()])
+    sleeps: list[float] = []
+
+    def call() -> str:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return "written"
+
+    result = retry_call(
+        call, retry_on=(ConnectionError,), budget_s=10, policy=RetryPolicy(base_s=0.2, cap_s=4),
+        sleep=sleeps.append, rng=random.Random(1), clock=lambda: 0.0,
+    )  # fmt: skip
+    assert result == "written"
+    assert len(sleeps) == 2 and 0.1 <= sleeps[0] <= 0.2 and 0.2 <= sleeps[1] <= 0.4
+
+
+def test_retry_call_gives_up_before_its_budget_and_raises_the_last_error() -> None:
+    sleeps: list[float] = []
+
+    def refused() -> None:
+        raise ConnectionError("refused")
+
+    with pytest.raises(ConnectionError):
+        retry_call(
+            refused, retry_on=(ConnectionError,), budget_s=5,
+            policy=RetryPolicy(base_s=0.2, cap_s=4), sleep=sleeps.append,
+            rng=random.Random(2), clock=lambda: 0.0,
+        )  # fmt: skip
+    assert sleeps and sum(sleeps) <= 5
+
+
+def test_retry_call_does_not_retry_other_errors() -> None:
+    def broken() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):
+        retry_call(
+            broken, retry_on=(ConnectionError,), budget_s=5, policy=RetryPolicy(),
+            sleep=lambda _: pytest.fail("slept on a bug"), rng=random.Random(0),
+        )  # fmt: skip
