@@ -50,9 +50,9 @@ from bench.harness import (
     wait_workers,
     write_results,
 )
-from llmq import repository
-from llmq.embedded import free_port
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 
 LOCUSTFILE = ROOT / "bench" / "locust_api.py"
 # (locust user class, the request name it reports)
@@ -66,9 +66,9 @@ DOC = "The harbour reopened after the storm. Ferries run again from Monday; repa
 
 def prepare_finished_jobs(bench: BenchServices, key: str, count: int) -> list[str]:
     """`count` jobs run to `succeeded` by a worker that is stopped before the load starts."""
-    principal = repository.authenticate(bench.engine, key)
+    principal = store.authenticate(bench.engine, key)
     assert principal is not None
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         bench.engine,
         tenant_id=principal.tenant_id,
         template="summarize",
@@ -76,12 +76,10 @@ def prepare_finished_jobs(bench: BenchServices, key: str, count: int) -> list[st
         priority="default",
         chain=["openai:gpt-4o-mini"],
         meta={},
-        items=[
-            repository.NewJob(input=f"{DOC} ({i})", params={"no_cache": True}) for i in range(count)
-        ],
+        items=[store.NewJob(input=f"{DOC} ({i})", params={"no_cache": True}) for i in range(count)],
     )
-    from workers.celery_app import make_celery
-    from workers.dispatch import DISPATCH_BATCH
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import DISPATCH_BATCH
 
     stack = Stack(env=bench.env, log_dir=bench.log_dir)
     stack.start_worker("prepare", queues="llm.default", concurrency=50, pool="threads")
@@ -227,9 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="llmq-bench-locust-"))
     with fake_provider(10) as fake, bench_services("api_latency", fake) as bench:
-        key = repository.create_api_key(
-            bench.engine, "api-latency", requests_per_min=0, items_per_min=0
-        )
+        key = store.create_api_key(bench.engine, "api-latency", requests_per_min=0, items_per_min=0)
         ids = prepare_finished_jobs(bench, key, args.prepare)
         (out / "job_ids.txt").write_text("\n".join(ids))
         configs = [run_config(bench, key, n, args, out) for n in args.api_workers]

@@ -11,7 +11,7 @@ probability 0.20, else 429 with probability 0.05 / 0.80, so 20% and 5% of all ca
 take the same latency as answers. Every failed call is retried by llmq (jittered backoff, or
 the Retry-After), up to LLMQ_RETRY_MAX_ATTEMPTS calls per chain link (3); a job whose calls all
 fail ends `failed` (all_providers_failed), expected for 0.25^3 = 1.6% of jobs with this chain
-of one link. Batches are submitted as bench/pools.py does (repository.insert_batch +
+of one link. Batches are submitted as bench/pools.py does (store.insert_batch +
 llmq.dispatch_batch). The clock runs from the fan-out's publish to the last finished_at.
 Prints a table and writes bench/results/faults.json and faults.png.
 """
@@ -42,9 +42,9 @@ from bench.harness import (
     wait_batch,
     write_results,
 )
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeScript, FaultRule
 from llmq.settings import Settings
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeScript, FaultRule
 
 TIMEOUT = 900.0
 P_500, P_429 = 0.20, 0.05

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
-from llmq.db.engine import get_engine  # noqa: E402
-from llmq.db.migrate import upgrade  # noqa: E402
-from llmq.embedded import embedded_services, free_port  # noqa: E402
-from llmq.fake_provider import FakeScript  # noqa: E402
-from llmq.stack import Child, Stack, wait_http  # noqa: E402
+from llmq.localstack.embedded import embedded_services, free_port  # noqa: E402
+from llmq.localstack.processes import Child, Stack, wait_http  # noqa: E402
+from llmq.store.engine import get_engine  # noqa: E402
+from llmq.store.migrate import upgrade  # noqa: E402
+from llmq.testing.fake_provider import FakeScript  # noqa: E402
 
 
 def machine() -> str:
@@ -52,7 +52,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 def wait_workers(redis_url: str, count: int, app: Any = None, timeout: float = 60) -> None:
     """Until `count` workers answer a remote-control ping (i.e. are consuming)."""
     if app is None:
-        from workers.celery_app import make_celery
+        from llmq.workers.celery_app import make_celery
 
         app = make_celery(redis_url)
     wait_until(lambda: len(app.control.ping(timeout=0.5) or []) >= count, timeout)
@@ -241,9 +241,9 @@ FAKE_CHAIN = ["openai:gpt-4o-mini"]  # the fake provider behind OPENAI_BASE_URL
 
 def bench_tenant(engine: Engine, name: str) -> Any:
     """A fresh tenant (via an API key): its id."""
-    from llmq import repository
+    from llmq import store
 
-    principal = repository.authenticate(engine, repository.create_api_key(engine, name))
+    principal = store.authenticate(engine, store.create_api_key(engine, name))
     assert principal is not None
     return principal.tenant_id
 
@@ -253,9 +253,9 @@ def insert_jobs(
 ) -> Any:
     """One batch of `count` distinct summarize jobs, cache off (every job calls the provider),
     written in one transaction as POST /v1/batches does: the batch id."""
-    from llmq import repository
+    from llmq import store
 
-    return repository.insert_batch(
+    return store.insert_batch(
         engine,
         tenant_id=tenant_id,
         template="summarize",
@@ -264,7 +264,7 @@ def insert_jobs(
         chain=list(FAKE_CHAIN),
         meta={},
         items=[
-            repository.NewJob(input=f"{DOC} ({label}{i})", params={"no_cache": True})
+            store.NewJob(input=f"{DOC} ({label}{i})", params={"no_cache": True})
             for i in range(count)
         ],
     )
@@ -274,8 +274,8 @@ def dispatch_batch(redis_url: str, batch_id: Any, priority: str = "default") -> 
     """Publish the batch's fan-out task as the API does; the wall-clock time (epoch s) just
     before, which is when a benchmark's clock starts."""
     from llmq.settings import PRIORITY_TO_QUEUE
-    from workers.celery_app import make_celery
-    from workers.dispatch import DISPATCH_BATCH
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import DISPATCH_BATCH
 
     app = make_celery(redis_url)
     started = time.time()

@@ -5,8 +5,8 @@
 The real API process (uvicorn, as `llmq api` runs it) on embedded PostgreSQL and Redis.
   accepted  POST /v1/batches with N items -> HTTP 202; every row is checked committed.
   on queue  the API publishes one dispatch message; a worker fans it out into N job messages
-            (workers/dispatch.py, tasks/jobs.py: claim 1,000 unpublished rows, publish them,
-            repeat). Measured from the POST until the llm.* Redis lists hold N messages.
+            (llmq/workers/dispatch.py, llmq/tasks/jobs.py: claim 1,000 unpublished rows, publish
+            them, repeat). Measured from the POST until the llm.* Redis lists hold N messages.
 The dispatch message travels on the batch's priority queue, the same list its job messages
 go to, so a worker consuming that queue would start eating job messages while we count them.
 The bench therefore moves that one message (RPOPLPUSH, one Redis round trip, counted in the
@@ -44,13 +44,13 @@ from bench.harness import (
     wait_workers,
     write_results,
 )
-from llmq import repository
-from llmq.embedded import free_port
+from llmq import store
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 from llmq.settings import QUEUES
-from llmq.stack import Stack
-from workers.dispatch import DISPATCH_BATCH
-from workers.queues import PRIORITY_STEPS, SEP, queue_depths
-from workers.reconciler import BROKER_EPOCH_KEY
+from llmq.workers.dispatch import DISPATCH_BATCH
+from llmq.workers.queues import PRIORITY_STEPS, SEP, queue_depths
+from llmq.workers.reconciler import BROKER_EPOCH_KEY
 
 DOC = (
     "The regional water board approved a new reservoir. It will store 40 million cubic "
@@ -64,7 +64,9 @@ def start_dispatcher(bench: BenchServices) -> subprocess.Popen[bytes]:
     """A Celery worker of the llmq app that consumes only DISPATCH_ONLY. `llmq worker` accepts
     only the llm.* queues, so this runs the same app through Celery's own command line."""
     return spawn(
-        celery_worker_command("workers.celery_app:app", "dispatcher", "threads", 4, DISPATCH_ONLY),
+        celery_worker_command(
+            "llmq.workers.celery_app:app", "dispatcher", "threads", 4, DISPATCH_ONLY
+        ),
         bench.env,
         bench.log_dir / "dispatcher.log",
     )
@@ -127,7 +129,7 @@ def main() -> None:
         engine = bench.engine
         client = redis.Redis.from_url(bench.env["REDIS_URL"])
         # Unlimited: the benchmark measures ingest, not the per-key rate limit.
-        key = repository.create_api_key(engine, "ingest", requests_per_min=0, items_per_min=0)
+        key = store.create_api_key(engine, "ingest", requests_per_min=0, items_per_min=0)
         port = free_port()
         stack = Stack(env=bench.env, log_dir=bench.log_dir)
         dispatcher = start_dispatcher(bench)

@@ -46,9 +46,9 @@ from bench.harness import (
     wait_workers,
     write_results,
 )
-from llmq import repository
-from llmq.embedded import free_port
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 
 DOC = (
     "The university opened a new library wing. It holds 200,000 books and 400 study places; "
@@ -96,7 +96,7 @@ def job_timings(bench: BenchServices, sent: dict[str, float]) -> list[dict[str, 
 
 
 def run_llmq(bench: BenchServices, args: argparse.Namespace) -> list[dict[str, float]]:
-    key = repository.create_api_key(bench.engine, "overhead", requests_per_min=0, items_per_min=0)
+    key = store.create_api_key(bench.engine, "overhead", requests_per_min=0, items_per_min=0)
     port = free_port()
     stack = Stack(env=bench.env, log_dir=bench.log_dir)
     try:

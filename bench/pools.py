@@ -61,8 +61,8 @@ from bench.harness import (
     wait_workers,
     write_results,
 )
-from llmq.db.engine import get_engine
 from llmq.settings import Settings
+from llmq.store.engine import get_engine
 
 TIMEOUT = 900.0
 

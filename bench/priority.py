@@ -12,7 +12,7 @@ LLMQ_WORKER_CONCURRENCY threads). In one run:
      than all their slots left, the same number of high-priority jobs are submitted one after
      another, and with the first of them one more low-priority job (what the high job would
      wait for if the queues were served first come, first served).
-A probe is submitted as POST /v1/jobs does, without the HTTP hop: repository.insert_job, then
+A probe is submitted as POST /v1/jobs does, without the HTTP hop: store.insert_job, then
 one message on its priority's queue. Its time is from just before the insert to its finished_at
 in Postgres; the queue wait is to its started_at. Workers take llm.high first because each
 free slot fetches one message (prefetch 1) and polls the queues in priority order.
@@ -50,10 +50,10 @@ from bench.harness import (
     wait_until,
     write_results,
 )
-from llmq import repository
-from llmq.db.engine import get_engine
+from llmq import store
 from llmq.settings import PRIORITY_TO_QUEUE, Settings
-from workers.queues import queue_depths
+from llmq.store.engine import get_engine
+from llmq.workers.queues import queue_depths
 
 TIMEOUT = 600.0
 
@@ -62,7 +62,7 @@ class Submitter:
     """Single jobs, inserted and published the way the API does."""
 
     def __init__(self, env: dict[str, str], tenant_id: Any) -> None:
-        from workers.celery_app import make_celery
+        from llmq.workers.celery_app import make_celery
 
         self.engine = get_engine(env["DATABASE_URL"])
         self.celery = make_celery(env["REDIS_URL"])
@@ -71,19 +71,19 @@ class Submitter:
 
     def submit(self, priority: str) -> tuple[str, float]:
         """(job id, epoch time just before the insert)."""
-        from workers.dispatch import RUN_JOB
+        from llmq.workers.dispatch import RUN_JOB
 
         self.count += 1
         submitted = time.time()
         job_id = str(
-            repository.insert_job(
+            store.insert_job(
                 self.engine,
                 tenant_id=self.tenant_id,
                 template="summarize",
                 template_version=1,
                 priority=priority,
                 chain=list(FAKE_CHAIN),
-                item=repository.NewJob(
+                item=store.NewJob(
                     input=f"{DOC} (probe {priority} {self.count})", params={"no_cache": True}
                 ),
             )

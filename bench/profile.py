@@ -32,8 +32,8 @@ from bench.harness import (
     wait_workers,
     write_results,
 )
-from llmq import repository
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.processes import Stack
 
 DOC = (
     "The harbour master reported that 412 ships called at the port last quarter, 9% more than "
@@ -43,9 +43,9 @@ DOC = (
 # (function, file) of the frames that name a pipeline stage: a sample is counted for the
 # innermost one on its stack.
 STAGES = {
-    ("claim_job", "repository.py"): "claim (SQL)",
-    ("record_attempt", "repository.py"): "record attempt (SQL)",
-    ("finish_job", "repository.py"): "finish (SQL)",
+    ("claim_job", "store.py"): "claim (SQL)",
+    ("record_attempt", "store.py"): "record attempt (SQL)",
+    ("finish_job", "store.py"): "finish (SQL)",
     ("run_chain", "guardrails/"): "guardrails",
     ("complete", "providers/"): "provider call (SDK + HTTP)",
     ("allow", "circuit.py"): "circuit breaker",
@@ -59,7 +59,7 @@ STAGES = {
     ("run", "pipeline.py"): "pipeline (other)",
     ("span", "tracing.py"): "tracing",
     ("publish_jobs", "dispatch.py"): "batch fan-out (publishing)",
-    ("run_job", "tasks/"): "task wrapper (logging, telemetry)",
+    ("run_job", "llmq/tasks/"): "task wrapper (logging, telemetry)",
     ("trace_task", "celery/app/trace.py"): "celery task execution",
     ("on_task_received", "celery/worker/"): "celery message intake",
     ("_deliver", "kombu/"): "kombu message intake",
@@ -107,8 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with fake_provider(args.latency_ms) as fake, bench_services("profile", fake) as bench:
-        key = repository.create_api_key(bench.engine, "profile")
-        principal = repository.authenticate(bench.engine, key)
+        key = store.create_api_key(bench.engine, "profile")
+        principal = store.authenticate(bench.engine, key)
         assert principal is not None
         stack = Stack(env=bench.env, log_dir=bench.log_dir)
         worker = stack.start_worker(
@@ -117,14 +117,14 @@ def main() -> None:
         )  # fmt: skip
         try:
             wait_workers(bench.env["REDIS_URL"], 1)
-            batch_id = repository.insert_batch(
+            batch_id = store.insert_batch(
                 bench.engine, tenant_id=principal.tenant_id, template="summarize",
                 template_version=1, priority="default", chain=["openai:gpt-4o-mini"], meta={},
-                items=[repository.NewJob(input=f"{DOC} ({i})", params={"no_cache": True})
+                items=[store.NewJob(input=f"{DOC} ({i})", params={"no_cache": True})
                        for i in range(args.jobs)],
             )  # fmt: skip
-            from workers.celery_app import make_celery
-            from workers.dispatch import DISPATCH_BATCH
+            from llmq.workers.celery_app import make_celery
+            from llmq.workers.dispatch import DISPATCH_BATCH
 
             make_celery(bench.env["REDIS_URL"]).send_task(
                 DISPATCH_BATCH, args=[str(batch_id)], queue="llm.default"

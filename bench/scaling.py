@@ -12,7 +12,7 @@ C = 20 gives at most 80 jobs/s with 4 processes, about half of what the pipeline
 job allows on 2 cores (bench/pools.py measures both), so the chart shows the engine's scaling
 rather than the CPU running out. 480 jobs = 24, 12 and 6 waves of 1 s: about 24, 12 and 6 s,
 long enough that the start-up ramp (about one latency) costs at most a few percent.
-Batches are submitted as bench/pools.py does (repository.insert_batch + llmq.dispatch_batch);
+Batches are submitted as bench/pools.py does (store.insert_batch + llmq.dispatch_batch);
 the clock runs from the fan-out's publish to the last finished_at in Postgres.
 Prints a table and writes bench/results/scaling.json and scaling.png.
 """
@@ -41,7 +41,7 @@ from bench.harness import (
     wait_batch,
     write_results,
 )
-from llmq.db.engine import get_engine
+from llmq.store.engine import get_engine
 
 TIMEOUT = 300.0
 

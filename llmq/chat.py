@@ -1,8 +1,8 @@
 """Chat jobs: a conversation (system + messages) run as one job of the `chat` template.
 
 The conversation is stored as JSON in the job's `input`. Guardrails run on each message's text
-(never on the JSON syntax, so a redaction can not break the document: llmq/job_guard.py), and a
-job may name the model it asked for in `params["model"]`, which is tried before the configured
+(never on the JSON syntax, so a redaction can not break the document: llmq/guardrails/job_guard.py),
+and a job may name the model it asked for in `params["model"]`, which is tried before the configured
 chain.
 """
 

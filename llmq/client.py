@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from llmq.errors import UserError
-from llmq.events import ServerEvent, parse_sse
+from llmq.telemetry.events import ServerEvent, parse_sse
 
 
 class ClientError(UserError):

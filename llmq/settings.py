@@ -20,7 +20,7 @@ PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.l
 # A list setting given as "a,b,c" or as a JSON list. NoDecode: pydantic-settings would otherwise
 # json-decode the environment value before the validator sees it, and reject "a,b,c".
 CsvList = Annotated[list[str], NoDecode]
-# Who shares a cached answer (llmq/cache.py): each tenant its own, or every tenant.
+# Who shares a cached answer (llmq/execution/cache.py): each tenant its own, or every tenant.
 CacheScope = Literal["tenant", "global"]
 
 
@@ -62,13 +62,13 @@ class Settings(BaseSettings):
     provider_read_timeout_s: float = 60.0
     max_output_tokens: int = 512
 
-    # Retry policy (see llmq/retry.py for the formula).
+    # Retry policy (see llmq/resilience/retry.py for the formula).
     retry_max_attempts: int = 3
     retry_base_s: float = 0.5
     retry_cap_s: float = 20.0
     retry_inline_max_s: float = 2.0
 
-    # Circuit breaker per provider:model, shared through Redis (llmq/circuit.py).
+    # Circuit breaker per provider:model, shared through Redis (llmq/resilience/circuit.py).
     circuit_failure_threshold: int = 5
     circuit_window_s: float = 30.0
     circuit_cooldown_s: float = 30.0
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     # Pricing override file (JSON with the same shape as llmq/data/pricing.json).
     pricing_file: Path | None = None
 
-    # OpenAI/Anthropic-compatible surfaces (api/routes/compat_*.py).
+    # OpenAI/Anthropic-compatible surfaces (llmq/api/routes/compat_*.py).
     compat_max_file_bytes: int = 100_000_000  # a batch input file (OpenAI allows 200 MB)
     compat_sync_timeout_s: float = 120.0  # POST /openai/v1/chat/completions waits this long
     # Batch API (issue 5): live events, completion webhooks.
@@ -139,12 +139,12 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 10.0
     webhook_backoff_cap_s: float = 3600.0
-    # Webhooks may go to loopback/private/link-local addresses (llmq/webhook_destinations.py).
+    # Webhooks may go to loopback/private/link-local addresses (llmq/webhooks/destinations.py).
     webhook_allow_private: bool = False
     # An Idempotency-Key is remembered this long; then it may be used for a new submission.
     idempotency_ttl_s: float = 86_400.0
-    # Long documents (llmq/mapreduce.py): a summarizing job whose document has more tokens than
-    # this (or than its chain's smallest context window leaves room for) is split into chunk
+    # Long documents (llmq/longdocs/mapreduce.py): a summarizing job whose document has more tokens
+    # than this (or than its chain's smallest context window leaves room for) is split into chunk
     # jobs and reduced. 0: split only what does not fit the context windows.
     chunk_tokens: int = Field(default=8000, ge=0)
     chunk_overlap_tokens: int = Field(default=200, ge=0)
@@ -165,8 +165,8 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return value
 
-    # Size-based routing per template name (llmq/routing.py), overriding the template's own:
-    # {"summarize": {"link": "openai:gpt-5-nano", "max_input_tokens": 400}}; null turns it off.
+    # Size-based routing per template name (llmq/execution/routing.py), overriding the template's
+    # own: {"summarize": {"link": "openai:gpt-5-nano", "max_input_tokens": 400}}; null turns it off.
     template_short_input: dict[str, dict[str, Any] | None] = {}
 
     @field_validator("template_short_input")
@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     def _valid_short_routes(
         cls, value: dict[str, dict[str, Any] | None]
     ) -> dict[str, dict[str, Any] | None]:
-        from llmq.routing import ShortInputRoute
+        from llmq.execution.routing import ShortInputRoute
         from llmq.templates import TemplateError, get_family
 
         for name, spec in value.items():
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"template_short_input[{name!r}]: {exc}") from None
         return value
 
-    # Cache: identical jobs in flight at once are computed once (llmq/dedup.py).
+    # Cache: identical jobs in flight at once are computed once (llmq/execution/dedup.py).
     cache_dedup: bool = True
 
     # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     tracing: str = "off"  # off | console | otlp (needs `pip install llmq[otel]`)
     worker_heartbeat_s: float = 5.0  # a worker is live while its key (TTL 3x this) exists
 
-    # Security (api/limits.py, api/key_limits.py). Per-key limits: 0 = unlimited; a key's own
-    # limits (POST /v1/admin/keys) override these defaults. Shared by every API instance (Redis).
+    # Security (llmq/api/limits.py, llmq/api/key_limits.py). Per-key limits: 0 = unlimited; a key's
+    # own limits (POST /v1/admin/keys) override these defaults. Shared by every API instance
+    # (Redis).
     key_requests_per_min: int = 600
     key_items_per_min: int = 100_000
     max_body_bytes: int = 64 * 1024 * 1024
@@ -213,7 +214,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    # Cost and budgets (llmq/budgets.py). The Redis copy of each budget's spend is re-read from
+    # Cost and budgets (llmq/cost/budgets.py). The Redis copy of each budget's spend is re-read from
     # Postgres this often; budget changes reach workers within budget_cache_s.
     budget_reconcile_s: float = 30.0
     budget_cache_s: float = 5.0
@@ -232,7 +233,7 @@ class Settings(BaseSettings):
         return value
 
     # Guardrails: ingest redaction, plugins, size limits, output review (llmq/guardrails/,
-    # llmq/output_review.py).
+    # llmq/execution/output_review.py).
     # Redact personal data in the API, before the job row is written (and so before any log).
     redact_pii_at_ingest: bool = True
     # Modules imported at start that call llmq.guardrails.register_guardrail.

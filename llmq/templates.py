@@ -16,7 +16,7 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 
-from llmq.routing import ShortInputRoute
+from llmq.execution.routing import ShortInputRoute
 
 SUMMARY_STYLES = {
     "paragraph": "Write one concise paragraph (at most about 120 words).",
@@ -69,9 +69,9 @@ class Template:
     # Token budget of one input. Plain prompts over it are refused at submission (422);
     # documents (summarizes=True) are never refused for size: long ones take the long path.
     max_input_tokens: int | None = None
-    # Size-based routing (llmq/routing.py): inputs of at most `short_input.max_input_tokens`
-    # estimated tokens try the cheaper `short_input.link` first (LLMQ_TEMPLATE_SHORT_INPUT
-    # overrides it per template name).
+    # Size-based routing (llmq/execution/routing.py): inputs of at most
+    # `short_input.max_input_tokens` estimated tokens try the cheaper `short_input.link` first
+    # (LLMQ_TEMPLATE_SHORT_INPUT overrides it per template name).
     short_input: ShortInputRoute | None = None
 
     def __post_init__(self) -> None:
@@ -232,7 +232,7 @@ FAMILIES: dict[str, Family] = {
                 max_input_tokens=32_000,
             )
         ),
-        # Map-reduce of long documents (llmq/mapreduce.py).
+        # Map-reduce of long documents (llmq/longdocs/mapreduce.py).
         _family(
             Template(
                 name="summarize_section",

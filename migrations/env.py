@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from llmq.db.engine import normalize_url
-from llmq.db.models import Base
 from llmq.settings import get_settings
+from llmq.store.engine import normalize_url
+from llmq.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -4,8 +4,8 @@
     .venv/bin/python scripts/chaos.py kill-worker error-storm
 
 Each scenario starts its own embedded PostgreSQL and Redis, a fake provider and real Celery
-worker processes, breaks something mid-batch (see llmq/chaos.py), waits for every job to end,
-and audits Postgres. Results go to bench/results/chaos.json.
+worker processes, breaks something mid-batch (see llmq/testing/chaos.py), waits for every job to
+end, and audits Postgres. Results go to bench/results/chaos.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from llmq import chaos
+from llmq.testing import chaos
 
 EXPECTED_JOBS = {"error-storm": 200, "poison-job": 10, "refused-connections": 300}
 

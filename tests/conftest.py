@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from llmq.embedded import free_port
-from llmq.fake_provider import FakeProviderServer
+from llmq.localstack.embedded import free_port
 from llmq.settings import get_settings
+from llmq.testing.fake_provider import FakeProviderServer
 
 from .helpers import Services, make_isolated_env
 
@@ -43,7 +43,7 @@ def services() -> Iterator[Services]:
     if database_url and redis_url:
         yield Services(_external_database(database_url), redis_url, data_dir, embedded=None)
         return
-    from llmq.embedded import embedded_services
+    from llmq.localstack.embedded import embedded_services
 
     with embedded_services(data_dir, durable=False) as running:
         yield Services(running.database_url, running.redis_url, data_dir, embedded=running)
@@ -80,7 +80,7 @@ def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str
     }
     os.environ.update(env)
     get_settings.cache_clear()
-    from llmq.db.migrate import upgrade
+    from llmq.store.migrate import upgrade
 
     upgrade(services.database_url)
     return env
@@ -88,7 +88,7 @@ def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str
 
 @pytest.fixture(scope="session")
 def engine(stack_env: dict[str, str]) -> Engine:
-    from llmq.db.engine import get_engine
+    from llmq.store.engine import get_engine
 
     return get_engine(stack_env["DATABASE_URL"])
 
@@ -104,7 +104,7 @@ def worker(
     stack_env: dict[str, str], services: Services, worker_metrics_port: int
 ) -> Iterator[Any]:
     """One real Celery worker process on all three queues, shared by the tests."""
-    from llmq.stack import Stack
+    from llmq.localstack.processes import Stack
 
     stack = Stack(env=stack_env, log_dir=services.data_dir / "logs")
     stack.start_worker(
@@ -120,17 +120,17 @@ def worker(
 
 @pytest.fixture()
 def new_key(engine: Engine) -> Callable[[], str]:
-    from llmq import repository
+    from llmq import store
 
     def make() -> str:
-        return repository.create_api_key(engine, f"tenant-{uuid.uuid4().hex[:8]}")
+        return store.create_api_key(engine, f"tenant-{uuid.uuid4().hex[:8]}")
 
     return make
 
 
 @pytest.fixture(scope="session")
 def app(stack_env: dict[str, str]) -> Any:
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     return create_app()
 

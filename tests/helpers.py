@@ -51,14 +51,14 @@ def submit_batch(
     template: str = "summarize",
 ) -> Any:
     """Insert a batch and publish its fan-out on `env`'s broker (not this process's default)."""
-    from llmq import repository
-    from workers.celery_app import make_celery
-    from workers.dispatch import DISPATCH_BATCH
+    from llmq import store
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import DISPATCH_BATCH
 
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=tenant_id, template=template, template_version=1,
         priority="default", chain=chain, meta={},
-        items=[repository.NewJob(input=text, custom_id=str(i)) for i, text in enumerate(inputs)],
+        items=[store.NewJob(input=text, custom_id=str(i)) for i, text in enumerate(inputs)],
     )  # fmt: skip
     make_celery(env["REDIS_URL"]).send_task(DISPATCH_BATCH, args=[str(batch_id)],
                                             queue="llm.default")  # fmt: skip
@@ -78,7 +78,7 @@ def make_isolated_env(services: Services, stack_env: dict[str, str]) -> dict[str
     import redis
     from sqlalchemy.engine import make_url
 
-    from llmq.db.migrate import upgrade
+    from llmq.store.migrate import upgrade
 
     url = make_url(services.database_url)
     name = f"llmq_iso_{uuid.uuid4().hex[:8]}"

@@ -1,2 +1,2 @@
 """Wire formats of the OpenAI Batch and Anthropic Message Batches APIs, mapped onto llmq's own
-batches and chat jobs. Pure functions: no HTTP, no SQL (see api/routes/compat_*.py)."""
+batches and chat jobs. Pure functions: no HTTP, no SQL (see llmq/api/routes/compat_*.py)."""

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from llmq.chat import Conversation
-from llmq.output_review import ACCEPT_TRUNCATION, finish_reason
-from llmq.repository import NewJob
+from llmq.execution.output_review import ACCEPT_TRUNCATION, finish_reason
+from llmq.store import NewJob
 
 from .common import MAX_TOKENS_LIMIT, ChatIngest, FieldError, check_number, public_id, text_of
 

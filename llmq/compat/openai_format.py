@@ -10,8 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 from llmq.chat import Conversation
-from llmq.output_review import ACCEPT_TRUNCATION, finish_reason
-from llmq.repository import NewJob
+from llmq.execution.output_review import ACCEPT_TRUNCATION, finish_reason
+from llmq.store import NewJob
 
 from .batch_file import FINDINGS_KEY
 from .common import (

@@ -1,8 +1,8 @@
-"""Blocks inputs larger than a token budget (estimated: see llmq.tokens)."""
+"""Blocks inputs larger than a token budget (estimated: see llmq.cost.tokens)."""
 
 from __future__ import annotations
 
-from llmq.tokens import estimate_tokens
+from llmq.cost.tokens import estimate_tokens
 
 from .base import Finding, Verdict
 

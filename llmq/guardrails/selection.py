@@ -72,7 +72,7 @@ class GuardrailSelection:
 def redact(redactors: list[Guardrail], text: str) -> tuple[str, list[dict[str, Any]]]:
     """Run redactors on one plain `text`: the redacted text and the findings (counts only), each
     marked stage "ingest". A redactor that blocks is ignored here: blocking is the worker's
-    decision. A job's texts are redacted with llmq/job_guard.py."""
+    decision. A job's texts are redacted with llmq/guardrails/job_guard.py."""
     if not redactors:
         return text, []
     result = run_chain(redactors, text)

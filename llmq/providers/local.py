@@ -6,8 +6,8 @@ summarization templates (any other prompt fails over with `unsupported`).
 
 from __future__ import annotations
 
-from llmq.summarizer import summarize_extractive
-from llmq.tokens import estimate_tokens
+from llmq.cost.tokens import estimate_tokens
+from llmq.longdocs.summarizer import summarize_extractive
 
 from .base import Completion, CompletionRequest, ProviderError, Usage
 
@@ -35,13 +35,13 @@ class LocalProvider:
         max_words = min(STYLE_WORDS.get(style, 120), max(10, request.max_tokens * 3 // 4))
         summary = summarize_extractive(request.document, max_words=max_words)
         if style == "bullets":
-            from llmq.summarizer import split_sentences
+            from llmq.longdocs.summarizer import split_sentences
 
             summary = "\n".join(f"- {sentence}" for sentence in split_sentences(summary))
         elif style == "json":  # the summarize_json template's shape
             import json
 
-            from llmq.summarizer import split_sentences
+            from llmq.longdocs.summarizer import split_sentences
 
             summary = json.dumps({"summary": summary, "key_points": split_sentences(summary)})
         return Completion(

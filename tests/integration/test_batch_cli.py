@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmq.embedded import free_port
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.stack import Stack
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from .test_cli import _llmq
 

@@ -13,12 +13,12 @@ import pytest
 import uvicorn
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.embedded import free_port
-from llmq.events import ServerEvent, parse_sse
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq import store
+from llmq.localstack.embedded import free_port
 from llmq.settings import Settings
+from llmq.store.engine import get_engine
+from llmq.telemetry.events import ServerEvent, parse_sse
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 
@@ -28,7 +28,7 @@ def serve(settings: Settings) -> Iterator[str]:
     """The API on a real socket (TestClient buffers whole responses, SSE needs the wire)."""
     # Imported here, not at collection: importing the API binds the Celery broker, which must
     # happen after the session environment is set (see tests/conftest.py).
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     port = free_port()
     server = uvicorn.Server(
@@ -103,11 +103,11 @@ def test_job_events_fall_back_to_postgres_when_no_notification_comes(
     """A state written without any notification (as after a lost message) still reaches the
     stream through the periodic snapshot, and the stream ends on the terminal state."""
     key = new_key()
-    principal = repository.authenticate(engine, key)
+    principal = store.authenticate(engine, key)
     assert principal is not None
-    job_id = repository.insert_job(
+    job_id = store.insert_job(
         engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
-        priority="low", chain=["local:extractive"], item=repository.NewJob(input="Quiet."),
+        priority="low", chain=["local:extractive"], item=store.NewJob(input="Quiet."),
     )  # fmt: skip
     # Hold it as a running job so no worker takes it while the test writes its outcome.
     with engine.begin() as conn:
@@ -142,13 +142,13 @@ def test_batch_stream_ends_with_cancelled_when_the_batch_is_cancelled(
         events_snapshot_interval_s=60,
     )
     engine = get_engine(isolated_env["DATABASE_URL"])
-    key = repository.create_api_key(engine, "cancel-stream")
-    principal = repository.authenticate(engine, key)
+    key = store.create_api_key(engine, "cancel-stream")
+    principal = store.authenticate(engine, key)
     assert principal is not None
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
         priority="default", chain=["local:extractive"], meta={},
-        items=[repository.NewJob(input=f"Text {i}.") for i in range(3)],
+        items=[store.NewJob(input=f"Text {i}.") for i in range(3)],
     )  # fmt: skip
     seen: list[ServerEvent] = []
     with serve(settings) as base:

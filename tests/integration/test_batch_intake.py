@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from llmq import repository
+from llmq import store
 
 from ..helpers import auth, wait_for
 
@@ -111,7 +111,7 @@ def test_idempotent_job_submission_returns_the_first_job(
     assert first.status_code == again.status_code == 202
     assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     jobs = "SELECT count(*) FROM jobs WHERE tenant_id = :t"
     assert _count(engine, jobs, t=tenant.tenant_id) == 1
@@ -132,7 +132,7 @@ def test_an_expired_idempotency_key_is_free_again_and_gets_deleted(
     http: Any, new_key: Any, engine: Engine
 ) -> None:
     key = new_key()
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     headers = {**auth(key), "Idempotency-Key": "nightly-2026-11-22"}
     body = {"input": "The council met and approved the budget.", "chain": ["local:extractive"]}
@@ -154,7 +154,7 @@ def test_an_expired_idempotency_key_is_free_again_and_gets_deleted(
             text("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' "
                  "WHERE tenant_id = :t"), {"t": tenant.tenant_id},
         )  # fmt: skip
-        assert repository.delete_expired_idempotency_keys(conn, 86_400, 5000) >= 1
+        assert store.delete_expired_idempotency_keys(conn, 86_400, 5000) >= 1
     keys = "SELECT count(*) FROM idempotency_keys WHERE tenant_id = :t"
     assert _count(engine, keys, t=tenant.tenant_id) == 0
 
@@ -171,7 +171,7 @@ def test_idempotent_batch_upload_and_json_are_the_same_submission(
     assert first.status_code == uploaded.status_code == 202
     assert uploaded.json() == first.json() == {"id": first.json()["id"], "item_count": 2,
                                                 "status": "queued"}  # fmt: skip
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     assert _count(engine, "SELECT count(*) FROM batches WHERE tenant_id = :t",
                   t=tenant.tenant_id) == 1  # fmt: skip
@@ -184,9 +184,9 @@ def test_idempotent_batch_upload_and_json_are_the_same_submission(
 
 def test_concurrent_submissions_with_one_key_make_one_batch(new_key: Any, engine: Engine) -> None:
     """The race the header exists for: N requests at once, one batch, every caller its id."""
-    principal = repository.authenticate(engine, new_key())
+    principal = store.authenticate(engine, new_key())
     assert principal is not None
-    idem = repository.Idempotency(
+    idem = store.Idempotency(
         key="race", endpoint="batches", request_hash="h" * 64, status_code=202,
         response={"item_count": 50, "status": "queued"},
     )  # fmt: skip
@@ -197,13 +197,13 @@ def test_concurrent_submissions_with_one_key_make_one_batch(new_key: Any, engine
     def submit() -> None:
         start.wait()
         try:
-            batch_id = repository.insert_batch(
+            batch_id = store.insert_batch(
                 engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
                 priority="low", chain=["local:extractive"], meta={},
-                items=[repository.NewJob(input=f"text {i}") for i in range(50)], idempotency=idem,
+                items=[store.NewJob(input=f"text {i}") for i in range(50)], idempotency=idem,
             )  # fmt: skip
             answers.append(str(batch_id))
-        except repository.IdempotentReplay as replay:
+        except store.IdempotentReplay as replay:
             answers.append(replay.stored.response["id"])
         except BaseException as exc:
             errors.append(exc)

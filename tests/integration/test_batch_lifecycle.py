@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.processes import Stack
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 from .test_pipeline import _pipeline
@@ -79,7 +79,7 @@ def test_results_filter_and_retry_rerun_only_failed_items(
 
 
 def _tenant(engine: Engine) -> uuid.UUID:
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "expiry"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "expiry"))
     assert principal is not None
     return principal.tenant_id
 
@@ -97,10 +97,10 @@ def test_window_closes_before_a_worker_runs_the_jobs_they_expire_uncalled(
     isolated_env: dict[str, str], fake_provider: FakeProviderServer, tmp_path: Path
 ) -> None:
     engine = get_engine(isolated_env["DATABASE_URL"])
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=_tenant(engine), template="summarize", template_version=1,
         priority="default", chain=["openai:expiry-check"], meta={}, completion_window_s=1,
-        items=[repository.NewJob(input=f"Text {i}. It rained.") for i in range(3)],
+        items=[store.NewJob(input=f"Text {i}. It rained.") for i in range(3)],
     )  # fmt: skip
     wait_for(lambda: _window_closed(engine, batch_id), 10, "the completion window to close")
     calls_before = _calls(fake_provider, "expiry-check")
@@ -110,7 +110,7 @@ def test_window_closes_before_a_worker_runs_the_jobs_they_expire_uncalled(
     try:
 
         def finished() -> dict[str, Any] | None:
-            batch = repository.get_batch(engine, _owner(engine, batch_id), batch_id)
+            batch = store.get_batch(engine, _owner(engine, batch_id), batch_id)
             return batch if batch and batch["status"] == "completed" else None
 
         batch = wait_for(finished, 60, "the reconciler to expire the batch's jobs")
@@ -126,7 +126,7 @@ def test_window_closes_before_a_worker_runs_the_jobs_they_expire_uncalled(
 
 
 def _owner(engine: Engine, batch_id: uuid.UUID) -> uuid.UUID:
-    owner = repository.get_batch_owner(engine, batch_id)
+    owner = store.get_batch_owner(engine, batch_id)
     assert owner is not None
     return owner
 
@@ -137,10 +137,10 @@ def test_running_job_makes_no_provider_call_after_the_window_closes(
     """Attempt 1 fails (retryable); while it backs off the window closes; no attempt 2."""
     fake_provider.set_script(FakeScript(rules=[
         FaultRule(api="openai", model="mid-expiry", fault="status", status=500)]))  # fmt: skip
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=_tenant(engine), template="summarize", template_version=1,
         priority="default", chain=["openai:mid-expiry"], meta={}, completion_window_s=1,
-        items=[repository.NewJob(input="The ferry was late. Passengers waited.")],
+        items=[store.NewJob(input="The ferry was late. Passengers waited.")],
     )  # fmt: skip
     with engine.connect() as conn:
         job_id = str(conn.execute(text("SELECT id FROM jobs WHERE batch_id = :b"),
@@ -154,7 +154,7 @@ def test_running_job_makes_no_provider_call_after_the_window_closes(
     calls_before = _calls(fake_provider, "mid-expiry")
     assert pipeline.run(job_id) == "expired"
     assert _calls(fake_provider, "mid-expiry") - calls_before == 1
-    job = repository.get_job(engine, _owner(engine, batch_id), uuid.UUID(job_id))
+    job = store.get_job(engine, _owner(engine, batch_id), uuid.UUID(job_id))
     assert job is not None
     assert job["status"] == "expired" and job["attempts_made"] == 1
     fake_provider.set_script(FakeScript())

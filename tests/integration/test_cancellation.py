@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq import store
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 
@@ -145,23 +145,23 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled_with_its_spend(
 ) -> None:
     # Its own database: no running reconciler may expire the lease before this test does.
     engine = get_engine(isolated_env["DATABASE_URL"])
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "t"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "t"))
     assert principal is not None
     tenant_id = principal.tenant_id
-    job_id = repository.insert_job(
+    job_id = store.insert_job(
         engine, tenant_id=tenant_id, template="summarize", template_version=1,
-        priority="default", chain=["local:extractive"], item=repository.NewJob(input=DOC),
+        priority="default", chain=["local:extractive"], item=store.NewJob(input=DOC),
     )  # fmt: skip
-    claimed = repository.claim_job(engine, str(job_id), "worker-a", lease_s=30)
+    claimed = store.claim_job(engine, str(job_id), "worker-a", lease_s=30)
     assert claimed is not None and not claimed.cancel_requested
-    spent = repository.AttemptRecord(
+    spent = store.AttemptRecord(
         provider="openai", model="gpt-4o-mini", outcome="server_error", latency_ms=5.0,
         input_tokens=40, output_tokens=3, cost_usd=None,
     )  # fmt: skip
-    assert repository.record_attempt(engine, job_id, "worker-a", 30, spent) is not None
-    result = repository.cancel_jobs(engine, tenant_id, job_id=job_id)
-    assert result == repository.Cancellation(cancelled=0, stopping=1)
-    recorded = repository.record_attempt(engine, job_id, "worker-a", 30, spent)
+    assert store.record_attempt(engine, job_id, "worker-a", 30, spent) is not None
+    result = store.cancel_jobs(engine, tenant_id, job_id=job_id)
+    assert result == store.Cancellation(cancelled=0, stopping=1)
+    recorded = store.record_attempt(engine, job_id, "worker-a", 30, spent)
     assert recorded is not None and recorded.cancel_requested  # the worker learns it here
 
     with engine.begin() as conn:  # worker-a dies: its lease runs out
@@ -169,9 +169,9 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled_with_its_spend(
             text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
             {"id": job_id},
         )
-        expired = repository.expire_leases(conn, max_deliveries=3)
+        expired = store.expire_leases(conn, max_deliveries=3)
     assert (str(job_id), "cancelled", "default") in expired
-    job = repository.get_job(engine, tenant_id, job_id)
+    job = store.get_job(engine, tenant_id, job_id)
     assert job is not None
     assert (job["status"], job["error_code"]) == ("cancelled", "cancelled")
     assert (job["input_tokens"], job["output_tokens"]) == (80, 6)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from llmq.circuit import CircuitBreaker, CircuitPolicy
+from llmq.resilience.circuit import CircuitBreaker, CircuitPolicy
 
 
 class Clock:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from llmq.embedded import free_port
-from llmq.stack import Stack
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 
 from ..helpers import wait_for
 
@@ -187,7 +187,7 @@ def test_worker_takes_celerys_dash_n_and_expands_the_host_once(
 ) -> None:
     import redis
 
-    from workers.heartbeat import live_workers
+    from llmq.workers.heartbeat import live_workers
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmq.cli", "worker", "-n", "w1@%h", "--concurrency", "2",

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from anthropic.types.messages import MessageBatch
 
-from llmq.fake_provider import FakeScript
+from llmq.testing.fake_provider import FakeScript
 
 from ..helpers import auth, database_text, luhn_card, wait_for
 from ..live_api import serve

@@ -15,8 +15,8 @@ from openai.types import Batch
 from openai.types.chat import ChatCompletion
 from sqlalchemy import text
 
-from llmq import repository
-from llmq.fake_provider import FakeScript, FaultRule
+from llmq import store
+from llmq.testing.fake_provider import FakeScript, FaultRule
 
 from ..helpers import auth, database_text, luhn_card, wait_for
 from ..live_api import serve
@@ -392,7 +392,7 @@ def test_texts_over_the_budget_are_line_errors_and_400s_with_nothing_run(
     assert (refused.value.code, refused.value.param) == ("input_too_long", "messages[1].content")
     assert refused.value.status_code == 400
 
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     with engine.connect() as conn:
         jobs = conn.execute(

@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from llmq import repository
-from llmq.db import engine as db_engine
-from llmq.embedded import free_port
-from llmq.fake_provider import FakeProviderServer, FakeScript
+from llmq import store
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 from llmq.settings import Settings, get_settings
-from llmq.stack import Stack
+from llmq.store import engine as db_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript
 from tests.helpers import auth, wait_for
 
 PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
@@ -141,7 +141,7 @@ def test_jobs_run_end_to_end_through_pgbouncer_in_transaction_mode(
 ) -> None:
     fake_provider.set_script(FakeScript())
     env = {**isolated_env, "DATABASE_URL": pgbouncer, "LLMQ_DB_PREPARED_STATEMENTS": "false"}
-    key = repository.create_api_key(db_engine.get_engine(isolated_env["DATABASE_URL"]), "bouncer")
+    key = store.create_api_key(db_engine.get_engine(isolated_env["DATABASE_URL"]), "bouncer")
     stack = Stack(env=env, log_dir=tmp_path / "logs")
     port = free_port()
     try:

@@ -13,9 +13,10 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from llmq import ledger, repository
-from llmq.embedded import free_port
-from llmq.stack import Stack
+from llmq import store
+from llmq.cost import ledger
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 
 from ..helpers import auth, wait_for
 
@@ -33,7 +34,7 @@ def _llmq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_budgets_set_list_and_bad_input(stack_env: dict[str, str], engine: Engine) -> None:
     tenant = f"cli-budget-{uuid.uuid4().hex[:6]}"
-    repository.create_api_key(engine, tenant)
+    store.create_api_key(engine, tenant)
     done = _llmq("budgets", "set", "--tenant", tenant, "--daily", "5", "--monthly", "100",
                  env=stack_env)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -60,7 +61,7 @@ def test_budgets_set_list_and_bad_input(stack_env: dict[str, str], engine: Engin
 def test_usage_command_shows_the_api_rollup(
     stack_env: dict[str, str], engine: Engine, worker: Any, http: Any, tmp_path: Path
 ) -> None:
-    key = repository.create_api_key(engine, f"cli-usage-{uuid.uuid4().hex[:6]}")
+    key = store.create_api_key(engine, f"cli-usage-{uuid.uuid4().hex[:6]}")
     job = http.post(
         "/v1/jobs",
         json={"input": "The ferry runs hourly. The terminal opens in May.",

@@ -14,16 +14,17 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from llmq import ledger, repository
-from llmq.budgets import BudgetGuard
-from llmq.counters import BUDGET_SOFT_LIMIT, UNPRICED_MODEL
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.pipeline import Pipeline, PipelineConfig
-from llmq.pricing import load_price_table
+from llmq import store
+from llmq.cost import ledger
+from llmq.cost.budgets import BudgetGuard
+from llmq.cost.pricing import load_price_table
+from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
-from llmq.retry import RetryPolicy
+from llmq.resilience.retry import RetryPolicy
+from llmq.telemetry.counters import BUDGET_SOFT_LIMIT, UNPRICED_MODEL
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services
 
@@ -42,7 +43,7 @@ def fake(fake_provider: FakeProviderServer) -> Iterator[FakeProviderServer]:
 @pytest.fixture()
 def tenant(engine: Engine) -> tuple[uuid.UUID, str]:
     name = f"cost-{uuid.uuid4().hex[:8]}"
-    principal = repository.authenticate(engine, repository.create_api_key(engine, name))
+    principal = store.authenticate(engine, store.create_api_key(engine, name))
     assert principal is not None
     return principal.tenant_id, name
 
@@ -79,10 +80,10 @@ def _job(
     params: dict[str, Any] | None = None,
 ) -> str:
     return str(
-        repository.insert_job(
+        store.insert_job(
             engine, tenant_id=tenant_id, template="summarize", template_version=1,
             priority="default", chain=chain,
-            item=repository.NewJob(input=text_, params=params or {"no_cache": True}),
+            item=store.NewJob(input=text_, params=params or {"no_cache": True}),
         )
     )  # fmt: skip
 
@@ -188,7 +189,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
     # Room for about three more calls (estimates are upper bounds, so maybe fewer).
     ledger.set_budget(engine, name, one_call * 4 + one_call / 2, None)
     alerts_before = BUDGET_SOFT_LIMIT.value(scope="daily")
-    caplog.set_level(logging.WARNING, logger="llmq.budgets")
+    caplog.set_level(logging.WARNING, logger="llmq.cost.budgets")
     fake.reset()
     outcomes = []
     for _ in range(8):
@@ -248,6 +249,6 @@ def test_guard_reserves_in_flight_estimates_so_concurrent_calls_cannot_overshoot
 def _midnight() -> Any:
     from datetime import UTC, datetime
 
-    from llmq.budgets import day_start
+    from llmq.cost.budgets import day_start
 
     return day_start(datetime.now(UTC))

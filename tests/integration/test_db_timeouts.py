@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from llmq.db.engine import get_engine
 from llmq.settings import get_settings
+from llmq.store.engine import get_engine
 
 
 @pytest.fixture()

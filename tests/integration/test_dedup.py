@@ -1,4 +1,4 @@
-"""In-flight de-duplication of identical jobs (llmq/dedup.py).
+"""In-flight de-duplication of identical jobs (llmq/execution/dedup.py).
 
 * The pipeline as plain Python on real Postgres and Redis: a follower hands its slot back as
   `queued` (never counted as a lost delivery), is woken by its leader and finishes as a cache
@@ -26,20 +26,21 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from llmq import ledger, repository
-from llmq.cache import ResultCache, cache_key
-from llmq.db.engine import get_engine
-from llmq.dedup import WAITING, Alone, Cached, Follow, InFlight, Lead
-from llmq.embedded import free_port
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.pipeline import Pipeline, PipelineConfig
-from llmq.pricing import load_price_table
+from llmq import store
+from llmq.cost import ledger
+from llmq.cost.pricing import load_price_table
+from llmq.execution.cache import ResultCache, cache_key
+from llmq.execution.dedup import WAITING, Alone, Cached, Follow, InFlight, Lead
+from llmq.execution.pipeline import Pipeline, PipelineConfig
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
-from llmq.retry import RetryPolicy
+from llmq.resilience.retry import RetryPolicy
 from llmq.settings import CacheScope
-from llmq.stack import Stack
+from llmq.store.engine import get_engine
 from llmq.templates import get_template
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services, make_isolated_env, metric_value, submit_batch, wait_for
 
@@ -68,7 +69,7 @@ class Woken:
     def __call__(self, job_ids: list[str]) -> None:
         self.ids.extend(job_ids)
         jobs = [j for j in job_ids if len(j) == 36]  # the lock-level tests use made-up ids
-        repository.wake_jobs(self.engine, jobs)
+        store.wake_jobs(self.engine, jobs)
 
 
 @pytest.fixture()
@@ -84,8 +85,8 @@ def fake(fake_provider: FakeProviderServer) -> Iterator[FakeProviderServer]:
 
 
 def _new_tenant(engine: Engine) -> uuid.UUID:
-    principal = repository.authenticate(
-        engine, repository.create_api_key(engine, f"dedup-{uuid.uuid4().hex[:8]}")
+    principal = store.authenticate(
+        engine, store.create_api_key(engine, f"dedup-{uuid.uuid4().hex[:8]}")
     )
     assert principal is not None
     return principal.tenant_id
@@ -143,10 +144,10 @@ def pipeline(
 
 def _job(engine: Engine, tenant: uuid.UUID, question: str, **params: Any) -> str:
     return str(
-        repository.insert_job(
+        store.insert_job(
             engine, tenant_id=tenant, template="prompt", template_version=1,
             priority="default", chain=CHAIN,
-            item=repository.NewJob(input=question, params=params or None),
+            item=store.NewJob(input=question, params=params or None),
         )
     )  # fmt: skip
 
@@ -412,7 +413,7 @@ def _scrape(url: str) -> str | None:
 
 def test_a_batch_computes_each_distinct_input_once(stack: dict[str, Any]) -> None:
     engine, fake = stack["engine"], stack["fake"]
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "dedup-b"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "dedup-b"))
     assert principal is not None
     # Slow answers, so identical items are claimed while their first copy is still in flight.
     fake.set_script(FakeScript(latency_ms=1000))
@@ -438,7 +439,7 @@ def test_a_batch_computes_each_distinct_input_once(stack: dict[str, Any]) -> Non
 
     # The totals reconcile: attempts = jobs = the batch = the usage rollup.
     spent = sum((j.spent for j in computed), Decimal(0))
-    batch = repository.get_batch(engine, principal.tenant_id, batch_id)
+    batch = store.get_batch(engine, principal.tenant_id, batch_id)
     assert batch is not None and batch["cost_usd"] == spent
     assert sum((j.cost_usd for j in jobs), Decimal(0)) == spent
     now = datetime.now(UTC)
@@ -482,7 +483,7 @@ def test_a_worker_answers_each_tenant_separately(stack: dict[str, Any]) -> None:
 
 def test_a_job_takes_over_when_its_leader_died(stack: dict[str, Any]) -> None:
     engine, fake = stack["engine"], stack["fake"]
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "dedup-t"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "dedup-t"))
     assert principal is not None
     fake.set_script(FakeScript())
     question = _question()

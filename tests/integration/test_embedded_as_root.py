@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from llmq import embedded
-from llmq.embedded import ROOT_RUNTIME_DIR, embedded_services, remove_data_dir
+from llmq.localstack import embedded
+from llmq.localstack.embedded import ROOT_RUNTIME_DIR, embedded_services, remove_data_dir
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="only as root is PostgreSQL run as another user (llmq-postgres)"

@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from llmq.fake_provider import FakeScript, FaultRule
+from llmq.testing.fake_provider import FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 

@@ -12,7 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from llmq.events import EventPublisher, batch_channel, job_channel
+from llmq.telemetry.events import EventPublisher, batch_channel, job_channel
 
 from ..helpers import wait_for
 

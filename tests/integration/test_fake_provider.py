@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from llmq.fake_provider import (
+from llmq.testing.fake_provider import (
     REFUSAL_TEXT,
     FakeProviderServer,
     FakeScript,

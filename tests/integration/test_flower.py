@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.stack import Stack, wait_http
+from llmq import store
+from llmq.localstack.processes import Stack, wait_http
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 
@@ -87,7 +87,7 @@ def test_flower_shows_the_worker_and_queue_lengths(
     wait_for(lambda: "Events of group {task} enabled by remote" in worker.log_path.read_text(),
              timeout=30, what="Flower to enable the worker's task events")  # fmt: skip
 
-    key = repository.create_api_key(get_engine(isolated_env["DATABASE_URL"]), "flower-tenant")
+    key = store.create_api_key(get_engine(isolated_env["DATABASE_URL"]), "flower-tenant")
     items = [{"input": f"Document {i}. It has two sentences about queues."} for i in range(5)]
     batch = httpx.post(f"{api}/v1/batches", headers=auth(key), timeout=10,
                        json={"items": items, "chain": ["local:extractive"]})  # fmt: skip

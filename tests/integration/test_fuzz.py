@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.embedded import free_port
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
+from llmq.store.engine import get_engine
 
 from ..helpers import wait_for
 
@@ -35,7 +35,7 @@ def test_api_never_fails_and_always_matches_its_schema(
 ) -> None:
     engine = get_engine(isolated_env["DATABASE_URL"])
     # No rate limits (0 = unlimited): every generated request reaches the handlers.
-    key = repository.create_api_key(engine, "fuzz", admin=True, requests_per_min=0, items_per_min=0)
+    key = store.create_api_key(engine, "fuzz", admin=True, requests_per_min=0, items_per_min=0)
     port = free_port()
     stack = Stack(env=isolated_env, log_dir=tmp_path / "logs")
     try:

@@ -17,13 +17,13 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq import store
+from llmq.cost.pricing import load_price_table
+from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.guardrails import Finding, Verdict, register_guardrail, unregister_guardrail
-from llmq.pipeline import Pipeline, PipelineConfig
-from llmq.pricing import load_price_table
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.settings import Settings
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services, auth, database_text, luhn_card, wait_for
 
@@ -193,7 +193,7 @@ def test_with_ingest_redaction_off_the_worker_still_redacts_before_the_provider(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     key, model = new_key(), _model("late")
     email = f"lee.{uuid.uuid4().hex[:10]}@example.com"
@@ -228,7 +228,7 @@ def test_plain_prompts_over_the_token_budget_are_refused_and_documents_are_not(
     )
     assert batch.status_code == 422
     assert [d["loc"] for d in batch.json()["error"]["details"]] == ["body.items.1.input"]
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     with engine.connect() as conn:
         count = conn.execute(
@@ -360,7 +360,7 @@ def test_with_ingest_redaction_off_the_worker_still_redacts_variables_before_the
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     key, model, raw = new_key(), _model("latevars"), _personal_data()
     with TestClient(create_app(Settings(redact_pii_at_ingest=False))) as client:
@@ -610,19 +610,19 @@ def test_a_registered_plugin_guardrail_blocks_before_any_provider_call(
             load_price_table(),
             PipelineConfig(input_guardrails=["pii", "no_tickets"]),
         )
-        principal = repository.authenticate(engine, repository.create_api_key(engine, "plug"))
+        principal = store.authenticate(engine, store.create_api_key(engine, "plug"))
         assert principal is not None
 
         def job(body: str) -> str:
             return str(
-                repository.insert_job(
+                store.insert_job(
                     engine,
                     tenant_id=principal.tenant_id,
                     template="prompt",
                     template_version=1,
                     priority="default",
                     chain=[f"openai:{model}"],
-                    item=repository.NewJob(input=body),
+                    item=store.NewJob(input=body),
                 )
             )
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.fake_provider import FakeScript, FaultRule
-from llmq.tokenizer import get_tokenizer
+from llmq import store
+from llmq.longdocs.tokenizer import get_tokenizer
+from llmq.testing.fake_provider import FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
 
@@ -179,7 +179,7 @@ def test_the_reconciler_advances_a_parent_whose_advance_was_interrupted(
     """A worker died between finishing the last chunk and advancing the parent: the parent
     waits with all chunks done, and the reconciler's sweep carries on."""
     key = new_key()
-    principal = repository.authenticate(engine, key)
+    principal = store.authenticate(engine, key)
     assert principal is not None
     parent_id = uuid.uuid4()
     with engine.begin() as conn:

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq import store
 from llmq.settings import Settings
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, metric_value, wait_for
 
@@ -80,7 +80,7 @@ def _attempt_count(engine: Engine, batch_id: str, outcome: str | None = None) ->
 
 
 def _tenant(engine: Engine, key: str) -> str:
-    principal = repository.authenticate(engine, key)
+    principal = store.authenticate(engine, key)
     assert principal is not None
     return str(principal.tenant_id)
 
@@ -215,8 +215,8 @@ def test_cache_hits_and_guardrail_blocks_are_counted(
 def test_api_metrics_report_jobs_queues_and_circuits_from_the_stores(
     stack_env: dict[str, str], services: Any
 ) -> None:
-    from api.app import create_app
-    from workers.celery_app import make_celery
+    from llmq.api.app import create_app
+    from llmq.workers.celery_app import make_celery
 
     from ..helpers import make_isolated_env
 
@@ -225,13 +225,13 @@ def test_api_metrics_report_jobs_queues_and_circuits_from_the_stores(
                         metrics_cache_s=0)  # fmt: skip
     app = create_app(settings)
     engine = app.state.engine
-    tenant_key = repository.create_api_key(engine, f"tenant-{uuid.uuid4().hex[:8]}")
-    tenant = repository.authenticate(engine, tenant_key)
+    tenant_key = store.create_api_key(engine, f"tenant-{uuid.uuid4().hex[:8]}")
+    tenant = store.authenticate(engine, tenant_key)
     assert tenant is not None
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=tenant.tenant_id, template="summarize", template_version=1,
         priority="default", chain=["local:extractive"], meta={},
-        items=[repository.NewJob(input=f"{DOC} {i}") for i in range(5)],
+        items=[store.NewJob(input=f"{DOC} {i}") for i in range(5)],
     )  # fmt: skip
     broker = make_celery(env["REDIS_URL"])
     for _ in range(2):
@@ -246,7 +246,7 @@ def test_api_metrics_report_jobs_queues_and_circuits_from_the_stores(
                             state="closed") == 1  # fmt: skip
         assert metric_value(body, "llmq_backend_up", backend="postgres") == 1
 
-        repository.cancel_jobs(engine, tenant.tenant_id, batch_id=batch_id)
+        store.cancel_jobs(engine, tenant.tenant_id, batch_id=batch_id)
         body = client.get("/metrics").text
         assert metric_value(body, "llmq_jobs", status="queued") == 0
         assert metric_value(body, "llmq_jobs", status="cancelled") == 5
@@ -324,8 +324,8 @@ def test_a_request_id_is_made_when_the_client_sends_none_or_a_bad_one(http: Any)
 
 @pytest.fixture(scope="module")
 def traced_stack(services: Any, stack_env: dict[str, str], tmp_path_factory: Any) -> Any:
-    from llmq.embedded import free_port
-    from llmq.stack import Stack
+    from llmq.localstack.embedded import free_port
+    from llmq.localstack.processes import Stack
 
     from ..helpers import make_isolated_env
 
@@ -352,9 +352,9 @@ def traced_stack(services: Any, stack_env: dict[str, str], tmp_path_factory: Any
 
 def _run_one_job(traced_stack: dict[str, Any], document: str) -> tuple[str, str, str]:
     """Submit a job over HTTP; return (api key, job id, request id) once it succeeded."""
-    from llmq.db.engine import get_engine
+    from llmq.store.engine import get_engine
 
-    key = repository.create_api_key(
+    key = store.create_api_key(
         get_engine(traced_stack["env"]["DATABASE_URL"]), f"tenant-{uuid.uuid4().hex[:8]}"
     )
     with httpx.Client(base_url=traced_stack["url"], headers=auth(key), timeout=30) as client:
@@ -464,8 +464,8 @@ def test_trace_context_travels_from_the_request_to_the_provider_call(
 def test_readyz_is_503_without_a_live_worker_and_200_with_one(
     services: Any, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from api.app import create_app
-    from llmq.stack import Stack
+    from llmq.api.app import create_app
+    from llmq.localstack.processes import Stack
 
     from ..helpers import make_isolated_env
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
+from llmq import store
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import submit_batch, wait_for
 from .test_cli import _llmq
@@ -33,15 +33,15 @@ def _jobs(engine: Engine, batch_id: Any) -> list[dict[str, Any]]:
 
 
 def _tenant(engine: Engine) -> uuid.UUID:
-    principal = repository.authenticate(
-        engine, repository.create_api_key(engine, f"ops-{uuid.uuid4().hex[:8]}")
+    principal = store.authenticate(
+        engine, store.create_api_key(engine, f"ops-{uuid.uuid4().hex[:8]}")
     )
     assert principal is not None
     return principal.tenant_id
 
 
 def test_queues_shows_depths_and_live_workers(isolated_env: dict[str, str]) -> None:
-    from workers.celery_app import make_celery
+    from llmq.workers.celery_app import make_celery
 
     broker = make_celery(isolated_env["REDIS_URL"])
     for _ in range(3):
@@ -108,15 +108,15 @@ def test_retry_runs_a_failed_job_again_from_a_fresh_start(
 
 
 def _key_id(engine: Engine, key: str) -> str:
-    row = repository.get_api_key_by_hash(engine, repository.hash_key(key))
+    row = store.get_api_key_by_hash(engine, store.hash_key(key))
     assert row is not None
     return str(row["id"])
 
 
 def test_keys_revoke_takes_any_unambiguous_prefix(isolated_env: dict[str, str]) -> None:
     engine = get_engine(isolated_env["DATABASE_URL"])
-    admin = repository.create_api_key(engine, "ops", admin=True)
-    first, second, third = (repository.create_api_key(engine, "t") for _ in range(3))
+    admin = store.create_api_key(engine, "ops", admin=True)
+    first, second, third = (store.create_api_key(engine, "t") for _ in range(3))
 
     by_key = _llmq("keys", "revoke", first[:12], env=isolated_env)  # longer than `keys list`'s 11
     assert by_key.returncode == 0, by_key.stderr
@@ -138,4 +138,4 @@ def test_keys_revoke_takes_any_unambiguous_prefix(isolated_env: dict[str, str]) 
     assert last.returncode == 1
     assert len(last.stderr.strip().splitlines()) == 1
     assert "is the last active admin key" in last.stderr
-    assert repository.authenticate(engine, admin) is not None
+    assert store.authenticate(engine, admin) is not None

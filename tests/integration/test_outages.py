@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from llmq.embedded import free_port
+from llmq.localstack.embedded import free_port
+from llmq.localstack.processes import Stack
 from llmq.settings import Settings
-from llmq.stack import Stack
 
 from ..helpers import auth, wait_for
 
@@ -127,7 +127,7 @@ def test_submit_with_redis_hung_answers_in_seconds_and_runs_later(
 
 
 def test_postgres_down_gives_503_with_retry_after(stack_env: dict[str, str]) -> None:
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/llmq"
     app = create_app(Settings(database_url=dead, redis_url=stack_env["REDIS_URL"]))

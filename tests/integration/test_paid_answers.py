@@ -14,15 +14,15 @@ import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from llmq import repository
-from llmq.cache import ResultCache
-from llmq.fake_provider import FakeProviderServer, FakeScript
-from llmq.paid import PREFIX, PaidCalls
-from llmq.pipeline import LeaseHandedOver, Pipeline
+from llmq import store
+from llmq.execution.cache import ResultCache
+from llmq.execution.paid import PREFIX, PaidCalls
+from llmq.execution.pipeline import LeaseHandedOver, Pipeline
 from llmq.settings import Settings
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript
+from llmq.workers import reconciler
 from tests.integration import test_pipeline
 from tests.integration.test_pipeline import _attempts, _job, _pipeline, _row
-from workers import reconciler
 
 tenant = test_pipeline.tenant  # the fixture, shared
 
@@ -70,7 +70,7 @@ def test_a_refused_attempt_write_is_retried_and_the_answer_kept(
     fake_provider.set_script(FakeScript())
     sleeps: list[float] = []
     pipeline = _paid_pipeline(engine, fake_provider, client, sleeps)
-    monkeypatch.setattr(repository, "record_attempt", _refusing(repository.record_attempt, times=2))
+    monkeypatch.setattr(store, "record_attempt", _refusing(store.record_attempt, times=2))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     calls = fake_provider.stats()["requests"]
     assert pipeline.run(job_id) == "succeeded"
@@ -89,15 +89,15 @@ def test_a_paid_answer_outliving_the_retries_is_parked_and_the_next_delivery_fin
 ) -> None:
     fake_provider.set_script(FakeScript())
     pipeline = _paid_pipeline(engine, fake_provider, client, [])
-    real = repository.record_attempt
-    monkeypatch.setattr(repository, "record_attempt", _refusing(real, times=float("inf")))
+    real = store.record_attempt
+    monkeypatch.setattr(store, "record_attempt", _refusing(real, times=float("inf")))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     calls = fake_provider.stats()["requests"]
     with pytest.raises(LeaseHandedOver) as handed:
         pipeline.run(job_id)
     assert fake_provider.stats()["requests"] == calls + 1
     assert client.hlen(PREFIX + job_id) == 1  # the paid call, kept outside Postgres
-    monkeypatch.setattr(repository, "record_attempt", real)  # Postgres is back
+    monkeypatch.setattr(store, "record_attempt", real)  # Postgres is back
 
     # Its lease is live (30 s): only the message that carries the handed-over lease takes it.
     assert pipeline.run(job_id) == "not_claimable"
@@ -123,12 +123,12 @@ def test_a_job_whose_finish_was_refused_is_not_finished_again_as_a_cache_hit(
     fake_provider.set_script(FakeScript())
     cache = ResultCache(client, ttl_s=60)
     pipeline = _paid_pipeline(engine, fake_provider, client, [], cache=cache)
-    real = repository.finish_job
-    monkeypatch.setattr(repository, "finish_job", _refusing(real, times=float("inf")))
+    real = store.finish_job
+    monkeypatch.setattr(store, "finish_job", _refusing(real, times=float("inf")))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     with pytest.raises(LeaseHandedOver) as handed:
         pipeline.run(job_id)  # the answer is recorded and cached, the finish refused
-    monkeypatch.setattr(repository, "finish_job", real)
+    monkeypatch.setattr(store, "finish_job", real)
     calls = fake_provider.stats()["requests"]
     assert pipeline.run(job_id, resume=handed.value.owner) == "succeeded"
     assert fake_provider.stats()["requests"] == calls
@@ -145,7 +145,7 @@ def test_after_a_postgres_outage_the_reconciler_renews_leases_instead_of_expirin
     stack_env: dict[str, str],
 ) -> None:
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
-    assert repository.claim_job(engine, job_id, "live-worker", lease_s=30) is not None
+    assert store.claim_job(engine, job_id, "live-worker", lease_s=30) is not None
     with engine.begin() as conn:  # its keeper could not renew while Postgres was down
         conn.execute(
             text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),

@@ -11,15 +11,15 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.cache import ResultCache
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.pipeline import Pipeline, PipelineConfig
-from llmq.pricing import load_price_table
+from llmq import store
+from llmq.cost.pricing import load_price_table
+from llmq.execution.cache import ResultCache
+from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
-from llmq.retry import RetryPolicy
+from llmq.resilience.retry import RetryPolicy
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 DOC = (
     "The harbour authority approved a new ferry terminal. It will cost 40 million euros. "
@@ -29,8 +29,8 @@ DOC = (
 
 @pytest.fixture()
 def tenant(engine: Engine) -> uuid.UUID:
-    key = repository.create_api_key(engine, f"pipe-{uuid.uuid4().hex[:8]}")
-    principal = repository.authenticate(engine, key)
+    key = store.create_api_key(engine, f"pipe-{uuid.uuid4().hex[:8]}")
+    principal = store.authenticate(engine, key)
     assert principal is not None
     return principal.tenant_id
 
@@ -72,14 +72,14 @@ def _job(
     template: str = "summarize",
 ) -> str:
     return str(
-        repository.insert_job(
+        store.insert_job(
             engine,
             tenant_id=tenant,
             template=template,
             template_version=1,
             priority="default",
             chain=chain,
-            item=repository.NewJob(input=text_),
+            item=store.NewJob(input=text_),
         )
     )
 
@@ -130,31 +130,31 @@ def test_redelivered_message_for_a_finished_job_is_a_no_op(
 
 def test_a_worker_that_lost_its_lease_cannot_write(engine: Engine, tenant: uuid.UUID) -> None:
     job_id = _job(engine, tenant, ["local:extractive"])
-    first = repository.claim_job(engine, job_id, "worker-a", lease_s=30)
+    first = store.claim_job(engine, job_id, "worker-a", lease_s=30)
     assert first is not None
-    assert repository.claim_job(engine, job_id, "worker-b", lease_s=30) is None  # lease is live
+    assert store.claim_job(engine, job_id, "worker-b", lease_s=30) is None  # lease is live
     with engine.begin() as conn:  # worker-a's lease runs out (it hung or died)
         conn.execute(
             text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"),
             {"id": job_id},
         )
-    second = repository.claim_job(engine, job_id, "worker-b", lease_s=30)
+    second = store.claim_job(engine, job_id, "worker-b", lease_s=30)
     assert second is not None and second.deliveries == 2
-    attempt = repository.AttemptRecord(
+    attempt = store.AttemptRecord(
         provider="local", model="extractive", outcome="ok", latency_ms=1.0
     )
-    assert repository.record_attempt(engine, first.id, "worker-a", 30, attempt) is None
+    assert store.record_attempt(engine, first.id, "worker-a", 30, attempt) is None
     assert (
-        repository.finish_job(
-            engine, first.id, "worker-a", repository.Outcome(status="succeeded", result="stale")
+        store.finish_job(
+            engine, first.id, "worker-a", store.Outcome(status="succeeded", result="stale")
         )
         is False
     )
-    recorded = repository.record_attempt(engine, second.id, "worker-b", 30, attempt)
+    recorded = store.record_attempt(engine, second.id, "worker-b", 30, attempt)
     assert recorded is not None and recorded.attempt_no == 1
     assert (
-        repository.finish_job(
-            engine, second.id, "worker-b", repository.Outcome(status="succeeded", result="fresh")
+        store.finish_job(
+            engine, second.id, "worker-b", store.Outcome(status="succeeded", result="fresh")
         )
         is True
     )
@@ -272,7 +272,7 @@ def test_batch_copy_round_trips_awkward_text(engine: Engine, tenant: uuid.UUID) 
         "\\.",
     ]
     shared_params = {"style": "short"}
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine,
         tenant_id=tenant,
         template="summarize",
@@ -281,7 +281,7 @@ def test_batch_copy_round_trips_awkward_text(engine: Engine, tenant: uuid.UUID) 
         chain=["local:extractive"],
         meta={"k": "v"},
         items=[
-            repository.NewJob(input=t, custom_id=f"c\t{i}", params=shared_params, meta={"n": i})
+            store.NewJob(input=t, custom_id=f"c\t{i}", params=shared_params, meta={"n": i})
             for i, t in enumerate(awkward)
         ],
     )
@@ -310,7 +310,7 @@ def test_dead_primary_opens_the_circuit_and_later_jobs_skip_it(
 ) -> None:
     import redis
 
-    from llmq.circuit import CircuitBreaker, CircuitPolicy
+    from llmq.resilience.circuit import CircuitBreaker, CircuitPolicy
 
     fake_provider.set_script(
         FakeScript(rules=[FaultRule(api="openai", model="dead-*", fault="status", status=500)])
@@ -364,10 +364,10 @@ def cache(services: Any) -> ResultCache:
 
 def _job_with(engine: Engine, tenant: uuid.UUID, text_: str, params: dict[str, Any]) -> str:
     return str(
-        repository.insert_job(
+        store.insert_job(
             engine, tenant_id=tenant, template="summarize", template_version=1,
             priority="default", chain=["openai:gpt-4o-mini"],
-            item=repository.NewJob(input=text_, params=params),
+            item=store.NewJob(input=text_, params=params),
         )
     )  # fmt: skip
 
@@ -423,12 +423,12 @@ def test_a_worker_that_died_after_a_paid_answer_is_not_paid_for_twice(
 ) -> None:
     fake_provider.set_script(FakeScript())
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
-    assert repository.claim_job(engine, job_id, "dead-worker", lease_s=30) is not None
-    answer = repository.AttemptRecord(
+    assert store.claim_job(engine, job_id, "dead-worker", lease_s=30) is not None
+    answer = store.AttemptRecord(
         provider="openai", model="gpt-4o-mini", outcome="ok", latency_ms=80.0,
         input_tokens=50, output_tokens=12, output="The terminal costs 40 million euros.",
     )  # fmt: skip
-    assert repository.record_attempt(engine, uuid.UUID(job_id), "dead-worker", 30, answer)
+    assert store.record_attempt(engine, uuid.UUID(job_id), "dead-worker", 30, answer)
     with engine.begin() as conn:  # it died before finish_job: the lease runs out
         conn.execute(
             text("UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),

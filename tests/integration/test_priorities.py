@@ -6,33 +6,33 @@ from typing import Any
 
 from sqlalchemy import text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.processes import Stack
+from llmq.store.engine import get_engine
 
 from ..helpers import wait_for
 
 
 def test_high_priority_jobs_run_first(isolated_env: dict[str, str], services: Any) -> None:
-    from workers.celery_app import make_celery
-    from workers.dispatch import RUN_JOB
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import RUN_JOB
 
     engine = get_engine(isolated_env["DATABASE_URL"])
-    tenant_key = repository.create_api_key(engine, "prio")
-    principal = repository.authenticate(engine, tenant_key)
+    tenant_key = store.create_api_key(engine, "prio")
+    principal = store.authenticate(engine, tenant_key)
     assert principal is not None
 
     def add(priority: str, n: int) -> list[str]:
         return [
             str(
-                repository.insert_job(
+                store.insert_job(
                     engine,
                     tenant_id=principal.tenant_id,
                     template="summarize",
                     template_version=1,
                     priority=priority,
                     chain=["local:extractive"],
-                    item=repository.NewJob(input=f"A {priority} priority document number {i}."),
+                    item=store.NewJob(input=f"A {priority} priority document number {i}."),
                 )
             )
             for i in range(n)

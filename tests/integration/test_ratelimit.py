@@ -10,11 +10,11 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript
-from llmq.ratelimit import Limit, RateLimiter
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.processes import Stack
+from llmq.resilience.ratelimit import Limit, RateLimiter
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript
 
 from ..helpers import submit_batch, wait_for
 
@@ -77,7 +77,7 @@ def test_four_workers_share_one_limit(
         "LLMQ_RATE_LIMITS": json.dumps({f"openai:{model}": {"requests": limit}}),
     }
     engine = get_engine(env["DATABASE_URL"])
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "rl"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "rl"))
     assert principal is not None
     fake_provider.set_script(FakeScript(latency_ms=20))
     fake_provider.reset()
@@ -93,7 +93,7 @@ def test_four_workers_share_one_limit(
         )  # fmt: skip
 
         def all_done() -> bool:
-            batch = repository.get_batch(engine, principal.tenant_id, batch_id)
+            batch = store.get_batch(engine, principal.tenant_id, batch_id)
             return batch is not None and batch["counts"]["succeeded"] == jobs
 
         wait_for(all_done, 120, f"{jobs} rate-limited jobs")

@@ -1,7 +1,7 @@
 """Nothing is lost when a worker, Redis or Postgres dies mid-batch, or a provider storms.
 
-Each test runs one scenario of `llmq.chaos` (the same code `scripts/chaos.py` runs for users)
-on its own embedded PostgreSQL and Redis, with real Celery worker processes and a fake
+Each test runs one scenario of `llmq.testing.chaos` (the same code `scripts/chaos.py` runs for
+users) on its own embedded PostgreSQL and Redis, with real Celery worker processes and a fake
 provider, and asserts on the audit of the record of truth: every job ended exactly once,
 attempts are unique, job totals equal the sum of attempts, nobody was billed twice.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmq import chaos
+from llmq.testing import chaos
 
 pytestmark = pytest.mark.slow
 

@@ -9,29 +9,29 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine
 
-from llmq import repository
-from llmq.db.engine import get_engine
+from llmq import store
+from llmq.store.engine import get_engine
 
 ITEMS = 50_000
 
 
 def _lines(engine: Engine, batch_id: uuid.UUID, statuses: list[str] | None = None) -> Iterator[str]:
     """What GET /v1/batches/{id}/results yields, line by line."""
-    from api.routes.batches import _result_line  # not at collection: it binds the broker
+    from llmq.api.routes.batches import _result_line  # not at collection: it binds the broker
 
-    for row in repository.iter_batch_results(engine, batch_id, statuses=statuses):
+    for row in store.iter_batch_results(engine, batch_id, statuses=statuses):
         yield _result_line(row)
 
 
 def test_fifty_thousand_results_stream_in_bounded_memory(isolated_env: dict[str, str]) -> None:
     # Isolated database and broker, no worker: the jobs stay queued while we read them.
     engine = get_engine(isolated_env["DATABASE_URL"])
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "big"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "big"))
     assert principal is not None
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
         priority="low", chain=["local:extractive"], meta={},
-        items=[repository.NewJob(input=f"doc {i}", custom_id=f"item-{i:05d}")
+        items=[store.NewJob(input=f"doc {i}", custom_id=f"item-{i:05d}")
                for i in range(ITEMS)],
     )  # fmt: skip
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from llmq import repository
-from llmq.db.engine import get_engine
-from llmq.fake_provider import FakeProviderServer, FakeScript
-from llmq.stack import Stack
+from llmq import store
+from llmq.localstack.processes import Stack
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript
 
 from ..helpers import submit_batch, wait_for
 
@@ -41,7 +41,7 @@ def scaled(
 
 def wait_for_workers(env: dict[str, str], names: set[str]) -> dict[str, list[str]]:
     """Block until every named worker answers and consumes its queues; return their queues."""
-    from workers.celery_app import make_celery
+    from llmq.workers.celery_app import make_celery
 
     control = make_celery(env["REDIS_URL"])
 
@@ -54,7 +54,7 @@ def wait_for_workers(env: dict[str, str], names: set[str]) -> dict[str, list[str
 
 
 def tenant(engine: Engine) -> uuid.UUID:
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "scale"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "scale"))
     assert principal is not None
     return principal.tenant_id
 
@@ -133,9 +133,9 @@ def test_a_gevent_worker_runs_a_batch_concurrently_without_stalls(
 def test_a_worker_dedicated_to_high_priority_takes_no_default_jobs(
     scaled: tuple[Stack, dict[str, str]],
 ) -> None:
-    from workers.celery_app import make_celery
-    from workers.dispatch import RUN_JOB
-    from workers.queues import queue_depths
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import RUN_JOB
+    from llmq.workers.queues import queue_depths
 
     stack, env = scaled
     engine = get_engine(env["DATABASE_URL"])
@@ -144,10 +144,10 @@ def test_a_worker_dedicated_to_high_priority_takes_no_default_jobs(
     owner = tenant(engine)
 
     def add(priority: str, i: int) -> str:
-        return str(repository.insert_job(
+        return str(store.insert_job(
             engine, tenant_id=owner, template="summarize", template_version=1,
             priority=priority, chain=["local:extractive"],
-            item=repository.NewJob(input=f"A {priority} document, number {i}. It waits."),
+            item=store.NewJob(input=f"A {priority} document, number {i}. It waits."),
         ))  # fmt: skip
 
     default_ids = [add("default", i) for i in range(5)]

@@ -7,7 +7,7 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from llmq.db.models import Base
+from llmq.store.models import Base
 
 
 def test_migration_matches_models(engine: Any) -> None:

@@ -13,27 +13,27 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from llmq import repository
+from llmq import store
 
 from ..helpers import auth
 
 
 @pytest.fixture()
 def admin_key(engine: Any) -> str:
-    return repository.create_api_key(engine, f"ops-{uuid.uuid4().hex[:8]}", admin=True)
+    return store.create_api_key(engine, f"ops-{uuid.uuid4().hex[:8]}", admin=True)
 
 
 @pytest.fixture()
 def second_instance(stack_env: dict[str, str]) -> Iterator[TestClient]:
     """Another API process's worth of state (own auth cache, own limiter), same Redis/Postgres."""
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         yield client
 
 
 def _jobs_of_tenant(engine: Any, key: str) -> int:
-    who = repository.authenticate(engine, key)
+    who = store.authenticate(engine, key)
     assert who is not None
     with engine.connect() as conn:
         return int(
@@ -66,7 +66,7 @@ def test_admin_creates_a_key_shown_once_that_works_and_is_stored_hashed(
         stored = conn.execute(
             text("SELECT key_hash FROM api_keys WHERE id = :i"), {"i": body["id"]}
         ).scalar_one()
-    assert stored == repository.hash_key(key) and key not in stored
+    assert stored == store.hash_key(key) and key not in stored
 
 
 def test_revoked_key_stops_working_at_once(http: Any, admin_key: str) -> None:
@@ -209,7 +209,7 @@ def test_every_tenant_scoped_endpoint_hides_other_tenants_resources(
 def test_requests_per_minute_are_shared_by_two_api_instances(
     http: Any, second_instance: TestClient, engine: Any
 ) -> None:
-    key = repository.create_api_key(engine, f"rl-{uuid.uuid4().hex[:6]}", requests_per_min=3)
+    key = store.create_api_key(engine, f"rl-{uuid.uuid4().hex[:6]}", requests_per_min=3)
     missing = f"/v1/jobs/{uuid.uuid4()}"
     codes = [
         client.get(missing, headers=auth(key)).status_code
@@ -228,7 +228,7 @@ def test_requests_per_minute_are_shared_by_two_api_instances(
 def test_items_per_minute_count_batch_items_and_write_nothing_when_refused(
     http: Any, second_instance: TestClient, engine: Any
 ) -> None:
-    key = repository.create_api_key(engine, f"rl-{uuid.uuid4().hex[:6]}", items_per_min=5)
+    key = store.create_api_key(engine, f"rl-{uuid.uuid4().hex[:6]}", items_per_min=5)
     three = {"items": [{"input": f"doc {i}"} for i in range(3)]}
     assert http.post("/v1/batches", json=three, headers=auth(key)).status_code == 202
     refused = second_instance.post("/v1/batches", json=three, headers=auth(key))
@@ -244,7 +244,7 @@ def test_items_per_minute_count_batch_items_and_write_nothing_when_refused(
 def test_default_limits_apply_to_keys_without_their_own(
     stack_env: dict[str, str], new_key: Any
 ) -> None:
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     app = create_app(Settings(key_requests_per_min=2))
@@ -260,7 +260,7 @@ def test_default_limits_apply_to_keys_without_their_own(
 
 @pytest.fixture()
 def small_body_app(stack_env: dict[str, str]) -> Iterator[TestClient]:
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     with TestClient(
@@ -317,7 +317,7 @@ def test_unknown_fields_are_rejected_everywhere(http: Any, new_key: Any) -> None
 
 
 def test_batch_item_count_is_capped(stack_env: dict[str, str], new_key: Any) -> None:
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     with TestClient(create_app(Settings(max_batch_items=3)), raise_server_exceptions=False) as c:
@@ -334,7 +334,7 @@ def test_batch_item_count_is_capped(stack_env: dict[str, str], new_key: Any) -> 
 def test_cors_is_off_by_default_and_on_for_configured_origins(
     http: Any, stack_env: dict[str, str]
 ) -> None:
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     preflight = {
@@ -359,7 +359,7 @@ def test_cors_is_off_by_default_and_on_for_configured_origins(
 def test_batch_file_uploads_have_their_own_cap_above_the_body_cap(
     stack_env: dict[str, str], new_key: Any
 ) -> None:
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     # A batch input file may be larger than any JSON request: LLMQ_COMPAT_MAX_FILE_BYTES, not
@@ -391,12 +391,12 @@ def test_batch_file_uploads_have_their_own_cap_above_the_body_cap(
 def test_the_last_admin_key_cannot_revoke_itself(isolated_env: dict[str, str]) -> None:
     """A fresh database holds one admin key: revoking it over HTTP would lock every operator
     out of key management, so it is a 409 until another admin key exists."""
-    from api.app import create_app
-    from llmq.db.engine import get_engine
+    from llmq.api.app import create_app
     from llmq.settings import get_settings
+    from llmq.store.engine import get_engine
 
     engine = get_engine(isolated_env["DATABASE_URL"])
-    only = repository.create_api_key(engine, "ops", admin=True)
+    only = store.create_api_key(engine, "ops", admin=True)
     settings = get_settings().model_copy(
         update={
             "database_url": isolated_env["DATABASE_URL"],
@@ -441,20 +441,20 @@ def test_two_concurrent_revokes_cannot_remove_the_last_two_admin_keys(
     B's revoke waits for A's outcome and then refuses, instead of counting A as still active."""
     import threading
 
-    from llmq.db.engine import get_engine
+    from llmq.store.engine import get_engine
 
     from ..helpers import wait_for
 
     engine = get_engine(isolated_env["DATABASE_URL"])
     for _ in range(2):
-        repository.create_api_key(engine, "ops", admin=True)
-    a, b = (row["id"] for row in repository.list_api_keys(engine))
+        store.create_api_key(engine, "ops", admin=True)
+    a, b = (row["id"] for row in store.list_api_keys(engine))
     outcome: list[BaseException | uuid.UUID] = []
 
     def revoke_b() -> None:
         try:
-            outcome.append(repository.revoke_api_key(engine, str(b)))
-        except repository.LastAdminKey as exc:
+            outcome.append(store.revoke_api_key(engine, str(b)))
+        except store.LastAdminKey as exc:
             outcome.append(exc)
 
     with engine.connect() as first:
@@ -464,6 +464,6 @@ def test_two_concurrent_revokes_cannot_remove_the_last_two_admin_keys(
         wait_for(lambda: _waiting_on_locks(engine), 30, "the second revoke to wait for the first")
         first.commit()
     second.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], repository.LastAdminKey)
-    active = [r for r in repository.list_api_keys(engine) if r["revoked_at"] is None]
+    assert len(outcome) == 1 and isinstance(outcome[0], store.LastAdminKey)
+    active = [r for r in store.list_api_keys(engine) if r["revoked_at"] is None]
     assert [r["id"] for r in active] == [b]

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from llmq import ledger, repository
-from llmq.pricing import load_price_table
+from llmq import store
+from llmq.cost import ledger
+from llmq.cost.pricing import load_price_table
 from llmq.settings import Settings
 
 from ..helpers import auth, wait_for
@@ -28,7 +29,7 @@ TERMINAL = {"succeeded", "failed", "blocked", "cancelled"}
 def routed_http(stack_env: dict[str, str]) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     settings = Settings(
         template_short_input={"prompt": {"link": NANO, "max_input_tokens": THRESHOLD}}
@@ -142,7 +143,7 @@ def test_a_bad_route_in_a_request_is_a_422_and_nothing_is_written(
     http: Any, new_key: Any, engine: Engine, route: dict[str, Any], message: str
 ) -> None:
     key = new_key()
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     params = {"short_input": route}
     job = http.post("/v1/jobs", json={"input": "hi", "params": params}, headers=auth(key))
@@ -164,7 +165,7 @@ def test_the_budget_check_prices_a_short_input_at_the_cheaper_model(
     routed_http: Any, engine: Engine
 ) -> None:
     tenant = f"route-budget-{uuid.uuid4().hex[:8]}"
-    key = repository.create_api_key(engine, tenant)
+    key = store.create_api_key(engine, tenant)
     # 1000 output tokens: about $0.0004 at gpt-5-nano, $0.0006 at gpt-4o-mini.
     ledger.set_budget(engine, tenant, Decimal("0.0005"), None)
     params = {"max_tokens": 1000}

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
-from llmq import repository
+from llmq import store
 from llmq.settings import Settings
 from llmq.templates import Experiment, choose_version, get_family
 
@@ -32,7 +32,7 @@ def test_bad_templates_are_422_before_anything_is_written(
     http: Any, new_key: Any, engine: Engine, body: dict[str, Any], message: str
 ) -> None:
     key = new_key()
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     job = http.post("/v1/jobs", json={"input": "Some text.", **body}, headers=auth(key))
     batch = http.post(
@@ -75,7 +75,7 @@ def test_an_experiment_naming_an_unknown_version_is_a_configuration_error() -> N
 def ab_http(stack_env: dict[str, str]) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from llmq.api.app import create_app
 
     settings = Settings(template_experiments={"summarize": {"version": 2, "percent": 40}})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -95,7 +95,7 @@ def test_ab_assignment_is_stored_per_job_stable_and_reported(
     ab_http: Any, new_key: Any, engine: Engine, worker: Any
 ) -> None:
     key = new_key()
-    tenant = repository.authenticate(engine, key)
+    tenant = store.authenticate(engine, key)
     assert tenant is not None
     items = [
         {"custom_id": f"doc-{i}", "input": f"Report {i}. The plant opens in May. Costs rose."}
@@ -142,7 +142,7 @@ def test_ab_assignment_is_stored_per_job_stable_and_reported(
 def test_a_job_runs_with_its_version_and_variables(
     http: Any, new_key: Any, worker: Any, fake_provider: Any
 ) -> None:
-    from llmq.fake_provider import FakeScript
+    from llmq.testing.fake_provider import FakeScript
 
     fake_provider.set_script(FakeScript())
     key = new_key()

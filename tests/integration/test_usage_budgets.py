@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from llmq import ledger, repository
-from llmq.fake_provider import FakeProviderServer, FakeScript, FaultRule
-from llmq.stack import Stack
+from llmq import store
+from llmq.cost import ledger
+from llmq.localstack.processes import Stack
+from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services, auth, wait_for
 
@@ -55,8 +56,8 @@ def test_usage_rollups_reconcile_exactly_with_attempts_jobs_and_batches(
     http: Any, engine: Engine, worker: Any, fake: FakeProviderServer
 ) -> None:
     tenant = f"recon-{uuid.uuid4().hex[:8]}"
-    key_a = repository.create_api_key(engine, tenant)
-    key_b = repository.create_api_key(engine, tenant)  # a second key of the same tenant
+    key_a = store.create_api_key(engine, tenant)
+    key_b = store.create_api_key(engine, tenant)  # a second key of the same tenant
     # Some failed attempts (no tokens), some refusals (tokens, billed), prompt-cache reads.
     fake.set_script(
         FakeScript(
@@ -157,7 +158,7 @@ def test_usage_rollups_reconcile_exactly_with_attempts_jobs_and_batches(
             assert got[None] == single_cost
 
     # Tenant-scoped: another tenant sees none of it; a window before the work sees nothing.
-    other = repository.create_api_key(engine, f"other-{uuid.uuid4().hex[:8]}")
+    other = store.create_api_key(engine, f"other-{uuid.uuid4().hex[:8]}")
     theirs = http.get("/v1/usage", headers=auth(other)).json()
     assert theirs["rows"] == [] and Decimal(theirs["total"]["cost_usd"]) == 0
     past = http.get(
@@ -195,8 +196,8 @@ def test_submission_over_the_budget_left_is_refused_with_402(
     http: Any, engine: Engine, worker: Any
 ) -> None:
     tenant = f"budget-{uuid.uuid4().hex[:8]}"
-    key = repository.create_api_key(engine, tenant)
-    principal = repository.authenticate(engine, key)
+    key = store.create_api_key(engine, tenant)
+    principal = store.authenticate(engine, key)
     assert principal is not None
     small = {"input": _doc(1, 20), "chain": ["openai:gpt-4o-mini"], "params": {"max_tokens": 50}}
 
@@ -251,9 +252,9 @@ def test_submission_over_the_budget_left_is_refused_with_402(
 def test_batch_cap_stops_the_batch_mid_run_with_no_call_beyond_the_cap(
     isolated_env: dict[str, str], services: Services, fake: FakeProviderServer, tmp_path: Path
 ) -> None:
-    from llmq.db.engine import get_engine
-    from workers.celery_app import make_celery
-    from workers.dispatch import DISPATCH_BATCH
+    from llmq.store.engine import get_engine
+    from llmq.workers.celery_app import make_celery
+    from llmq.workers.dispatch import DISPATCH_BATCH
 
     # A model name of our own, priced in a user pricing file, so the fake provider's per-model
     # request count is this test's alone.
@@ -263,7 +264,7 @@ def test_batch_cap_stops_the_batch_mid_run_with_no_call_beyond_the_cap(
     pricing.write_text(json.dumps({"version": "t", "models": {link: {"input": 1, "output": 2}}}))
     env = {**isolated_env, "LLMQ_PRICING_FILE": str(pricing)}
     engine = get_engine(env["DATABASE_URL"])
-    principal = repository.authenticate(engine, repository.create_api_key(engine, "capped"))
+    principal = store.authenticate(engine, store.create_api_key(engine, "capped"))
     assert principal is not None
 
     n, max_tokens = 24, 40
@@ -272,11 +273,11 @@ def test_batch_cap_stops_the_batch_mid_run_with_no_call_beyond_the_cap(
     # cut off (the output review would retry or fail a cut-off answer).
     answer = "The harbour board approved the plan; work starts in May and ends next year. " * 3
     fake.set_script(FakeScript(rules=[FaultRule(model=model, fault="reply", text=answer[:156])]))
-    batch_id = repository.insert_batch(
+    batch_id = store.insert_batch(
         engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
         priority="default", chain=[link], meta={}, max_cost_usd=cap,
         items=[
-            repository.NewJob(input=_doc(i), params={"no_cache": True, "max_tokens": max_tokens})
+            store.NewJob(input=_doc(i), params={"no_cache": True, "max_tokens": max_tokens})
             for i in range(n)
         ],
     )  # fmt: skip

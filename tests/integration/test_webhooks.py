@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from llmq import repository, webhooks
+from llmq import store
+from llmq.webhooks import delivery as webhooks
 
 from ..helpers import Services, auth, wait_for
 
@@ -157,7 +158,7 @@ def test_internal_webhook_destinations_are_refused_at_submission(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from llmq.api.app import create_app
     from llmq.settings import Settings
 
     key = new_key()
@@ -170,7 +171,7 @@ def test_internal_webhook_destinations_are_refused_at_submission(
         error = refused.json()["error"]
         assert error["code"] == "webhook_destination_refused"
         assert "public addresses" in error["message"]
-    principal = repository.authenticate(engine, key)
+    principal = store.authenticate(engine, key)
     assert principal is not None
     with engine.connect() as conn:
         written = conn.execute(
@@ -246,7 +247,7 @@ def test_a_crashing_delivery_is_one_failed_attempt_within_the_maximum(
 
     assert outcomes == ["failed", "failed", "failed", "not_claimable"]
     assert _webhook_state(engine, batch_id) == ("failed", 3)
-    deliveries = repository.list_webhook_deliveries(engine, uuid.UUID(batch_id))
+    deliveries = store.list_webhook_deliveries(engine, uuid.UUID(batch_id))
     assert [(d["attempt_no"], d["outcome"], d["error"]) for d in deliveries] == [
         (n, "failed", "ValueError: Port out of range 0-65535") for n in (1, 2, 3)
     ]
@@ -258,11 +259,11 @@ def test_a_lost_last_attempt_ends_the_webhook_instead_of_counting_on(
     """The operator's 25 attempts of 6: the last allowed attempt was claimed, never recorded,
     and the reconciler handed out attempt 7, 8, ... each time its lease ran out."""
     from llmq.settings import get_settings
-    from workers import batch_upkeep
+    from llmq.workers import batch_upkeep
 
     batch_id = _pending_webhook(http, new_key, engine)
     for n in range(1, 7):  # six attempts claimed, none recorded (each worker died)
-        assert repository.claim_webhook_attempt(engine, batch_id, n, 40.0) is not None
+        assert store.claim_webhook_attempt(engine, batch_id, n, 40.0) is not None
     with engine.begin() as conn:  # the last lease has run out
         conn.execute(
             text("UPDATE batches SET webhook_next_at = now() - interval '1 second' WHERE id = :b"),

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from api.errors import ApiError
-from api.intake import parse_jsonl
+from llmq.api.errors import ApiError
+from llmq.api.intake import parse_jsonl
 from llmq.durations import parse_duration
-from llmq.events import format_sse, parse_sse
-from llmq.webhooks import SignatureError, backoff_s, derive_secret, sign, verify
+from llmq.telemetry.events import format_sse, parse_sse
+from llmq.webhooks.delivery import SignatureError, backoff_s, derive_secret, sign, verify
 
 BODY = b'{"id":"evt","type":"batch.completed"}'
 

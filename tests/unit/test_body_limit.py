@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from api.limits import BodySizeLimit
+from llmq.api.limits import BodySizeLimit
 
 
 class Upload:

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from llmq.cache import cache_key
+from llmq.execution.cache import cache_key
 from llmq.settings import CacheScope, Settings
-from workers.runtime import pipeline_config
+from llmq.workers.runtime import pipeline_config
 
 CHAIN = ["openai:gpt-4o-mini"]
 PROMPT = {"system": None, "user": "What is 2+2?"}
@@ -43,7 +43,7 @@ def test_under_the_global_scope_tenants_share_the_pre_scope_key() -> None:
 
 
 def test_the_de_dup_lock_follows_the_key() -> None:
-    # llmq/dedup.py locks on the key's digest: per tenant exactly when the key is.
+    # llmq/execution/dedup.py locks on the key's digest: per tenant exactly when the key is.
     def digest(scope: CacheScope, tenant: uuid.UUID) -> str:
         return _key(scope, tenant).rsplit(":", 1)[-1]
 

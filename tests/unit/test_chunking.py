@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmq.chunking import Chunk, split_document
-from llmq.tokenizer import BpeTokenizer, EstimatingTokenizer, Tokenizer, get_tokenizer
+from llmq.longdocs.chunking import Chunk, split_document
+from llmq.longdocs.tokenizer import BpeTokenizer, EstimatingTokenizer, Tokenizer, get_tokenizer
 
 TOKENIZER = get_tokenizer()
 
@@ -160,7 +160,7 @@ def test_any_text_gives_well_formed_chunks(
 def test_hard_cut_ends_when_tokens_straddle_characters() -> None:
     # "🙂alpha" is 3 tokens, yet no token boundary falls between its characters: with a
     # one-token window no cut point exists, and the cutter once recursed until RecursionError.
-    from llmq.chunking import _hard_cut
+    from llmq.longdocs.chunking import _hard_cut
 
     text = "🙂alpha"
     assert TOKENIZER.count(text) > 1 and TOKENIZER.cut_points(text, 1) == []

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from llmq.cli import node_name
+from llmq.cli.main import node_name
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ from anthropic.types.messages import MessageBatch, MessageBatchIndividualRespons
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from api.ingest_guard import build_selection, chat_ingest
 from llmq import chat
+from llmq.api.ingest_guard import build_selection, chat_ingest
 from llmq.compat import anthropic_format, openai_format
 from llmq.compat.common import FieldError, ModelResolver, parse_public_id, public_id
 from llmq.guardrails import build_chain
-from llmq.job_guard import guard_job
+from llmq.guardrails.job_guard import guard_job
 from llmq.settings import Settings
 from llmq.templates import TemplateError, get_template
 

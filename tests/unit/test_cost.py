@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.budgets import (
+from llmq.cost.budgets import (
     Shortfall,
     day_start,
     estimate_batch,
@@ -20,10 +20,10 @@ from llmq.budgets import (
     reached_soft_limit,
     to_ticks,
 )
-from llmq.counters import UNPRICED_MODEL, Counter
-from llmq.pricing import load_price_table, parse_price_table
+from llmq.cost.pricing import load_price_table, parse_price_table
+from llmq.cost.tokens import estimate_tokens
 from llmq.settings import Settings
-from llmq.tokens import estimate_tokens
+from llmq.telemetry.counters import UNPRICED_MODEL, Counter
 
 D = Decimal
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from llmq.embedded import can_reach, permits
+from llmq.localstack.embedded import can_reach, permits
 
 ROOT, SERVER, STAFF = 0, 999, 50
 

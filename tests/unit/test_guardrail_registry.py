@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.errors import ApiError
-from api.ingest_guard import check_prompt_size
+from llmq.api.errors import ApiError
+from llmq.api.ingest_guard import check_prompt_size
+from llmq.cost.tokens import estimate_tokens
 from llmq.guardrails import (
     INPUT_GUARDRAILS,
     OUTPUT_GUARDRAILS,
@@ -28,7 +29,6 @@ from llmq.guardrails import (
 )
 from llmq.guardrails.selection import GuardrailSelection, redact
 from llmq.templates import TEMPLATES, Template
-from llmq.tokens import estimate_tokens
 
 
 class NoTicketsGuard:

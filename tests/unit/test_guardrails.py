@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmq.cost.tokens import estimate_tokens
 from llmq.guardrails import (
     GUARDRAIL_NAMES,
     INPUT_GUARDRAILS,
@@ -31,7 +32,6 @@ from llmq.guardrails import (
 )
 from llmq.guardrails.injection import PATTERNS, TRIGGERS
 from llmq.guardrails.output import UNSAFE
-from llmq.tokens import estimate_tokens
 
 SAMPLES = sorted((Path(__file__).parents[2] / "llmq" / "samples").glob("*.txt"))
 

@@ -1,13 +1,14 @@
-"""Every text of a job that reaches a provider is guarded, wherever it sits (llmq/job_guard.py)."""
+"""Every text of a job that reaches a provider is guarded, wherever it sits
+(llmq/guardrails/job_guard.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from api.ingest_guard import build_selection, redact_jobs
+from llmq.api.ingest_guard import build_selection, redact_jobs
 from llmq.chat import Conversation, decode
 from llmq.guardrails import build_chain
-from llmq.job_guard import guard_job, job_texts
+from llmq.guardrails.job_guard import guard_job, job_texts
 from llmq.settings import Settings
 from llmq.templates import get_template
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from api.observability import request_id_from
-from llmq import logs, observe
-from llmq.repository import ClaimedJob, Outcome
+from llmq.api.observability import request_id_from
 from llmq.settings import Settings
+from llmq.store import ClaimedJob, Outcome
+from llmq.telemetry import hooks, logs
 
 
 def _record(message: str, **extra: object) -> logging.LogRecord:
@@ -71,7 +71,7 @@ def test_each_link_left_for_the_next_counts_as_one_fallback() -> None:
         {"link": link, "result": "server_error", "tries": 3},
         {"link": "local:extractive", "result": "ok"},
     ]
-    with observe.job(job) as watch:
+    with hooks.job(job) as watch:
         watch.result = Outcome(status="succeeded", route=route)
 
     def sample(name: str, **labels: str) -> float:

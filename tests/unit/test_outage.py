@@ -1,4 +1,4 @@
-from llmq.outage import OutageMemo
+from llmq.resilience.outage import OutageMemo
 
 
 class Clock:

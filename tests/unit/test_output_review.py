@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from llmq.guardrails import UnsafeOutputGuard
-from llmq.output_review import (
+from llmq.execution.output_review import (
     ACCEPT_TRUNCATION,
     Accept,
     Fail,
@@ -20,6 +19,7 @@ from llmq.output_review import (
     prepare,
     validate_json,
 )
+from llmq.guardrails import UnsafeOutputGuard
 from llmq.providers.base import Completion, CompletionRequest, Usage
 
 SCHEMA = {

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from llmq.retry import RetryPolicy, retry_call
+from llmq.resilience.retry import RetryPolicy, retry_call
 
 
 @pytest.mark.parametrize("retry_no", range(8))

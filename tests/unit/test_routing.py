@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.routes.submit import with_short_input_routes
-from llmq import routing
-from llmq.cache import cache_key
-from llmq.pipeline import Deferred
-from llmq.repository import Outcome
-from llmq.routing import ShortInputRoute, choose_chain, route_for
+from llmq.api.routes.submit import with_short_input_routes
+from llmq.execution import routing
+from llmq.execution.cache import cache_key
+from llmq.execution.pipeline import Deferred
+from llmq.execution.routing import ShortInputRoute, choose_chain, route_for
 from llmq.settings import Settings
+from llmq.store import Outcome
 from llmq.templates import Template, get_template
 
 CHAIN = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "local:extractive"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmq.demo import sample_documents
-from llmq.summarizer import split_sentences, summarize_extractive
+from llmq.cli.demo import sample_documents
+from llmq.longdocs.summarizer import split_sentences, summarize_extractive
 
 SAMPLES = sample_documents()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmq.webhook_destinations import destination_refusal, literal_refusal, url_problem
+from llmq.webhooks.destinations import destination_refusal, literal_refusal, url_problem
 
 
 @pytest.mark.parametrize(

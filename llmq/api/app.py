@@ -1,0 +1,116 @@
+"""The FastAPI application factory: thin, it validates, authenticates, writes and publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from llmq.settings import Settings, get_settings
+from llmq.store.engine import get_engine
+from llmq.telemetry import logs, tracing
+from llmq.workers.runtime import redis_client
+
+from . import errors, ingest_guard, observability
+from .auth import Authenticator
+from .key_limits import KeyLimiter
+from .limits import UPLOAD_ENVELOPE_BYTES, BodySizeLimit
+from .routes import (
+    admin,
+    batches,
+    compat_anthropic,
+    compat_openai,
+    events,
+    health,
+    jobs,
+    retry,
+    usage,
+    webhooks,
+)
+from .schemas import BatchIn
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.configure(settings, "api")
+    tracing.configure(settings.tracing, "api")
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set (use `llmq up` for the embedded default)")
+    app = FastAPI(
+        title="llmq",
+        version="0.1.0",
+        description="Queue-backed LLM job processing: submit jobs and batches, poll results.",
+        # Request spans only: metrics are Prometheus', and OTel logs of validation errors
+        # would carry request bodies (document text).
+        telemetry={"metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.database_url)
+    app.state.redis = redis_client(settings)
+    app.state.authenticator = Authenticator(app.state.engine)
+    app.state.guardrails = ingest_guard.build_selection(settings)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(batches.router)
+    app.include_router(compat_openai.router)
+    app.include_router(compat_anthropic.router)
+    app.include_router(retry.router)
+    app.include_router(events.router)
+    app.include_router(webhooks.router)
+    app.include_router(usage.router)
+    observability.install(app)
+    _install_security(app, settings)
+    _document_models(app, BatchIn)
+    return app
+
+
+def _document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put models that routes parse themselves (so FastAPI never sees them) into the schema's
+    components, where the routes' documented bodies refer to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()  # cached by FastAPI as app.openapi_schema
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, definition)
+            schemas[model.__name__] = schema
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented extension point
+
+
+def _install_security(app: FastAPI, settings: Settings) -> None:
+    """Key management, per-key rate limits, the body-size cap and (opt-in) CORS."""
+    # Its own client with a short timeout: every request asks the limiter, a Lua call takes
+    # well under a millisecond, and with Redis hung the limiter fails open after 1 s, not 5.
+    app.state.key_limiter = KeyLimiter(redis_client(settings, timeout_s=1.0), settings)
+    app.include_router(admin.router)
+    # The OpenAI-compatible upload has its own cap (LLMQ_COMPAT_MAX_FILE_BYTES), checked again
+    # by the route on the file itself; the slack is the multipart envelope around it.
+    uploads = {"/openai/v1/files": settings.compat_max_file_bytes + UPLOAD_ENVELOPE_BYTES}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, per_path=uploads)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-Request-ID",
+                "x-api-key",
+                "anthropic-version",
+                "Last-Event-ID",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
+        )

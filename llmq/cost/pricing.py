@@ -1,0 +1,149 @@
+"""Token prices and cost arithmetic (exact decimals, never floats).
+
+The shipped table is `llmq/data/pricing.json` (versioned, with the date it was checked and an
+effective date per entry); a user file (LLMQ_PRICING_FILE) is merged over it, model by model.
+A model missing from the table costs None ("unknown"), never 0 and never a crash, and each such
+call is counted in `llmq.telemetry.counters.UNPRICED_MODEL`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from llmq.telemetry.counters import UNPRICED_MODEL
+
+log = logging.getLogger(__name__)
+
+PER_MILLION = Decimal(1_000_000)
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per 1M tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    context_window: int | None
+    effective_date: str
+    # Some models bill the whole request at higher rates once the prompt passes a threshold.
+    long_prompt_threshold: int | None = None
+    long_prompt: Rates | None = None
+
+    def rates(self, prompt_tokens: int) -> Rates:
+        if (
+            self.long_prompt is not None
+            and self.long_prompt_threshold is not None
+            and prompt_tokens > self.long_prompt_threshold
+        ):
+            return self.long_prompt
+        return Rates(self.input, self.output, self.cached_input)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    version: str
+    models: dict[str, ModelPrice]
+    checked: str = ""
+
+    def get(self, link: str) -> ModelPrice | None:
+        return self.models.get(link)
+
+    def cost(
+        self, link: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0
+    ) -> Decimal | None:
+        """USD for one call, or None when the model is unpriced (tokens are still recorded).
+
+        `input_tokens` includes the cached ones (as both providers report after our parsing);
+        those are billed at the cached-input rate instead."""
+        price = self.models.get(link)
+        if price is None:
+            UNPRICED_MODEL.inc(model=link)
+            if link not in _warned:  # counted every time, logged once per process
+                _warned.add(link)
+                log.warning("no price for %s: its cost is recorded as unknown (null)", link)
+            return None
+        rates = price.rates(input_tokens)
+        cached = min(max(cached_tokens, 0), input_tokens)
+        total = (
+            (input_tokens - cached) * rates.input
+            + cached * rates.cached_input
+            + output_tokens * rates.output
+        )
+        return total / PER_MILLION
+
+    def estimate(self, link: str, prompt_tokens: int, max_output_tokens: int) -> Decimal | None:
+        """The most a call can cost before it is made: the whole prompt uncached and every
+        allowed output token used. None when the model is unpriced."""
+        price = self.models.get(link)
+        if price is None:
+            return None
+        rates = price.rates(prompt_tokens)
+        return (prompt_tokens * rates.input + max_output_tokens * rates.output) / PER_MILLION
+
+
+def _rates(entry: dict[str, Any], fallback_cached: object) -> Rates:
+    return Rates(
+        input=Decimal(str(entry["input"])),
+        output=Decimal(str(entry["output"])),
+        cached_input=Decimal(str(entry.get("cached_input", fallback_cached))),
+    )
+
+
+def parse_price_table(document: dict[str, Any]) -> PriceTable:
+    models_raw = document.get("models")
+    if not isinstance(models_raw, dict):
+        raise ValueError("pricing file needs a 'models' object")
+    models: dict[str, ModelPrice] = {}
+    for link, entry in models_raw.items():
+        if not isinstance(entry, dict) or "input" not in entry or "output" not in entry:
+            raise ValueError(f"pricing entry {link!r} needs 'input' and 'output' (USD per 1M)")
+        base = _rates(entry, entry["input"])
+        long_raw = entry.get("long_prompt")
+        models[link] = ModelPrice(
+            input=base.input,
+            output=base.output,
+            cached_input=base.cached_input,
+            context_window=entry.get("context_window"),
+            effective_date=str(entry.get("effective_date", "")),
+            long_prompt_threshold=int(long_raw["threshold_tokens"]) if long_raw else None,
+            long_prompt=_rates(long_raw, long_raw["input"]) if long_raw else None,
+        )
+        for value in (base.input, base.output, base.cached_input):
+            if value < 0:
+                raise ValueError(f"pricing entry {link!r} has a negative price")
+    return PriceTable(
+        version=str(document.get("version", "unknown")),
+        models=models,
+        checked=str(document.get("checked", "")),
+    )
+
+
+@lru_cache(maxsize=4)
+def load_price_table(override: Path | None = None) -> PriceTable:
+    """The shipped table, with entries from an override file replacing or adding models."""
+    shipped = json.loads(resources.files("llmq").joinpath("data/pricing.json").read_text())
+    table = parse_price_table(shipped)
+    if override is not None:
+        extra = parse_price_table(json.loads(Path(override).read_text()))
+        table = PriceTable(
+            version=f"{table.version}+{extra.version}",
+            models={**table.models, **extra.models},
+            checked=table.checked,
+        )
+    return table
