@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from llmq.cost import ledger
+from llmq import store
 from llmq.cost.budgets import check_submission, estimate_batch, first_configured_link
 from llmq.cost.pricing import load_price_table
 from llmq.cost.tokens import estimate_tokens
@@ -50,7 +50,7 @@ def enforce_budget(
     items: Sequence[tuple[str, dict[str, Any]]],
 ) -> None:
     """`items` are (input, params) pairs. Raises ApiError(402) when the estimate does not fit."""
-    if ledger.get_budget(engine, tenant_id) is None:
+    if store.get_budget(engine, tenant_id) is None:
         return
     providers = _configured(settings)
 

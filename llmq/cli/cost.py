@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
 import typer
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from llmq.localstack.services import database_url
 from llmq.settings import get_settings
@@ -51,35 +51,34 @@ def budgets_set(
     ] = None,
 ) -> None:
     """Set a tenant's daily and/or monthly limit (a limit not given keeps its value)."""
-    from llmq.cost import ledger
+    from llmq import store
 
     engine = _engine()
-    current = ledger.get_budget(engine, _tenant_id(engine, tenant))
+    current = store.get_budget(engine, _tenant_id(engine, tenant))
     new_daily = _usd(daily, "daily") if daily is not None else None
     new_monthly = _usd(monthly, "monthly") if monthly is not None else None
     if current is not None:  # a limit not given keeps its value
         new_daily = new_daily if daily is not None else current.daily_usd
         new_monthly = new_monthly if monthly is not None else current.monthly_usd
-    ledger.set_budget(engine, tenant, new_daily, new_monthly)
+    store.set_budget(engine, tenant, new_daily, new_monthly)
     typer.echo(f"{tenant}: daily={_show(new_daily)} monthly={_show(new_monthly)}")
 
 
 @budgets_app.command("list")
 def budgets_list() -> None:
     """Every tenant with a budget."""
-    from llmq.cost import ledger
+    from llmq import store
 
-    for row in ledger.list_budgets(_engine()):
+    for row in store.list_budgets(_engine()):
         typer.echo(
             f"{row['tenant']}  daily={_show(row['daily_usd'])}  monthly={_show(row['monthly_usd'])}"
         )
 
 
 def _tenant_id(engine: Engine, name: str) -> uuid.UUID:
-    with engine.connect() as conn:
-        tenant_id: uuid.UUID | None = conn.execute(
-            text("SELECT id FROM tenants WHERE name = :n"), {"n": name}
-        ).scalar_one_or_none()
+    from llmq import store
+
+    tenant_id = store.tenant_id_by_name(engine, name)
     if tenant_id is None:
         raise _fail(f"no tenant named {name!r} (create one with `llmq keys create`)")
     return tenant_id

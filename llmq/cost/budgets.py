@@ -34,7 +34,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine
 
-from llmq.cost import ledger
+from llmq import store
 from llmq.cost.pricing import PriceTable
 from llmq.telemetry.counters import BUDGET_EXCEEDED, BUDGET_SOFT_LIMIT
 
@@ -137,21 +137,21 @@ def check_submission(
     engine: Engine, tenant_id: uuid.UUID, estimate: Decimal, now: datetime | None = None
 ) -> Shortfall | None:
     """Does a submission estimated at `estimate` fit in what is left of the tenant's limits?"""
-    budget = ledger.get_budget(engine, tenant_id)
+    budget = store.get_budget(engine, tenant_id)
     if budget is None:
         return None
     now = now or datetime.now(UTC)
     limits: list[tuple[str, Decimal | None, Decimal]] = []
     if budget.daily_usd is not None:
         limits.append(
-            ("daily", budget.daily_usd, ledger.tenant_spend(engine, tenant_id, day_start(now)))
+            ("daily", budget.daily_usd, store.tenant_spend(engine, tenant_id, day_start(now)))
         )
     if budget.monthly_usd is not None:
         limits.append(
             (
                 "monthly",
                 budget.monthly_usd,
-                ledger.tenant_spend(engine, tenant_id, month_start(now)),
+                store.tenant_spend(engine, tenant_id, month_start(now)),
             )
         )
     return first_shortfall(limits, estimate)
@@ -240,18 +240,18 @@ class BudgetGuard:
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
         self._lock = threading.Lock()
-        self._budgets: dict[uuid.UUID, tuple[float, ledger.Budget | None]] = {}
+        self._budgets: dict[uuid.UUID, tuple[float, store.Budget | None]] = {}
         self._caps: dict[uuid.UUID, Decimal | None] = {}
 
     # -- limits that apply to a job (cached briefly: a new budget applies within seconds)
 
-    def _tenant_budget(self, tenant_id: uuid.UUID) -> ledger.Budget | None:
+    def _tenant_budget(self, tenant_id: uuid.UUID) -> store.Budget | None:
         now = time.monotonic()
         with self._lock:
             cached = self._budgets.get(tenant_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        budget = ledger.get_budget(self.engine, tenant_id)
+        budget = store.get_budget(self.engine, tenant_id)
         with self._lock:
             if len(self._budgets) > 10_000:
                 self._budgets.clear()
@@ -262,7 +262,7 @@ class BudgetGuard:
         with self._lock:
             if batch_id in self._caps:
                 return self._caps[batch_id]
-        cap = ledger.batch_cap(self.engine, batch_id)  # fixed at submission: cached for good
+        cap = store.batch_cap(self.engine, batch_id)  # fixed at submission: cached for good
         with self._lock:
             if len(self._caps) > 10_000:
                 self._caps.clear()
@@ -280,7 +280,7 @@ class BudgetGuard:
                     "daily",
                     f"llmq:budget:{tenant_id}:day:{since:%Y%m%d}",
                     budget.daily_usd,
-                    lambda: ledger.tenant_spend(self.engine, tenant_id, since),
+                    lambda: store.tenant_spend(self.engine, tenant_id, since),
                     alert_ttl_s=2 * 86_400,
                 )
             )
@@ -291,7 +291,7 @@ class BudgetGuard:
                     "monthly",
                     f"llmq:budget:{tenant_id}:month:{since_month:%Y%m}",
                     budget.monthly_usd,
-                    lambda: ledger.tenant_spend(self.engine, tenant_id, since_month),
+                    lambda: store.tenant_spend(self.engine, tenant_id, since_month),
                     alert_ttl_s=32 * 86_400,
                 )
             )
@@ -302,7 +302,7 @@ class BudgetGuard:
                     "batch",
                     f"llmq:budget:batch:{batch_id}",
                     cap,
-                    lambda: ledger.batch_spend(self.engine, batch_id),
+                    lambda: store.batch_spend(self.engine, batch_id),
                     alert_ttl_s=30 * 86_400,
                 )
             )
@@ -334,7 +334,7 @@ class BudgetGuard:
         if hold.refused is not None:
             BUDGET_EXCEEDED.inc(scope=hold.refused.scope)
             if batch_id is not None:
-                ledger.fail_waiting_jobs(
+                store.fail_waiting_jobs(
                     self.engine, batch_id, f"not started: {hold.refused.message()}"
                 )
         return hold

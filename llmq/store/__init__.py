@@ -5,11 +5,30 @@ this package, one module per aggregate. Callers use the package (`from llmq impo
 The rule for connections: a function that is a unit of work on its own takes an `Engine` and
 opens (and commits) its own connection; a function that is one step of a caller's transaction
 (the reconciler under its advisory lock, a parent job under its row lock) takes a
-`Connection` and never commits.
+`Connection` and never commits. The one exception, `connections_refused`, takes a database
+URL: it acts on that database from the server's maintenance database (see faults.py).
+
+Outside this package no module writes SQL (tests/unit/test_sql_in_store.py enforces it).
 """
 
+from llmq.store.audits import (
+    BatchAudit,
+    audit_batch,
+    batch_job_statuses,
+    only_job_state,
+    recovered_and_cache_hits,
+    waits_after_rate_limit,
+)
 from llmq.store.base import ACTIVE_SQL, UNAVAILABLE, autocommit
 from llmq.store.batches import retry_batch_items
+from llmq.store.budgets import (
+    Budget,
+    batch_cap,
+    fail_waiting_jobs,
+    get_budget,
+    list_budgets,
+    set_budget,
+)
 from llmq.store.cancel import ROLLUP_SET, Cancellation, cancel_jobs
 from llmq.store.children import (
     NewChild,
@@ -34,6 +53,8 @@ from llmq.store.compat import (
     insert_compat_file,
     list_compat_batches,
 )
+from llmq.store.faults import connections_refused
+from llmq.store.health import job_counts, ping
 from llmq.store.idempotency import (
     Idempotency,
     IdempotentReplay,
@@ -70,6 +91,7 @@ from llmq.store.keys import (
     hash_key,
     list_api_keys,
     revoke_api_key,
+    tenant_id_by_name,
 )
 from llmq.store.reads import (
     BATCH_EXTRA_COLUMNS,
@@ -97,7 +119,7 @@ from llmq.store.submission import (
     take_batch_chunk_for_dispatch,
     undo_dispatch,
 )
-from llmq.store.usage import usage_by_template
+from llmq.store.usage import GroupBy, batch_spend, tenant_spend, usage_by_template, usage_rollup
 from llmq.store.webhooks import (
     WebhookClaim,
     claim_webhook_attempt,
@@ -120,9 +142,12 @@ __all__ = [
     "ROLLUP_SET",
     "UNAVAILABLE",
     "AttemptRecord",
+    "BatchAudit",
+    "Budget",
     "Cancellation",
     "ClaimedJob",
     "CompatBatchRecord",
+    "GroupBy",
     "Idempotency",
     "IdempotentReplay",
     "KeyRefError",
@@ -136,13 +161,18 @@ __all__ = [
     "WaitingParent",
     "WebhookClaim",
     "add_children",
+    "audit_batch",
     "authenticate",
     "autocommit",
+    "batch_cap",
+    "batch_job_statuses",
+    "batch_spend",
     "cancel_jobs",
     "cancel_open_children",
     "child_counts",
     "claim_job",
     "claim_webhook_attempt",
+    "connections_refused",
     "create_api_key",
     "create_compat_batch",
     "current_level",
@@ -152,6 +182,7 @@ __all__ = [
     "expire_leases",
     "expire_overdue_jobs",
     "extend_leases",
+    "fail_waiting_jobs",
     "find_idempotent",
     "finish_job",
     "finish_parent",
@@ -161,6 +192,7 @@ __all__ = [
     "get_batch",
     "get_batch_extras",
     "get_batch_owner",
+    "get_budget",
     "get_compat_batch",
     "get_compat_file",
     "get_job",
@@ -171,29 +203,39 @@ __all__ = [
     "insert_compat_file",
     "insert_job",
     "iter_batch_results",
+    "job_counts",
     "job_ending",
     "list_api_keys",
+    "list_budgets",
     "list_compat_batches",
     "list_webhook_deliveries",
     "lock_parent",
     "mark_completed_batches_for_webhook",
+    "only_job_state",
+    "ping",
     "prior_attempts",
     "record_attempt",
     "record_webhook_delivery",
+    "recovered_and_cache_hits",
     "remember_idempotency",
     "renew_leases",
     "retry_batch_items",
     "retry_job",
     "revoke_api_key",
     "roll_up_parent",
+    "set_budget",
     "set_webhook_salt",
     "stalled_parents",
     "start_children",
     "take_batch_chunk_for_dispatch",
     "take_due_for_dispatch",
     "take_due_webhooks",
+    "tenant_id_by_name",
+    "tenant_spend",
     "try_reconcile_lock",
     "undo_dispatch",
     "usage_by_template",
+    "usage_rollup",
+    "waits_after_rate_limit",
     "wake_jobs",
 ]

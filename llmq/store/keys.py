@@ -90,6 +90,15 @@ def authenticate(engine: Engine, key: str) -> Principal | None:
     )
 
 
+def tenant_id_by_name(engine: Engine, name: str) -> uuid.UUID | None:
+    """The id of the tenant named `name` (tenants are created with their first key)."""
+    with engine.connect() as conn:
+        tenant_id: uuid.UUID | None = conn.execute(
+            text("SELECT id FROM tenants WHERE name = :n"), {"n": name}
+        ).scalar_one_or_none()
+    return tenant_id
+
+
 _KEY_ROWS = (
     "SELECT k.id, k.prefix, t.name AS tenant, k.is_admin, k.created_at, k.revoked_at, "
     "k.rate_requests_per_min AS requests_per_min, k.rate_items_per_min AS items_per_min "

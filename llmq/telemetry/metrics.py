@@ -22,10 +22,10 @@ import redis
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from llmq.store.models import JobStatus
+from llmq import store
 
 if TYPE_CHECKING:
     from llmq.resilience.circuit import CircuitBreaker
@@ -141,16 +141,6 @@ HTTP_DURATION = Histogram(
 # Scrape-time state
 
 
-def job_counts(engine: Engine) -> dict[str, int]:
-    """Jobs per status: one grouped count, bounded so a scrape never hangs on a busy table."""
-    counts = {status.value: 0 for status in JobStatus}
-    with engine.begin() as conn:
-        conn.execute(text("SET LOCAL statement_timeout = '2s'"))
-        for status, n in conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")):
-            counts[status] = int(n)
-    return counts
-
-
 class StateCollector(Collector):
     """Jobs by status, queue depth per queue and circuit state per link, read at scrape time."""
 
@@ -189,7 +179,7 @@ class StateCollector(Collector):
         )
         try:
             jobs = GaugeMetricFamily("llmq_jobs", "Jobs in Postgres by status.", labels=["status"])
-            for status, n in job_counts(self._engine).items():
+            for status, n in store.job_counts(self._engine).items():
                 jobs.add_metric([status], n)
             out.append(jobs)
             up.add_metric(["postgres"], 1)

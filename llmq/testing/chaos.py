@@ -14,12 +14,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from llmq import store
 from llmq.localstack.embedded import EmbeddedServices, embedded_services
@@ -80,12 +79,8 @@ class Rig:
         return self.stack.start_worker(name, queues=queues, concurrency=concurrency, pool="threads")
 
     def statuses(self, batch_id: uuid.UUID) -> dict[str, list[str]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT id::text, status FROM jobs WHERE batch_id = :b"), {"b": batch_id}
-            ).all()
         out: dict[str, list[str]] = {}
-        for job_id, status in rows:
+        for job_id, status in store.batch_job_statuses(self.engine, batch_id):
             out.setdefault(status, []).append(job_id)
         return out
 
@@ -100,62 +95,13 @@ class Rig:
         wait_until(lambda: not live & set(self.statuses(batch_id)), timeout, "every job to end")
 
     def audit(self, batch_id: uuid.UUID) -> Audit:
-        with self.engine.connect() as conn:
-            statuses: dict[Any, Any] = dict(
-                conn.execute(
-                    text("SELECT status, count(*) FROM jobs WHERE batch_id = :b GROUP BY status"),
-                    {"b": batch_id},
-                ).all()
-            )
-            mismatched = conn.execute(
-                text(
-                    "SELECT count(*) FROM jobs j WHERE j.batch_id = :b AND ("
-                    " j.attempts_made <> (SELECT count(*) FROM attempts a WHERE a.job_id = j.id)"
-                    " OR j.input_tokens <> (SELECT coalesce(sum(input_tokens), 0) FROM attempts a"
-                    "   WHERE a.job_id = j.id)"
-                    " OR j.cost_usd IS DISTINCT FROM (SELECT CASE WHEN bool_or(cost_usd IS NULL)"
-                    "   THEN NULL ELSE coalesce(sum(cost_usd), 0) END FROM attempts a"
-                    "   WHERE a.job_id = j.id))"
-                ),
-                {"b": batch_id},
-            ).scalar_one()
-            outcomes: dict[Any, Any] = dict(
-                conn.execute(
-                    text(
-                        "SELECT a.outcome, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                        "WHERE j.batch_id = :b GROUP BY a.outcome"
-                    ),
-                    {"b": batch_id},
-                ).all()
-            )
-            paid_twice = conn.execute(
-                text(
-                    "SELECT count(*) FROM (SELECT a.job_id FROM attempts a JOIN jobs j "
-                    "ON j.id = a.job_id WHERE j.batch_id = :b AND a.outcome = 'ok' "
-                    "GROUP BY a.job_id HAVING count(*) > 1) t"
-                ),
-                {"b": batch_id},
-            ).scalar_one()
-            redelivered = conn.execute(
-                text("SELECT count(*) FROM jobs WHERE batch_id = :b AND deliveries > 1"),
-                {"b": batch_id},
-            ).scalar_one()
-        return Audit(
-            statuses={str(k): int(v) for k, v in statuses.items()},
-            totals_mismatched=int(mismatched),
-            attempt_outcomes={str(k): int(v) for k, v in outcomes.items()},
-            jobs_paid_twice=int(paid_twice),
-            redelivered=int(redelivered),
-        )
+        return Audit(**asdict(store.audit_batch(self.engine, batch_id)))
 
 
 @dataclass
-class Audit:
-    statuses: dict[str, int]
-    totals_mismatched: int  # jobs whose tokens/cost differ from the sum of their attempts
-    attempt_outcomes: dict[str, int]
-    jobs_paid_twice: int  # jobs with more than one successful (billed) provider answer
-    redelivered: int  # jobs whose message was delivered more than once
+class Audit(store.BatchAudit):
+    """The record's exactly-once figures, and what the scenario saw."""
+
     observed: dict[str, Any] = field(default_factory=dict)  # what the scenario saw mid-run
     # Set by the scenarios that count them (0 elsewhere): provider calls without an attempt row,
     # and jobs that waited for their lease to expire (a redelivery where no worker died).
@@ -285,32 +231,6 @@ def postgres_restart(r: Rig, jobs: int = 60) -> Audit:
     return _break_mid_batch(r, jobs, _restart(r.services.postgres))
 
 
-@contextmanager
-def connections_refused(database_url: str) -> Iterator[None]:
-    """Postgres refuses every connection to the database of `database_url` and drops the open
-    ones, as `too many clients`, a role's CONNECTION LIMIT or a restart do to llmq; run from
-    the `postgres` database, so it works on the embedded and on an external server (as a
-    superuser or the database's owner)."""
-    url = make_url(database_url)
-    name = url.database
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": name},
-            )
-        yield
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
-        admin.dispose()
-
-
 def refused_connections(r: Rig, jobs: int = 300, refused_s: float = 20) -> Audit:
     """Postgres refuses llmq's connections for 20 s mid-batch while two workers (20 slots
     each) have 1 s provider calls in flight: every paid call ends up as one attempt row, and
@@ -321,7 +241,7 @@ def refused_connections(r: Rig, jobs: int = 300, refused_s: float = 20) -> Audit
         r.worker(name, concurrency=20)
     r.wait_count(batch_id, "succeeded", jobs // 6)
     r.engine.dispose()  # its pooled connections are about to be dropped
-    with connections_refused(r.env["DATABASE_URL"]):
+    with store.connections_refused(r.env["DATABASE_URL"]):
         time.sleep(refused_s)  # the outage itself: there is no event to wait for
     restored = time.monotonic()
     r.wait_ended(batch_id)
@@ -331,21 +251,14 @@ def refused_connections(r: Rig, jobs: int = 300, refused_s: float = 20) -> Audit
     attempts = sum(audit.attempt_outcomes.values())
     audit.unrecorded_calls = requests - attempts
     audit.lease_waits = audit.redelivered
-    with r.engine.connect() as conn:
-        recovered, cache_hits = conn.execute(
-            text(
-                "SELECT count(*) FILTER (WHERE route::text LIKE '%recovered_attempt%'), "
-                "count(*) FILTER (WHERE cache_hit) FROM jobs WHERE batch_id = :b"
-            ),
-            {"b": batch_id},
-        ).one()
+    recovered, cache_hits = store.recovered_and_cache_hits(r.engine, batch_id)
     audit.observed.update(
         provider_requests=requests,
         attempt_rows=attempts,
         # Finished from an answer a previous delivery paid for (parked or recorded).
-        recovered=int(recovered),
+        recovered=recovered,
         # Distinct documents: a cache hit would be a paid job rewritten after the fact.
-        cache_hits=int(cache_hits),
+        cache_hits=cache_hits,
         ended_s_after_restore=round(ended_after_s, 1),
     )
     return audit
@@ -368,23 +281,9 @@ def error_storm(r: Rig, jobs: int = 200) -> Audit:
         r.worker(name, concurrency=20)
     r.wait_ended(batch_id)
     audit = r.audit(batch_id)
-    with r.engine.connect() as conn:
-        # After each 429, the wait until that job's next call to the same provider.
-        gaps = (
-            conn.execute(
-                text(
-                    "SELECT extract(epoch FROM n.created_at - a.created_at) "
-                    "- n.latency_ms / 1000 FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                    "JOIN attempts n ON n.job_id = a.job_id "
-                    "AND n.attempt_no = a.attempt_no + 1 AND n.provider = a.provider "
-                    "WHERE j.batch_id = :b AND a.outcome = 'rate_limited'"
-                ),
-                {"b": batch_id},
-            )
-            .scalars()
-            .all()
-        )
-    audit.observed["min_wait_after_429_s"] = float(min(gaps)) if gaps else None
+    # After each 429, the wait until that job's next call to the same provider.
+    gaps = store.waits_after_rate_limit(r.engine, batch_id)
+    audit.observed["min_wait_after_429_s"] = min(gaps) if gaps else None
     audit.observed["provider_requests"] = r.fake.stats()["requests"]
     return audit
 
@@ -397,11 +296,8 @@ def poison_job(r: Rig) -> Audit:
     healthy = r.submit(10)
 
     def poison_state() -> tuple[str, int]:
-        with r.engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT status, deliveries FROM jobs WHERE batch_id = :b"), {"b": poison}
-            ).one()
-        return str(row[0]), int(row[1])
+        status, deliveries, _ = store.only_job_state(r.engine, poison)
+        return status, deliveries
 
     max_deliveries = int(r.env.get("LLMQ_MAX_DELIVERIES", "3"))
     for delivery in range(1, max_deliveries + 1):
@@ -414,10 +310,7 @@ def poison_job(r: Rig) -> Audit:
     wait_until(lambda: poison_state()[0] == "failed", 60, "the poison job to be given up")
     r.wait_ended(healthy)
     audit = r.audit(healthy)
-    with r.engine.connect() as conn:
-        audit.observed["poison_error_code"] = conn.execute(
-            text("SELECT error_code FROM jobs WHERE batch_id = :b"), {"b": poison}
-        ).scalar_one()
+    audit.observed["poison_error_code"] = store.only_job_state(r.engine, poison)[2]
     return audit
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.localstack.embedded import free_port
 from llmq.localstack.processes import Stack
 
@@ -46,7 +45,7 @@ def test_budgets_set_list_and_bad_input(stack_env: dict[str, str], engine: Engin
         tenant_id = conn.execute(
             text("SELECT id FROM tenants WHERE name = :n"), {"n": tenant}
         ).scalar_one()
-    budget = ledger.get_budget(engine, tenant_id)
+    budget = store.get_budget(engine, tenant_id)
     assert budget is not None and budget.daily_usd == Decimal(5) and budget.monthly_usd is None
     assert f"{tenant}  daily=$5  monthly=none" in _llmq("budgets", "list", env=stack_env).stdout
 

@@ -15,7 +15,6 @@ import redis
 from sqlalchemy import Engine, text
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.cost.budgets import BudgetGuard
 from llmq.cost.pricing import load_price_table
 from llmq.execution.pipeline import Pipeline, PipelineConfig
@@ -187,7 +186,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
     assert one_call > 0
 
     # Room for about three more calls (estimates are upper bounds, so maybe fewer).
-    ledger.set_budget(engine, name, one_call * 4 + one_call / 2, None)
+    store.set_budget(engine, name, one_call * 4 + one_call / 2, None)
     alerts_before = BUDGET_SOFT_LIMIT.value(scope="daily")
     caplog.set_level(logging.WARNING, logger="llmq.cost.budgets")
     fake.reset()
@@ -203,7 +202,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
     assert outcomes[: len(succeeded)] == succeeded
     assert all(row.error_code == "budget_exceeded" and row.cost_usd == 0 for _, row in refused)
     assert fake.stats()["requests"] == len(succeeded)
-    spent = ledger.tenant_spend(engine, tenant_id, since=_midnight())
+    spent = store.tenant_spend(engine, tenant_id, since=_midnight())
     assert spent <= one_call * 4 + one_call / 2
 
     # The 80% alert: one log event and one count, however many calls came after it.
@@ -219,7 +218,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
     assert fake.stats()["requests"] == len(succeeded)
 
     # A higher limit applies at once (limits_cache_s=0 here; seconds in production).
-    ledger.set_budget(engine, name, Decimal(1), None)
+    store.set_budget(engine, name, Decimal(1), None)
     job_id = _job(engine, tenant_id, [link], params=params)
     assert pipeline.run(job_id) == "succeeded"
 
@@ -232,7 +231,7 @@ def test_guard_reserves_in_flight_estimates_so_concurrent_calls_cannot_overshoot
     link = "openai:gpt-4o-mini"
     estimate = prices.estimate(link, 1000, 500)
     assert estimate is not None
-    ledger.set_budget(engine, name, estimate * 3, None)
+    store.set_budget(engine, name, estimate * 3, None)
     guard = BudgetGuard(engine, rclient, prices, limits_cache_s=0)
     # Three calls in flight at once fit; the fourth does not, though nothing is spent yet.
     holds = [guard.reserve(tenant_id, None, link, 1000, 500) for _ in range(4)]

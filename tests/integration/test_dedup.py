@@ -27,7 +27,6 @@ import redis
 from sqlalchemy import Engine, text
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.cost.pricing import load_price_table
 from llmq.execution.cache import ResultCache, cache_key
 from llmq.execution.dedup import WAITING, Alone, Cached, Follow, InFlight, Lead
@@ -443,7 +442,7 @@ def test_a_batch_computes_each_distinct_input_once(stack: dict[str, Any]) -> Non
     assert batch is not None and batch["cost_usd"] == spent
     assert sum((j.cost_usd for j in jobs), Decimal(0)) == spent
     now = datetime.now(UTC)
-    (row,) = ledger.usage_rollup(
+    (row,) = store.usage_rollup(
         engine, principal.tenant_id, now - timedelta(hours=1), now + timedelta(hours=1), "batch"
     )
     assert (row["grp"], row["cost_usd"], row["attempts"]) == (str(batch_id), spent, 4)

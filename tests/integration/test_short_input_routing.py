@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import Engine, text
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.cost.pricing import load_price_table
 from llmq.settings import Settings
 
@@ -167,7 +166,7 @@ def test_the_budget_check_prices_a_short_input_at_the_cheaper_model(
     tenant = f"route-budget-{uuid.uuid4().hex[:8]}"
     key = store.create_api_key(engine, tenant)
     # 1000 output tokens: about $0.0004 at gpt-5-nano, $0.0006 at gpt-4o-mini.
-    ledger.set_budget(engine, tenant, Decimal("0.0005"), None)
+    store.set_budget(engine, tenant, Decimal("0.0005"), None)
     params = {"max_tokens": 1000}
     long = routed_http.post(
         "/v1/jobs", json={"template": "prompt", "input": _long(), "params": params},

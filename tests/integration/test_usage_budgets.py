@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import Engine, text
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.localstack.processes import Stack
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
@@ -209,7 +208,7 @@ def test_submission_over_the_budget_left_is_refused_with_402(
     assert spent > 0
 
     # Nothing left today: refused, with the figures, in the usual error shape; nothing written.
-    ledger.set_budget(engine, tenant, spent, Decimal(100))
+    store.set_budget(engine, tenant, spent, Decimal(100))
     jobs_before = _job_count(engine, principal.tenant_id)
     refused = http.post("/v1/jobs", json=small, headers=auth(key))
     assert refused.status_code == 402, refused.text
@@ -223,12 +222,12 @@ def test_submission_over_the_budget_left_is_refused_with_402(
     assert estimate > 0
 
     # Half the estimate left: still refused, although the estimate is far below the limit.
-    ledger.set_budget(engine, tenant, spent + estimate / 2, None)
+    store.set_budget(engine, tenant, spent + estimate / 2, None)
     refused = http.post("/v1/jobs", json=small, headers=auth(key))
     assert refused.status_code == 402
     assert Decimal(refused.json()["error"]["details"][0]["estimate_usd"]) == estimate
     # A batch is estimated as a whole: two items of this size do not fit in 1.5 estimates.
-    ledger.set_budget(engine, tenant, spent + estimate * 3 / 2, None)
+    store.set_budget(engine, tenant, spent + estimate * 3 / 2, None)
     batch = {
         "items": [{"input": small["input"]}, {"input": small["input"]}],
         "chain": small["chain"],
@@ -238,9 +237,9 @@ def test_submission_over_the_budget_left_is_refused_with_402(
     assert _job_count(engine, principal.tenant_id) == jobs_before
 
     # Exactly enough left: accepted. The monthly limit is checked the same way.
-    ledger.set_budget(engine, tenant, spent + estimate, None)
+    store.set_budget(engine, tenant, spent + estimate, None)
     assert http.post("/v1/jobs", json=small, headers=auth(key)).status_code == 202
-    ledger.set_budget(engine, tenant, None, spent)
+    store.set_budget(engine, tenant, None, spent)
     monthly = http.post("/v1/jobs", json=small, headers=auth(key))
     assert monthly.status_code == 402
     assert monthly.json()["error"]["details"][0]["scope"] == "monthly"
@@ -316,7 +315,7 @@ def test_batch_cap_stops_the_batch_mid_run_with_no_call_beyond_the_cap(
     calls = fake.stats()["by_model"].get(model, 0)
     assert calls == len(succeeded) == sum(r.attempts_made for r in rows)
     assert all(r.attempts_made == 0 and r.cost_usd == 0 for r in stopped)
-    spent = ledger.batch_spend(engine, batch_id)
+    spent = store.batch_spend(engine, batch_id)
     assert 0 < spent <= cap
     # ... and at most what the cap allows: every call costs at least the cheapest one seen.
     assert calls <= cap // min(r.cost_usd for r in succeeded)

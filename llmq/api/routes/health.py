@@ -7,9 +7,9 @@ from typing import Any
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from llmq import store
 from llmq.resilience.circuit import CircuitBreaker
 from llmq.workers.heartbeat import live_workers
 from llmq.workers.queues import queue_depths
@@ -28,8 +28,7 @@ def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     ok = True
     try:
-        with request.app.state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        store.ping(request.app.state.engine)
         checks["postgres"] = "ok"
     except SQLAlchemyError as exc:
         ok = False

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from llmq import store
-from llmq.cost import ledger
 from llmq.cost.budgets import day_start, month_start
 
 from ..deps import EngineDep, PrincipalDep
@@ -93,7 +92,7 @@ def usage(
         datetime | float | None,
         Query(description="end (exclusive, ISO 8601 or Unix seconds; default: now)"),
     ] = None,
-    group_by: Literal["model", "day", "batch", "key"] = "model",
+    group_by: store.GroupBy = "model",
 ) -> UsageOut:
     """Cost and tokens of the caller's provider calls, summed per model, UTC day, batch or
     API key. Every figure is a sum over the same attempt rows, so the rows add up to the total
@@ -103,9 +102,9 @@ def usage(
     start = _when(from_, "from") if from_ is not None else _default_from(end, now)
     if start >= end:
         raise ApiError(422, "invalid_request", "'from' must be before 'to'")
-    rows = ledger.usage_rollup(engine, who.tenant_id, start, end, group_by)
+    rows = store.usage_rollup(engine, who.tenant_id, start, end, group_by)
     # The total is its own query over the same rows (a job seen in two groups counts once).
-    (total,) = ledger.usage_rollup(engine, who.tenant_id, start, end, None)
+    (total,) = store.usage_rollup(engine, who.tenant_id, start, end, None)
     return UsageOut(
         from_=start,
         to=end,
@@ -120,9 +119,9 @@ def budget(engine: EngineDep, who: PrincipalDep) -> BudgetOut:
     """The caller's limits (null = none), what it spent today and this month (UTC), and what
     is left."""
     now = datetime.now(UTC)
-    limits = ledger.get_budget(engine, who.tenant_id)
-    today = ledger.tenant_spend(engine, who.tenant_id, day_start(now))
-    month = ledger.tenant_spend(engine, who.tenant_id, month_start(now))
+    limits = store.get_budget(engine, who.tenant_id)
+    today = store.tenant_spend(engine, who.tenant_id, day_start(now))
+    month = store.tenant_spend(engine, who.tenant_id, month_start(now))
     daily = limits.daily_usd if limits else None
     monthly = limits.monthly_usd if limits else None
     return BudgetOut(
