@@ -215,7 +215,7 @@ class Settings(BaseSettings):
     # Cache: identical jobs in flight at once are computed once (llmq/execution/dedup.py).
     cache_dedup: bool = True
 
-    # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
+    # Observability (docs/observability.md): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
     worker_metrics_port: int = 0  # each worker process serves /metrics here; 0 = off

@@ -201,3 +201,14 @@ def test_config_check_fails_with_every_problem_and_no_traceback(workdir: Path) -
         "unable to parse string as an integer",
     ]
     assert done.stdout == ""
+
+
+def test_the_documented_example_file_is_valid(workdir: Path) -> None:
+    page = Path(__file__).parents[2] / "docs" / "configuration.md"
+    example = page.read_text().split("```toml\n", 1)[1].split("```", 1)[0]
+    settings = load_settings(_write(workdir / "llmq.toml", example))
+    assert settings.rate_limits == {"openai:gpt-4o-mini": {"requests": 500, "tokens": 200_000}}
+    assert settings.template_short_input["summarize"] == {
+        "link": "openai:gpt-5-nano",
+        "max_input_tokens": 400,
+    }
