@@ -1,19 +1,34 @@
-"""All configuration, from the environment (and an optional `.env`).
+"""All configuration: the environment, an optional `.env`, an optional `llmq.toml`.
 
 Provider credentials use the names their SDKs already use (OPENAI_API_KEY, ...); the service
-URLs use the conventional DATABASE_URL / REDIS_URL; everything else is prefixed LLMQ_.
+URLs use the conventional DATABASE_URL / REDIS_URL; everything else is prefixed LLMQ_. The TOML
+file (LLMQ_CONFIG, else ./llmq.toml if it exists) takes the same settings by field name, with
+tables where the environment needs JSON. Precedence: arguments > environment > .env > TOML >
+defaults.
+
+A leaf module: it imports nothing of llmq, so every module can read settings without a cycle.
+Checks that need other modules (a template version that must exist, a provider name) live in
+llmq/config_check.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tomllib
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 QUEUES = ("llm.high", "llm.default", "llm.low")
 PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.low"}
@@ -22,12 +37,44 @@ PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.l
 CsvList = Annotated[list[str], NoDecode]
 # Who shares a cached answer (llmq/execution/cache.py): each tenant its own, or every tenant.
 CacheScope = Literal["tenant", "global"]
+# The TOML file: named by this variable, else DEFAULT_CONFIG_FILE in the working directory.
+CONFIG_FILE_VAR = "LLMQ_CONFIG"
+DEFAULT_CONFIG_FILE = Path("llmq.toml")
+
+
+class ConfigFileError(ValueError):
+    """The TOML file is missing, is not TOML, or names settings that do not exist. Its message
+    is one line per problem."""
+
+
+def config_file() -> Path | None:
+    """The TOML file settings are read from: LLMQ_CONFIG, else ./llmq.toml if it exists."""
+    named = os.environ.get(CONFIG_FILE_VAR)
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMQ_", env_file=".env", extra="ignore", populate_by_name=True
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A subclass made by `settings_from_file` names its file; otherwise LLMQ_CONFIG decides.
+        path = settings_cls.model_config.get("toml_file") or config_file()
+        if path is None:
+            return init_settings, env_settings, dotenv_settings, file_secret_settings
+        toml = _toml_source(settings_cls, Path(str(path)))
+        return init_settings, env_settings, dotenv_settings, toml, file_secret_settings
 
     # Services. Unset means "start the embedded servers" (llmq up / demo / tests).
     database_url: str | None = Field(
@@ -153,43 +200,22 @@ class Settings(BaseSettings):
 
     @field_validator("template_experiments")
     @classmethod
-    def _known_versions(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        from llmq.templates import TemplateError, get_template
-
+    def _experiment_shape(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        # That the version exists is checked at start, by llmq.config_check.check_references.
         for name, spec in value.items():
             if set(spec) != {"version", "percent"} or not 0 <= spec["percent"] <= 100:
                 raise ValueError(f"{name}: give {{'version': N, 'percent': 0..100}}, got {spec}")
-            try:
-                get_template(name, int(spec["version"]))
-            except TemplateError as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     # Size-based routing per template name (llmq/execution/routing.py), overriding the template's
     # own: {"summarize": {"link": "openai:gpt-5-nano", "max_input_tokens": 400}}; null turns it off.
+    # Template names and routes are checked at start, by llmq.config_check.check_references.
     template_short_input: dict[str, dict[str, Any] | None] = {}
-
-    @field_validator("template_short_input")
-    @classmethod
-    def _valid_short_routes(
-        cls, value: dict[str, dict[str, Any] | None]
-    ) -> dict[str, dict[str, Any] | None]:
-        from llmq.execution.routing import ShortInputRoute
-        from llmq.templates import TemplateError, get_family
-
-        for name, spec in value.items():
-            try:
-                get_family(name, public=True)
-                if spec is not None:
-                    ShortInputRoute.parse(spec)
-            except (TemplateError, ValueError) as exc:
-                raise ValueError(f"template_short_input[{name!r}]: {exc}") from None
-        return value
 
     # Cache: identical jobs in flight at once are computed once (llmq/execution/dedup.py).
     cache_dedup: bool = True
 
-    # Observability (README "Observability"): logs, metrics, tracing, worker heartbeats.
+    # Observability (docs/observability.md): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
     worker_metrics_port: int = 0  # each worker process serves /metrics here; 0 = off
@@ -254,6 +280,36 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # docker-compose passes unset variables as "": that means webhooks off, not a key "".
         return None if value == "" else value
+
+
+def _toml_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
+    """The file's settings; a missing file, bad TOML or an unknown name is a ConfigFileError
+    (extra="ignore" suits the environment, full of other programs' variables, not our file)."""
+    if not path.is_file():
+        raise ConfigFileError(f"{path}: no such configuration file ({CONFIG_FILE_VAR})")
+    try:
+        source = TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from None
+    known = set()
+    for name, info in settings_cls.model_fields.items():
+        known.add(name)
+        if isinstance(info.validation_alias, AliasChoices):
+            known.update(str(choice) for choice in info.validation_alias.choices)
+    unknown = sorted(set(source.toml_data) - known)
+    if unknown:
+        raise ConfigFileError("\n".join(f"{path}: unknown setting {name!r}" for name in unknown))
+    return source
+
+
+def settings_from_file(path: Path) -> Settings:
+    """The settings with `path` as the TOML file, whatever LLMQ_CONFIG says (`llmq config
+    check --file`)."""
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return FileSettings()
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from llmq.config_check import check_references
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
 from llmq.telemetry import logs, tracing
@@ -33,6 +34,7 @@ from .schemas import BatchIn
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_references(settings)  # a template or provider the settings name must exist
     logs.configure(settings, "api")
     tracing.configure(settings.tracing, "api")
     if not settings.database_url:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from llmq.errors import UserError
 from llmq.localstack.services import database_url, services
-from llmq.settings import QUEUES, Settings, get_settings
+from llmq.settings import QUEUES, ConfigFileError, Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
@@ -528,6 +529,15 @@ def _add_cost_commands() -> None:
 _add_cost_commands()
 
 
+def _add_config_commands() -> None:
+    from llmq.cli.config import config_app
+
+    app.add_typer(config_app, name="config")
+
+
+_add_config_commands()
+
+
 def main() -> None:
     """Every command's expected failures (a setting missing, the API or database unreachable,
     a refused request) end here: one line on stderr and exit 1, never a traceback."""
@@ -535,6 +545,11 @@ def main() -> None:
         app()
     except UserError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except (ValidationError, ConfigFileError) as exc:  # any command's settings, as they load
+        from llmq.config_check import describe
+
+        typer.secho("\n".join(describe(exc)), fg=typer.colors.RED, err=True)
         sys.exit(1)
     except Exception as exc:
         if (unreachable := _database_unreachable(exc)) is None:

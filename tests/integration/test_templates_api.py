@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
 from llmq import store
+from llmq.config_check import ConfigError
 from llmq.settings import Settings
 from llmq.templates import Experiment, choose_version, get_family
 
@@ -64,9 +65,12 @@ def test_a_variable_of_one_item_is_checked_too(http: Any, new_key: Any) -> None:
     assert "no variable 'extra'" in response.json()["error"]["message"]
 
 
-def test_an_experiment_naming_an_unknown_version_is_a_configuration_error() -> None:
-    with pytest.raises(ValidationError, match="no version 9"):
-        Settings(template_experiments={"summarize": {"version": 9, "percent": 10}})
+def test_an_experiment_naming_an_unknown_version_stops_the_api_at_start() -> None:
+    from llmq.api.app import create_app
+
+    unknown = Settings(template_experiments={"summarize": {"version": 9, "percent": 10}})
+    with pytest.raises(ConfigError, match="no version 9"):
+        create_app(unknown)
     with pytest.raises(ValidationError, match="percent"):
         Settings(template_experiments={"summarize": {"version": 2, "percent": 150}})
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from llmq.api.routes.submit import with_short_input_routes
+from llmq.config_check import ConfigError, check_references
 from llmq.execution import routing
 from llmq.execution.cache import cache_key
 from llmq.execution.pipeline import Deferred
@@ -147,6 +147,6 @@ def test_submission_stores_the_route_per_item_and_keeps_shared_params_shared() -
     ],
 )
 def test_the_setting_is_checked_at_start(value: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        Settings(template_short_input=value)
-    assert Settings(template_short_input={"prompt": None}).template_short_input == {"prompt": None}
+    with pytest.raises(ConfigError, match=message):
+        check_references(Settings(template_short_input=value))
+    check_references(Settings(template_short_input={"prompt": None}))  # null: the route is off
