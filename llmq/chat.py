@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmq.errors import LlmqError
+
 Message = dict[str, str]  # {"role": "user" | "assistant", "content": text}
 ROLES = ("user", "assistant")
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(LlmqError, ValueError):
     """A stored chat input that is not a valid conversation."""
 
 

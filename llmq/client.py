@@ -17,7 +17,9 @@ class ClientError(UserError):
     """Every failure of a Client call: the API refused the request, or it cannot be reached."""
 
 
-class ApiError(ClientError):
+class ApiRequestError(ClientError):
+    """The API answered with a non-2xx status: `status` and the decoded `body` say why."""
+
     def __init__(self, status: int, body: Any) -> None:
         message = body.get("error", {}).get("message") if isinstance(body, dict) else body
         hint = " (set LLMQ_API_KEY to a key from `llmq keys create`)" if status == 401 else ""
@@ -66,7 +68,7 @@ class Client:
     def _json(self, response: httpx.Response) -> Any:
         body = response.json() if response.content else None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, body)
+            raise ApiRequestError(response.status_code, body)
         return body
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:

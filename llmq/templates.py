@@ -16,6 +16,7 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 
+from llmq.errors import LlmqError
 from llmq.execution.routing import ShortInputRoute
 
 SUMMARY_STYLES = {
@@ -36,7 +37,7 @@ JSON_STYLES = {
 BUILT_IN = frozenset({"input", "instructions"})
 
 
-class TemplateError(ValueError):
+class TemplateError(LlmqError, ValueError):
     """An unknown template, version, style or variable (a 422 at submission)."""
 
 

@@ -13,13 +13,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmq.errors import LlmqError
+
 from .schemas import JSON_TOO_DEEP
 
 log = logging.getLogger(__name__)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
 
 
-class ApiError(Exception):
+class ApiError(LlmqError):
     def __init__(
         self,
         status: int,

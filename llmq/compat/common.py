@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from llmq.chat import Conversation
+from llmq.errors import LlmqError
 from llmq.providers.registry import KNOWN_PROVIDERS
 
 MAX_TOKENS_LIMIT = 32_000  # the native API's bound on params.max_tokens
@@ -22,7 +23,7 @@ TextRedactor = Callable[[str], tuple[str, list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
-class FieldError(Exception):
+class FieldError(LlmqError):
     """One invalid request: a stable code, the offending parameter and a readable message."""
 
     code: str

@@ -23,6 +23,7 @@ from llmq import store
 from llmq.cost.budgets import BudgetGuard, Hold
 from llmq.cost.pricing import PriceTable
 from llmq.cost.tokens import estimate_tokens
+from llmq.errors import LlmqError
 from llmq.execution import dedup, output_review, routing
 from llmq.execution.cache import CachedResult, ResultCache, cache_key
 from llmq.execution.paid import PaidCalls
@@ -78,11 +79,11 @@ def _from_cache(
     )  # fmt: skip
 
 
-class JobCancelled(Exception):
+class JobCancelled(LlmqError):
     """The client cancelled the job while it ran; raised at the next step."""
 
 
-class LeaseHandedOver(Exception):
+class LeaseHandedOver(LlmqError):
     """Postgres stayed unreachable after this delivery claimed the job. Its paid calls are
     parked (llmq/execution/paid.py) and it stops; the message that runs the job next passes `owner`
     to `Pipeline.run(resume=...)` and takes the lease over at once instead of waiting for it to

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from llmq import store
 from llmq.cost.pricing import PriceTable
+from llmq.errors import JobErrorCode
 from llmq.longdocs.chunking import split_document
 from llmq.longdocs.tokenizer import Tokenizer, get_tokenizer
 from llmq.store.models import JobStatus
@@ -182,7 +183,7 @@ class LongDocuments:
         depth = level[0]["chunk_level"]
         for child in level:
             if child["status"] in (JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELLED):
-                code = "chunk_failed" if depth == 0 else "reduce_failed"
+                code = JobErrorCode.CHUNK_FAILED if depth == 0 else JobErrorCode.REDUCE_FAILED
                 stage = "part" if depth == 0 else f"reduce step (level {depth}) part"
                 store.finish_parent(
                     conn,

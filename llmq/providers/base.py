@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from llmq.errors import LlmqError
+
 # HTTP statuses worth another try: timeouts, conflicts, rate limits, server errors, overload.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
@@ -41,7 +43,7 @@ class Completion:
     http_status: int | None = 200
 
 
-class ProviderError(Exception):
+class ProviderError(LlmqError):
     """A failed call, classified for the retry policy. `code` is a stable machine name."""
 
     def __init__(

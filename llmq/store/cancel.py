@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
+from llmq.errors import JobErrorCode
 from llmq.store.children import roll_up_parent
 
 # Job totals from its attempts, for jobs that end without their worker's finish_job (cancelled
@@ -59,21 +60,21 @@ def cancel_jobs(
             return None
         cancelled = conn.execute(
             text(
-                "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled', "
+                "UPDATE jobs SET status = 'cancelled', error_code = :code, "
                 "error_message = 'cancelled by the client', finished_at = now(), "
                 f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
                 f"WHERE {column} = :{scope} AND tenant_id = :t "
                 "AND status IN ('queued', 'retrying', 'waiting') "
                 "RETURNING id, EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)"
             ),
-            params,
+            {**params, "code": JobErrorCode.CANCELLED},
         ).all()
         # A long document's chunk and reduce jobs belong to its parent, not to the batch.
         parents = [row[0] for row in cancelled if row[1]]
-        children = {"ps": parents, "t": tenant_id}
+        children = {"ps": parents, "t": tenant_id, "code": JobErrorCode.CANCELLED}
         conn.execute(
             text(
-                "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled', "
+                "UPDATE jobs SET status = 'cancelled', error_code = :code, "
                 "error_message = 'cancelled by the client', finished_at = now(), "
                 f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
                 "WHERE parent_id = ANY(:ps) AND tenant_id = :t "

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.errors import JobErrorCode
 from llmq.store.base import autocommit
 from llmq.store.jobs import Outcome
 
@@ -154,11 +155,11 @@ def cancel_open_children(conn: Connection, parent_id: uuid.UUID, reason: str) ->
     """Children not yet started are not worth running once the parent has ended."""
     return conn.execute(
         text(
-            "UPDATE jobs SET status = 'cancelled', error_code = 'parent_ended', "
+            "UPDATE jobs SET status = 'cancelled', error_code = :code, "
             "error_message = :reason, finished_at = now(), dispatched_at = NULL "
             "WHERE parent_id = :p AND status IN ('queued', 'retrying')"
         ),
-        {"p": parent_id, "reason": reason},
+        {"p": parent_id, "reason": reason, "code": JobErrorCode.PARENT_ENDED},
     ).rowcount
 
 

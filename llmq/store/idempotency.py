@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.errors import LlmqError
+
 
 @dataclass(frozen=True)
 class Idempotency:
@@ -30,7 +32,7 @@ class StoredResponse:
     response: dict[str, Any]
 
 
-class IdempotentReplay(Exception):
+class IdempotentReplay(LlmqError):
     """The key was used before by this tenant: the submission's transaction is rolled back."""
 
     def __init__(self, stored: StoredResponse) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, text
 
+from llmq.errors import JobErrorCode
 from llmq.store.cancel import ROLLUP_SET
 
 RECONCILE_LOCK_KEY = 0x6C6C6D71  # "llmq"
@@ -29,8 +30,8 @@ def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str,
             "UPDATE jobs SET "
             "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' "
             "WHEN deliveries >= :max THEN 'failed' ELSE 'queued' END, "
-            "error_code = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' "
-            "WHEN deliveries >= :max THEN 'worker_lost' ELSE error_code END, "
+            "error_code = CASE WHEN cancel_requested_at IS NOT NULL THEN :cancelled "
+            "WHEN deliveries >= :max THEN :worker_lost ELSE error_code END, "
             "error_message = CASE WHEN cancel_requested_at IS NOT NULL THEN "
             "'cancelled by the client' WHEN deliveries >= :max THEN "
             "'the job was interrupted ' || deliveries || ' times (worker died or timed out)' "
@@ -42,7 +43,11 @@ def expire_leases(conn: Connection, max_deliveries: int) -> list[tuple[str, str,
             "WHERE status = 'running' AND lease_expires_at < now() "
             "RETURNING id::text, status, priority"
         ),
-        {"max": max_deliveries},
+        {
+            "max": max_deliveries,
+            "cancelled": JobErrorCode.CANCELLED,
+            "worker_lost": JobErrorCode.WORKER_LOST,
+        },
     )
     return [(r[0], r[1], r[2]) for r in rows]
 
@@ -108,12 +113,13 @@ def expire_overdue_jobs(conn: Connection) -> list[str]:
     at their next provider call (the pipeline checks the window). Returns the batch ids."""
     rows = conn.execute(
         text(
-            "UPDATE jobs SET status = 'expired', error_code = 'expired', "
+            "UPDATE jobs SET status = 'expired', error_code = :code, "
             "error_message = 'the batch completion window closed before the job finished', "
             "finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, "
             "dispatched_at = NULL, not_before = NULL "
             "FROM batches b WHERE jobs.batch_id = b.id AND b.expires_at <= now() "
             "AND jobs.status IN ('queued', 'retrying') RETURNING b.id::text"
-        )
+        ),
+        {"code": JobErrorCode.EXPIRED},
     )
     return sorted({r[0] for r in rows})

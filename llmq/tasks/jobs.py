@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 from llmq import store
+from llmq.errors import LlmqError
 from llmq.execution.pipeline import LeaseHandedOver
 from llmq.resilience.retry import RetryPolicy
 from llmq.settings import get_settings
@@ -26,7 +27,7 @@ _rng = random.Random()
 FAILURE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.EXPIRED})
 
 
-class JobFailed(Exception):
+class JobFailed(LlmqError):
     """Raised by run_job once the job's row is final as failed, blocked or expired, so the task
     ends FAILURE (task-failed event) with the job's error code. The message is still acked
     (acks_late acks on an exception: task_acks_on_failure_or_timeout) and never retried (only

@@ -58,6 +58,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from llmq.errors import LlmqError
+
 __all__ = [
     "REFUSAL_TEXT",
     "FakeProviderServer",
@@ -366,7 +368,7 @@ def _anthropic_error(
 # --------------------------------------------------------------------------- request parsing
 
 
-class _BadRequest(Exception):
+class _BadRequest(LlmqError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message

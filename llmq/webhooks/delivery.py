@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy import Engine
 
 from llmq import store
+from llmq.errors import LlmqError
 from llmq.settings import Settings
 from llmq.webhooks.destinations import destination_refusal, url_problem
 
@@ -35,8 +36,8 @@ SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_S = 300
 
 
-class SignatureError(ValueError):
-    pass
+class SignatureError(LlmqError, ValueError):
+    """A webhook signature header that is malformed, stale or does not match the body."""
 
 
 def new_salt() -> str:

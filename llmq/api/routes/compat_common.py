@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmq.compat.common import ModelResolver
 from llmq.cost.pricing import load_price_table
+from llmq.errors import LlmqError
 from llmq.settings import Settings
 from llmq.store import Principal
 
@@ -25,7 +26,7 @@ from ..errors import BODY_PARSE_ERROR, ApiError, allowed_methods, body_parse_err
 log = logging.getLogger(__name__)
 
 
-class CompatError(Exception):
+class CompatError(LlmqError):
     """An error answered in the compatible API's own shape. `kind` is the error type (OpenAI's
     `type`, Anthropic's `error.type`); None picks the usual one for the status."""
 
