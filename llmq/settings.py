@@ -6,7 +6,8 @@ file (LLMQ_CONFIG, else ./llmq.toml if it exists) takes the same settings by fie
 tables where the environment needs JSON. Precedence: arguments > environment > .env > TOML >
 defaults.
 
-A leaf module: it imports nothing of llmq, so every module can read settings without a cycle.
+Nearly a leaf: it imports only llmq.errors (itself a leaf), so every module can read settings
+without a cycle.
 Checks that need other modules (a template version that must exist, a provider name) live in
 llmq/config_check.py.
 """
@@ -30,6 +31,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from llmq.errors import UserError
+
 QUEUES = ("llm.high", "llm.default", "llm.low")
 PRIORITY_TO_QUEUE = {"high": "llm.high", "default": "llm.default", "low": "llm.low"}
 # A list setting given as "a,b,c" or as a JSON list. NoDecode: pydantic-settings would otherwise
@@ -42,7 +45,7 @@ CONFIG_FILE_VAR = "LLMQ_CONFIG"
 DEFAULT_CONFIG_FILE = Path("llmq.toml")
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(UserError, ValueError):
     """The TOML file is missing, is not TOML, or names settings that do not exist. Its message
     is one line per problem."""
 

@@ -543,13 +543,13 @@ def main() -> None:
     a refused request) end here: one line on stderr and exit 1, never a traceback."""
     try:
         app()
-    except UserError as exc:
-        typer.secho(str(exc), fg=typer.colors.RED, err=True)
-        sys.exit(1)
     except (ValidationError, ConfigFileError) as exc:  # any command's settings, as they load
         from llmq.config_check import describe
 
         typer.secho("\n".join(describe(exc)), fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except UserError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
         sys.exit(1)
     except Exception as exc:
         if (unreachable := _database_unreachable(exc)) is None:
