@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from llmq.api.routes.submit import with_short_input_routes
+from llmq.admission.resolve import with_short_input_routes
 from llmq.execution import routing
 from llmq.execution.cache import cache_key
 from llmq.execution.pipeline import Deferred
