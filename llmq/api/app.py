@@ -7,13 +7,18 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from llmq.admission.guard import build_selection
+from llmq.admission.pipeline import AdmissionPipeline
+from llmq.admission.publish import Broker
+from llmq.admission.records import PostgresRecords
 from llmq.config_check import check_references
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
 from llmq.telemetry import logs, tracing
+from llmq.workers.dispatch import publish_batch_dispatch, publish_jobs
 from llmq.workers.runtime import redis_client
 
-from . import errors, ingest_guard, observability
+from . import errors, observability
 from .auth import Authenticator
 from .key_limits import KeyLimiter
 from .limits import UPLOAD_ENVELOPE_BYTES, BodySizeLimit
@@ -51,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = get_engine(settings.database_url)
     app.state.redis = redis_client(settings)
     app.state.authenticator = Authenticator(app.state.engine)
-    app.state.guardrails = ingest_guard.build_selection(settings)
+    guards = build_selection(settings)  # fails the start on an unknown guardrail
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -64,6 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     observability.install(app)
     _install_security(app, settings)
+    app.state.admission = AdmissionPipeline(
+        settings,
+        guards,
+        PostgresRecords(app.state.engine),
+        Broker(jobs=publish_jobs, batch=publish_batch_dispatch),
+        limit_items=app.state.key_limiter.check_items,
+    )
     _document_models(app, BatchIn)
     return app
 

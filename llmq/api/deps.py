@@ -1,5 +1,5 @@
-"""What route handlers receive: the engine, settings, the authenticated caller, and the
-publisher that wakes event streams."""
+"""What route handlers receive: the engine, settings, the authenticated caller, the admission
+pipeline, and the publisher that wakes event streams."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
+from llmq.admission.pipeline import AdmissionPipeline
 from llmq.settings import Settings
 from llmq.store import Principal
 from llmq.telemetry.events import EventPublisher
@@ -27,6 +28,10 @@ def principal(request: Request) -> Principal:
     return who
 
 
+def admission(request: Request) -> AdmissionPipeline:
+    return request.app.state.admission
+
+
 def events(request: Request) -> EventPublisher:
     return EventPublisher(request.app.state.redis)
 
@@ -34,4 +39,5 @@ def events(request: Request) -> EventPublisher:
 EngineDep = Annotated[Engine, Depends(engine)]
 SettingsDep = Annotated[Settings, Depends(settings)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
+AdmissionDep = Annotated[AdmissionPipeline, Depends(admission)]
 EventsDep = Annotated[EventPublisher, Depends(events)]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmq.errors import LlmqError
+from llmq.admission.errors import AdmissionError
 
 from .schemas import JSON_TOO_DEEP
 
@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's 400 for undecodable bodies
 
 
-class ApiError(LlmqError):
+class ApiError(AdmissionError):
+    """A refusal by the HTTP layer itself (authentication, parsing, a missing resource, a rate
+    limit): an admission refusal's shape, plus response headers. One handler answers both."""
+
     def __init__(
         self,
         status: int,
@@ -31,11 +34,7 @@ class ApiError(LlmqError):
         details: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
+        super().__init__(status, code, message, details=details)
         self.headers = headers
 
 
@@ -112,9 +111,10 @@ def _documented_paths(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    @app.exception_handler(AdmissionError)  # and ApiError, its subclass
+    async def _refused(_: Request, exc: AdmissionError) -> JSONResponse:
+        headers = exc.headers if isinstance(exc, ApiError) else None
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

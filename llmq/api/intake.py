@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable
 from typing import IO, Annotated, Any
 
 from fastapi import Header, Request
@@ -20,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from llmq import store
+from llmq.admission.pipeline import Insert, Once
 from llmq.store import Idempotency, IdempotentReplay, Principal, StoredResponse
 
 from .errors import ApiError, json_message
@@ -180,26 +180,30 @@ def replay(stored: StoredResponse, key: str, endpoint: str, digest: str) -> JSON
     )
 
 
-def submit_once(
+def once_per_key(
     engine: Engine,
     who: Principal,
     key: str | None,
     endpoint: str,
     body: BaseModel,
     answer: BaseModel,
-    insert: Callable[[Idempotency | None], uuid.UUID],
     ttl_s: float,
-) -> JSONResponse | uuid.UUID:
-    """Run `insert` under the key (or without one). `answer` is the 202 body minus its id.
-    Returns the new id, or the stored response when this is a retry."""
+) -> Once[JSONResponse] | None:
+    """How admission writes a submission sent with this Idempotency-Key (None: no key): the
+    rows and the key in one transaction, or, for a retry, the stored response instead of a
+    write. `answer` is the 202 body minus its id."""
     if key is None:
-        return insert(None)
-    digest = request_hash(endpoint, body)
-    stored = store.find_idempotent(engine, who.tenant_id, key, ttl_s)
-    if stored is not None:
-        return replay(stored, key, endpoint, digest)
-    idem = Idempotency(key, endpoint, digest, 202, answer.model_dump(mode="json"), ttl_s)
-    try:
-        return insert(idem)
-    except IdempotentReplay as race:  # a concurrent request with the key committed first
-        return replay(race.stored, key, endpoint, digest)
+        return None
+
+    def once(insert: Insert) -> uuid.UUID | JSONResponse:
+        digest = request_hash(endpoint, body)
+        stored = store.find_idempotent(engine, who.tenant_id, key, ttl_s)
+        if stored is not None:
+            return replay(stored, key, endpoint, digest)
+        idem = Idempotency(key, endpoint, digest, 202, answer.model_dump(mode="json"), ttl_s)
+        try:
+            return insert(idem)
+        except IdempotentReplay as race:  # a concurrent request with the key committed first
+            return replay(race.stored, key, endpoint, digest)
+
+    return once

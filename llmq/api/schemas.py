@@ -218,7 +218,7 @@ class BatchIn(Strict):
     webhook_url: str | None = Field(
         default=None,
         max_length=2000,
-        # Checked by the route (llmq/api/routes/batches.py), which knows whether private
+        # Checked at admission (llmq/admission/webhook.py), which knows whether private
         # destinations are allowed: a refused destination is reported before a malformed one.
         description="an absolute http(s) URL, POSTed a signed event when the batch ends",
     )

@@ -14,11 +14,11 @@ from llmq.providers.registry import KNOWN_PROVIDERS
 
 MAX_TOKENS_LIMIT = 32_000  # the native API's bound on params.max_tokens
 
-# What runs on a conversation before it is stored (llmq/api/ingest_guard.chat_ingest): returns the
+# What runs on a conversation before it is stored (llmq/admission/guard.chat_ingest): returns the
 # text to store (redacted) and the ingest findings, or raises FieldError("input_too_long").
 # `params` names each of `conversation.texts()` as the request spelled it, for that error.
 ChatIngest = Callable[[Conversation, Sequence[str]], tuple[str, list[dict[str, Any]]]]
-# Redaction of one string: the text to store and its findings (llmq/api/ingest_guard.text_redactor).
+# Redaction of one string: the text to store and its findings (llmq/admission/guard.text_redactor).
 TextRedactor = Callable[[str], tuple[str, list[dict[str, Any]]]]
 
 

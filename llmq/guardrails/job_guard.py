@@ -4,7 +4,7 @@ A job's text is more than its `input`: a chat's input holds a system prompt and 
 (llmq/chat.py), a template's variables are rendered into the prompt (llmq/templates.py), and a
 JSON Schema's strings are quoted in the system prompt (llmq/execution/output_review.py). `job_texts`
 names each of them; `guard_job` runs a guardrail chain over each and puts the results back. The API
-runs it with the redactors before a row is written (llmq/api/ingest_guard.py), the worker with the
+runs it with the redactors before a row is written (llmq/admission/guard.py), the worker with the
 whole input chain before the cache key and any provider call (llmq/execution/pipeline.py), so a
 variable is redacted and blocked exactly like the same text given as `input`.
 """

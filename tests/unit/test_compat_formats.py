@@ -13,7 +13,7 @@ from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
 from llmq import chat
-from llmq.api.ingest_guard import build_selection, chat_ingest
+from llmq.admission.guard import build_selection, chat_ingest
 from llmq.compat import anthropic_format, openai_format
 from llmq.compat.common import FieldError, ModelResolver, parse_public_id, public_id
 from llmq.guardrails import build_chain

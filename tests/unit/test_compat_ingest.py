@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from llmq import chat
-from llmq.api.ingest_guard import build_selection, chat_ingest, text_redactor
+from llmq.admission.guard import build_selection, chat_ingest, text_redactor
 from llmq.compat import anthropic_format, openai_format
 from llmq.compat.batch_file import FINDINGS_KEY, redact_file, served_content
 from llmq.compat.common import ChatIngest, FieldError, ModelResolver

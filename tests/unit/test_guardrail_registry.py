@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmq.api.errors import ApiError
-from llmq.api.ingest_guard import check_prompt_size
+from llmq.admission.errors import AdmissionError
+from llmq.admission.guard import check_prompt_size
 from llmq.cost.tokens import estimate_tokens
 from llmq.guardrails import (
     INPUT_GUARDRAILS,
@@ -188,7 +188,7 @@ def test_text_without_digits_or_at_signs_is_passed_through_unchanged(text: str) 
 def test_a_prompt_over_the_budget_is_refused_with_every_offending_item_listed() -> None:
     selection = GuardrailSelection([], [], max_input_tokens={"prompt": 50})
     ok, long = "short prompt", "word " * 100
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(AdmissionError) as caught:
         check_prompt_size(selection, PROMPT, [ok, long, ok, long], "body.items.{index}.input")
     error = caught.value
     assert (error.status, error.code) == (422, "input_too_long")
@@ -205,7 +205,7 @@ def test_documents_are_never_refused_for_size() -> None:
 
 def test_details_of_a_huge_refused_batch_are_bounded() -> None:
     selection = GuardrailSelection([], [], max_input_tokens={"prompt": 1})
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(AdmissionError) as caught:
         check_prompt_size(selection, PROMPT, ["two words"] * 1000, "body.items.{index}.input")
     assert caught.value.details is not None and len(caught.value.details) == 20
     assert "1000 items over the limit" in caught.value.message
@@ -219,7 +219,7 @@ def test_the_fast_path_never_lets_an_over_budget_prompt_through(text: str, limit
     template = Template(name="p", version=1, system=None, user="{input}", max_input_tokens=limit)
     selection = GuardrailSelection([], [])
     if estimate_tokens(text) > limit:
-        with pytest.raises(ApiError):
+        with pytest.raises(AdmissionError):
             check_prompt_size(selection, template, [text], "body.input")
     else:
         check_prompt_size(selection, template, [text], "body.input")
@@ -260,7 +260,7 @@ def test_the_fast_path_holds_for_the_wordiest_text_of_any_length(limit: int) -> 
     for length in range(max(0, (limit - 1) * 3 // 2 - 3), (limit - 1) * 3 // 2 + 4):
         text = ("a " * length)[:length]
         if estimate_tokens(text) > limit:
-            with pytest.raises(ApiError):
+            with pytest.raises(AdmissionError):
                 check_prompt_size(selection, template, [text], "body.input")
         else:
             check_prompt_size(selection, template, [text], "body.input")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmq.api.ingest_guard import build_selection, redact_jobs
+from llmq.admission.guard import build_selection, redact_jobs
 from llmq.chat import Conversation, decode
 from llmq.guardrails import build_chain
 from llmq.guardrails.job_guard import guard_job, job_texts

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from llmq.api.routes.submit import with_short_input_routes
+from llmq.admission.resolve import with_short_input_routes
 from llmq.config_check import ConfigError, check_references
 from llmq.execution import routing
 from llmq.execution.cache import cache_key

@@ -7,37 +7,25 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import Engine
 
 from llmq import store
+from llmq.admission.pipeline import AdmissionPipeline, Item, Submission
 from llmq.durations import parse_duration
-from llmq.guardrails.selection import GuardrailSelection
 from llmq.settings import Settings
 from llmq.store import Principal
 from llmq.store.models import JobStatus
-from llmq.webhooks.destinations import literal_refusal, url_problem
-from llmq.workers.dispatch import publish_batch_dispatch
 
 from .. import cancel
-from ..budget_gate import enforce_budget
-from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
+from ..deps import AdmissionDep, EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
-from ..ingest_guard import check_prompt_size, redact_jobs, selection
-from ..intake import IdempotencyKey, read_batch, submit_once
-from ..key_limits import KeyLimiter
+from ..intake import IdempotencyKey, once_per_key, read_batch
 from ..openapi_bodies import native_batch
 from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
 from .jobs import parse_id
-from .submit import (
-    assign_version,
-    publish_quietly,
-    resolve_chain,
-    resolve_template,
-    with_short_input_routes,
-)
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -66,13 +54,12 @@ async def submit_batch(
     engine: EngineDep,
     settings: SettingsDep,
     who: PrincipalDep,
+    admission: AdmissionDep,
     idempotency_key: IdempotencyKey = None,
-    guards: GuardrailSelection = Depends(selection),
 ) -> BatchAccepted | JSONResponse:
     body = await read_batch(request, settings.max_batch_items)
-    limiter: KeyLimiter = request.app.state.key_limiter
     return await run_in_threadpool(
-        accept_batch, body, engine, settings, who, idempotency_key, guards, limiter
+        accept_batch, body, engine, settings, who, idempotency_key, admission
     )
 
 
@@ -82,95 +69,43 @@ def accept_batch(
     settings: Settings,
     who: Principal,
     idempotency_key: str | None,
-    guards: GuardrailSelection,
-    limiter: KeyLimiter,
+    admission: AdmissionPipeline,
 ) -> BatchAccepted | JSONResponse:
-    defaults = body.params.model_dump(exclude_none=True)
-    # Items without their own params share the defaults object (stored once, checked once).
-    params = [
-        {**defaults, **item.params.model_dump(exclude_none=True)} if item.params else defaults
-        for item in body.items
-    ]
-    distinct = {json.dumps(p, sort_keys=True): p for p in {id(p): p for p in params}.values()}
-    template = resolve_template(
-        body.template,
-        [body.params.model_validate(p) for p in distinct.values()],
-        body.template_version,
-        settings,
-    )
-    limiter.check_items(who, len(body.items))  # only what would be written
-    chain = resolve_chain(body.chain, settings)
-    versions = [
-        assign_version(
-            template, body.template_version, who.tenant_id, item.custom_id, item.input, settings
-        )
-        for item in body.items
-    ]
-    params = with_short_input_routes(
-        template, versions, params, explicit_chain=body.chain is not None, settings=settings
-    )
-    enforce_budget(
-        engine, settings, who.tenant_id, template, chain,
-        [(item.input, p) for item, p in zip(body.items, params, strict=True)],
-    )  # fmt: skip
-    window = parse_duration(body.completion_window) if body.completion_window else None
-    if body.webhook_url and (
-        settings.webhook_signing_key is None
-        or store.get_webhook_salt(engine, who.tenant_id) is None
-    ):
-        raise ApiError(
-            422,
-            "webhook_secret_missing",
-            "webhook_url needs a signing secret: create one with POST /v1/webhooks/secret"
-            if settings.webhook_signing_key
-            else "webhooks are disabled: the server has no LLMQ_WEBHOOK_SIGNING_KEY",
-        )
-
-    if body.webhook_url:
-        check_webhook_url(body.webhook_url, settings)
-
-    inputs = [item.input for item in body.items]
-    check_prompt_size(guards, template, inputs, "body.items.{index}.input")
-    stored = redact_jobs(guards, settings, template, list(zip(inputs, params, strict=True)))
-
-    def insert(idempotency: store.Idempotency | None) -> uuid.UUID:
-        return store.insert_batch(
-            engine,
-            tenant_id=who.tenant_id,
-            template=template.name,
-            template_version=template.version,
-            priority=body.priority,
-            chain=chain,
-            meta=body.metadata,
-            items=[
-                store.NewJob(
-                    input=job.input,
-                    custom_id=item.custom_id,
-                    params=job.params,
-                    meta=item.metadata,
-                    guardrails=job.findings,
-                    template_version=version,
-                )
-                for item, version, job in zip(body.items, versions, stored, strict=True)
-            ],
-            completion_window_s=window,
-            webhook_url=body.webhook_url,
-            idempotency=idempotency,
-            api_key_id=who.key_id,
-            max_cost_usd=body.max_cost_usd,
-        )
-
+    """Off the event loop: a batch of 50k items takes a while to check and write."""
     answer = BatchAccepted(id="", item_count=len(body.items))
-    outcome = submit_once(
-        engine, who, idempotency_key, "batches", body, answer, insert, settings.idempotency_ttl_s
-    )
+    once = once_per_key(engine, who, idempotency_key, "batches", body, answer,
+                        settings.idempotency_ttl_s)  # fmt: skip
+    outcome = admission.admit_batch(submission(body), who, once)
     if isinstance(outcome, JSONResponse):
         return outcome
-    batch_id = outcome
-    publish_quietly(
-        lambda: publish_batch_dispatch(str(batch_id), body.priority), f"batch {batch_id}"
+    return BatchAccepted(id=str(outcome), item_count=len(body.items))
+
+
+def submission(body: BatchIn) -> Submission:
+    """The batch as admission takes it. Items without their own params share the defaults
+    object (checked, priced and stored once)."""
+    defaults = body.params.model_dump(exclude_none=True)
+    items = [
+        Item(
+            item.input,
+            {**defaults, **item.params.model_dump(exclude_none=True)} if item.params else defaults,
+            item.custom_id,
+            item.metadata,
+        )
+        for item in body.items
+    ]
+    window = body.completion_window
+    return Submission(
+        template=body.template,
+        items=items,
+        template_version=body.template_version,
+        chain=body.chain,
+        priority=body.priority,
+        metadata=body.metadata,
+        completion_window_s=parse_duration(window) if window else None,
+        webhook_url=body.webhook_url,
+        max_cost_usd=body.max_cost_usd,
     )
-    return BatchAccepted(id=str(batch_id), item_count=len(body.items))
 
 
 @router.get("/{batch_id}", response_model=BatchOut, responses=ERRORS)
@@ -181,22 +116,6 @@ def get_batch(batch_id: str, engine: EngineDep, who: PrincipalDep) -> BatchOut:
     batch["id"] = str(batch["id"])
     extras = store.get_batch_extras(engine, who.tenant_id, parse_id(batch_id, "batch"))
     return BatchOut.model_validate({**batch, **batch_extras(extras)})
-
-
-def check_webhook_url(url: str, settings: Settings) -> None:
-    """A 422 for a webhook URL no delivery could use. The destination is judged first, so
-    127.0.0.1 in any spelling (0177.0.0.1, which httpx cannot even parse, included) gets the
-    same answer."""
-    refusal = None if settings.webhook_allow_private else literal_refusal(url)
-    if refusal is not None:
-        raise ApiError(
-            422,
-            "webhook_destination_refused",
-            f"webhook_url is refused: {refusal} (deliveries go to public addresses only)",
-        )
-    problem = url_problem(url)
-    if problem is not None:
-        raise ApiError(422, "invalid_webhook_url", problem)
 
 
 def batch_extras(extras: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,18 +11,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from llmq import store
 from llmq.compat import anthropic_format as fmt
 from llmq.compat.common import FieldError, parse_public_id, public_id
-from llmq.guardrails.selection import GuardrailSelection
-from llmq.workers.dispatch import publish_batch_dispatch
 
 from .. import cancel
-from ..deps import EngineDep, EventsDep, SettingsDep
-from ..ingest_guard import chat_ingest, selection
+from ..deps import AdmissionDep, EngineDep, EventsDep, SettingsDep
 from ..openapi_bodies import ANTHROPIC_BATCH_BODY
 from .compat_common import (
     CATCH_ALL_METHODS,
@@ -33,7 +30,6 @@ from .compat_common import (
     route_class,
     unknown_route,
 )
-from .submit import publish_quietly
 
 BATCH_ID_PATTERN = f"^{fmt.BATCH_PREFIX}[0-9a-fA-F]{{32}}$"
 _TYPES = {
@@ -92,24 +88,22 @@ def create_batch(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
-    guards: GuardrailSelection = Depends(selection),
+    admission: AdmissionDep,
 ) -> dict[str, Any]:
     unknown = set(body) - {"requests"}
     if unknown:
         raise CompatError(400, f"{sorted(unknown)[0]}: Extra inputs are not permitted")
     try:
         items, rejected = fmt.parse_requests(
-            body.get("requests"), models.resolve, chat_ingest(guards, settings)
+            body.get("requests"), models.resolve, admission.chat_ingest
         )
     except FieldError as exc:
         raise CompatError(400, exc.message) from exc
     if len(items) > settings.max_batch_items:
         raise CompatError(400, f"requests: at most {settings.max_batch_items} per batch")
-    record_id = store.create_compat_batch(
-        engine, tenant_id=who.tenant_id, record=store.CompatBatchRecord(api="anthropic"),
-        chain=list(settings.default_chain), priority="default", items=items, rejected=rejected,
-    )  # fmt: skip
-    publish_quietly(lambda: publish_batch_dispatch(str(record_id), "default"), f"batch {record_id}")
+    record_id = admission.admit_compat_batch(
+        who, store.CompatBatchRecord(api="anthropic"), "default", items, rejected
+    )
     return _batch(_record(public_id(fmt.BATCH_PREFIX, record_id), engine, who), engine, who)
 
 

@@ -15,13 +15,14 @@ from fastapi.routing import APIRoute
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmq.admission.errors import AdmissionError
 from llmq.compat.common import ModelResolver
 from llmq.cost.pricing import load_price_table
 from llmq.errors import LlmqError
 from llmq.settings import Settings
 from llmq.store import Principal
 
-from ..errors import BODY_PARSE_ERROR, ApiError, allowed_methods, body_parse_error, json_message
+from ..errors import BODY_PARSE_ERROR, allowed_methods, body_parse_error, json_message
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ ErrorRenderer = Callable[[CompatError, str], dict[str, Any]]
 def _as_compat(exc: Exception) -> CompatError:
     if isinstance(exc, CompatError):
         return exc
-    if isinstance(exc, ApiError):
+    if isinstance(exc, AdmissionError):  # ApiError included
         return CompatError(exc.status, exc.message, code=exc.code)
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -83,7 +84,7 @@ def route_class(render: ErrorRenderer, request_id_headers: tuple[str, ...]) -> t
                 try:
                     response = await handler(request)
                 except (
-                    CompatError, ApiError, RequestValidationError, StarletteHTTPException,
+                    CompatError, AdmissionError, RequestValidationError, StarletteHTTPException,
                     OperationalError,
                 ) as exc:  # fmt: skip
                     error = _as_compat(exc)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,13 +20,10 @@ from llmq import store
 from llmq.compat import openai_format as fmt
 from llmq.compat.batch_file import redact_file, served_content
 from llmq.compat.common import FieldError, parse_public_id, public_id
-from llmq.guardrails.selection import GuardrailSelection
 from llmq.store.models import TERMINAL_STATUSES
-from llmq.workers.dispatch import publish_batch_dispatch, publish_jobs
 
 from .. import cancel
-from ..deps import EngineDep, EventsDep, SettingsDep
-from ..ingest_guard import chat_ingest, selection, text_redactor
+from ..deps import AdmissionDep, EngineDep, EventsDep, SettingsDep
 from ..openapi_bodies import CHAT_COMPLETION_BODY
 from .compat_common import (
     CATCH_ALL_METHODS,
@@ -37,7 +34,6 @@ from .compat_common import (
     route_class,
     unknown_route,
 )
-from .submit import publish_quietly
 
 BATCH_ID_PATTERN = f"^{fmt.BATCH_PREFIX}[0-9a-fA-F]{{32}}$"
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
@@ -72,9 +68,9 @@ def upload_file(
     engine: EngineDep,
     settings: SettingsDep,
     who: CompatPrincipal,
+    admission: AdmissionDep,
     file: UploadFile = File(...),
     purpose: str = Form(..., json_schema_extra={"const": "batch"}),
-    guards: GuardrailSelection = Depends(selection),
 ) -> dict[str, Any]:
     if purpose != "batch":
         raise CompatError(400, "only purpose 'batch' is supported", param="purpose")
@@ -83,7 +79,7 @@ def upload_file(
     if len(content) > limit:
         raise CompatError(413, f"the file exceeds {limit} bytes", param="file")
     # Never stored raw: see llmq/compat/batch_file.py.
-    stored = redact_file(content, text_redactor(guards, settings))
+    stored = redact_file(content, admission.text_redactor)
     row = store.insert_compat_file(
         engine, who.tenant_id, file.filename or "upload.jsonl", purpose, stored.content,
         size=stored.size,
@@ -209,7 +205,7 @@ def create_batch(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
-    guards: GuardrailSelection = Depends(selection),
+    admission: AdmissionDep,
 ) -> dict[str, Any]:
     if body.endpoint != fmt.CHAT_ENDPOINT:
         raise CompatError(400, f"endpoint {body.endpoint!r} is not supported; use "
@@ -229,7 +225,7 @@ def create_batch(
         raise CompatError(400, "the input file must have purpose 'batch'", param="input_file_id")
     parsed = fmt.parse_batch_file(
         bytes(source["content"]), body.endpoint, models.resolve, settings.max_batch_items,
-        chat_ingest(guards, settings),
+        admission.chat_ingest,
     )  # fmt: skip
     record = store.CompatBatchRecord(
         api="openai", input_file_id=body.input_file_id, endpoint=body.endpoint,
@@ -237,14 +233,7 @@ def create_batch(
         model=next(iter(parsed.models)).partition(":")[2] if len(parsed.models) == 1 else None,
         errors=parsed.errors or None,
     )  # fmt: skip
-    record_id = store.create_compat_batch(
-        engine, tenant_id=who.tenant_id, record=record, chain=list(settings.default_chain),
-        priority=priority, items=parsed.items,
-    )  # fmt: skip
-    if not parsed.errors:
-        publish_quietly(
-            lambda: publish_batch_dispatch(str(record_id), priority), f"batch {record_id}"
-        )
+    record_id = admission.admit_compat_batch(who, record, priority, parsed.items)
     created = store.get_compat_batch(engine, who.tenant_id, "openai", record_id)
     assert created is not None
     return _batch(created, engine, who)
@@ -301,19 +290,14 @@ def chat_completions(
     settings: SettingsDep,
     who: CompatPrincipal,
     models: ResolverDep,
-    guards: GuardrailSelection = Depends(selection),
+    admission: AdmissionDep,
 ) -> dict[str, Any]:
     try:
-        item = fmt.chat_request(body, models.resolve, chat_ingest(guards, settings))
+        item = fmt.chat_request(body, models.resolve, admission.chat_ingest)
     except FieldError as exc:
         status = 404 if exc.code == "model_not_found" else 400
         raise CompatError(status, exc.message, code=exc.code, param=exc.param) from exc
-    job_id = store.insert_job(
-        engine, tenant_id=who.tenant_id, template="chat", template_version=1, priority="high",
-        chain=list(settings.default_chain), item=item,
-    )  # fmt: skip
-    if not publish_quietly(lambda: publish_jobs([(str(job_id), "high")]), f"job {job_id}"):
-        store.undo_dispatch(engine, [str(job_id)])
+    job_id = admission.admit_chat(item, who)
     job = _wait_for_job(engine, who.tenant_id, job_id, settings.compat_sync_timeout_s)
     if job is None:
         raise CompatError(504, f"no answer within {settings.compat_sync_timeout_s:g} s; the "

@@ -5,29 +5,19 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from llmq import store
-from llmq.guardrails.selection import GuardrailSelection
+from llmq.admission.pipeline import Item, Submission
 from llmq.longdocs import mapreduce
 from llmq.store.models import TERMINAL_STATUSES, JobStatus
-from llmq.workers.dispatch import publish_jobs
 
 from .. import cancel
-from ..budget_gate import enforce_budget
-from ..deps import EngineDep, EventsDep, PrincipalDep, SettingsDep
+from ..deps import AdmissionDep, EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
-from ..ingest_guard import check_prompt_size, redact_jobs, selection
-from ..intake import IdempotencyKey, submit_once
+from ..intake import IdempotencyKey, once_per_key
 from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
-from .submit import (
-    assign_version,
-    publish_quietly,
-    resolve_chain,
-    resolve_template,
-    with_short_input_routes,
-)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -49,58 +39,21 @@ def submit_job(
     engine: EngineDep,
     settings: SettingsDep,
     who: PrincipalDep,
-    request: Request,
-    guards: GuardrailSelection = Depends(selection),
+    admission: AdmissionDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted | JSONResponse:
-    template = resolve_template(body.template, [body.params], body.template_version, settings)
-    request.app.state.key_limiter.check_items(who, 1)  # only requests that would be written
-    chain = resolve_chain(body.chain, settings)
-    version = assign_version(
-        template, body.template_version, who.tenant_id, body.custom_id, body.input, settings
-    )
-    [params] = with_short_input_routes(
-        template,
-        [version],
-        [body.params.model_dump(exclude_none=True)],
-        explicit_chain=body.chain is not None,
-        settings=settings,
-    )
-    enforce_budget(engine, settings, who.tenant_id, template, chain, [(body.input, params)])
-    check_prompt_size(guards, template, [body.input], "body.input")
-    [stored] = redact_jobs(guards, settings, template, [(body.input, params)])
-
-    def insert(idempotency: store.Idempotency | None) -> uuid.UUID:
-        return store.insert_job(
-            engine,
-            tenant_id=who.tenant_id,
-            template=template.name,
-            template_version=template.version,
-            priority=body.priority,
-            chain=chain,
-            item=store.NewJob(
-                input=stored.input,
-                custom_id=body.custom_id,
-                params=stored.params,
-                meta=body.metadata,
-                guardrails=stored.findings,
-                template_version=version,
-            ),
-            idempotency=idempotency,
-            api_key_id=who.key_id,
-        )
-
-    outcome = submit_once(
-        engine, who, idempotency_key, "jobs", body, JobAccepted(id=""), insert,
-        settings.idempotency_ttl_s,
+    item = Item(body.input, body.params.model_dump(exclude_none=True), body.custom_id,
+                body.metadata)  # fmt: skip
+    submission = Submission(
+        template=body.template, items=[item], template_version=body.template_version,
+        chain=body.chain, priority=body.priority,
     )  # fmt: skip
+    once = once_per_key(engine, who, idempotency_key, "jobs", body, JobAccepted(id=""),
+                        settings.idempotency_ttl_s)  # fmt: skip
+    outcome = admission.admit_job(submission, who, once)
     if isinstance(outcome, JSONResponse):
         return outcome
-    job_id = outcome
-    # The row is inserted as dispatched; if the broker refuses, it is unmarked for the reconciler.
-    if not publish_quietly(lambda: publish_jobs([(str(job_id), body.priority)]), f"job {job_id}"):
-        store.undo_dispatch(engine, [str(job_id)])
-    return JobAccepted(id=str(job_id))
+    return JobAccepted(id=str(outcome))
 
 
 def parse_id(value: str, kind: str) -> uuid.UUID:

@@ -7,13 +7,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from llmq import store
+from llmq.admission.publish import publish_quietly
 from llmq.workers.dispatch import publish_batch_dispatch
 
 from ..deps import EngineDep, PrincipalDep
 from ..errors import ApiError
 from ..schemas import ErrorOut, RetryOut
 from .jobs import parse_id
-from .submit import publish_quietly
 
 router = APIRouter(tags=["batches"])
 ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}

@@ -1,15 +1,14 @@
-"""Shared submission checks: template, style and chain resolved before anything is written."""
+"""What a submission runs with: its template version (pinned, default or A/B-assigned), its
+chain, and each item's short-input route, all decided before anything is written."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from llmq.execution import routing
-from llmq.resilience.outage import OutageMemo
 from llmq.settings import Settings
 from llmq.templates import (
     Experiment,
@@ -21,15 +20,12 @@ from llmq.templates import (
     get_template,
 )
 
-from ..errors import ApiError
-from ..schemas import Params
-
-log = logging.getLogger(__name__)
+from .errors import AdmissionError
 
 
 def resolve_template(
     name: str,
-    params: list[Params],
+    params: Sequence[dict[str, Any]],
     version: int | None = None,
     settings: Settings | None = None,
 ) -> Template:
@@ -40,10 +36,10 @@ def resolve_template(
         for candidate in candidate_versions(family, version, experiment_for(name, settings)):
             template = get_template(name, candidate)
             for p in params:
-                template.render("", p.model_dump(exclude_none=True))
+                template.render("", p)
         return get_template(name, version)
     except TemplateError as exc:
-        raise ApiError(422, "invalid_template", str(exc)) from exc
+        raise AdmissionError(422, "invalid_template", str(exc)) from exc
 
 
 def experiment_for(name: str, settings: Settings | None) -> Experiment | None:
@@ -103,24 +99,5 @@ def with_short_input_routes(
     return out
 
 
-def resolve_chain(chain: list[str] | None, settings: Settings) -> list[str]:
+def resolve_chain(chain: Sequence[str] | None, settings: Settings) -> list[str]:
     return list(chain) if chain else list(settings.default_chain)
-
-
-# After a failed publish the broker is left alone briefly: each request would otherwise wait
-# out a hung broker's timeout, and the reconciler publishes what was skipped.
-_broker = OutageMemo(2.0)
-
-
-def publish_quietly(action: Callable[[], None], what: str) -> bool:
-    """Publish now if the broker is up; if not, the job is durable and the reconciler will."""
-    if not _broker.available():
-        log.info("broker failed moments ago; %s is left to the reconciler", what)
-        return False
-    try:
-        action()
-        return True
-    except Exception as exc:  # kombu raises several unrelated types for a dead broker
-        _broker.failed()
-        log.warning("could not publish %s now (%s); the reconciler will", what, type(exc).__name__)
-        return False

@@ -16,19 +16,18 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine
-
-from llmq import store
-from llmq.cost.budgets import check_submission, estimate_batch, first_configured_link
+from llmq.cost.budgets import estimate_batch, first_configured_link
 from llmq.cost.pricing import load_price_table
 from llmq.cost.tokens import estimate_tokens
+from llmq.errors import JobErrorCode
 from llmq.execution import routing
 from llmq.providers.base import Provider
 from llmq.providers.registry import build_providers
 from llmq.settings import Settings
 from llmq.templates import Template
 
-from .errors import ApiError
+from .errors import AdmissionError
+from .records import AdmissionRecords
 
 _providers: dict[int, dict[str, Provider]] = {}
 
@@ -42,15 +41,16 @@ def _configured(settings: Settings) -> dict[str, Provider]:
 
 
 def enforce_budget(
-    engine: Engine,
+    records: AdmissionRecords,
     settings: Settings,
     tenant_id: uuid.UUID,
     template: Template,
     chain: Sequence[str],
     items: Sequence[tuple[str, dict[str, Any]]],
 ) -> None:
-    """`items` are (input, params) pairs. Raises ApiError(402) when the estimate does not fit."""
-    if store.get_budget(engine, tenant_id) is None:
+    """`items` are (input, params) pairs. Raises AdmissionError(402) when the estimate does not
+    fit."""
+    if not records.has_budget(tenant_id):
         return
     providers = _configured(settings)
 
@@ -80,13 +80,13 @@ def enforce_budget(
         if part is None:
             return  # an unpriced model cannot be estimated; the worker still enforces the limits
         estimate += part
-    shortfall = check_submission(engine, tenant_id, estimate)
+    shortfall = records.budget_shortfall(tenant_id, estimate)
     if shortfall is not None:
         routed = sum(len(group) for first, group in sized.items() if first != link)
         short = f"; {routed} short at a cheaper link" if routed else ""
-        raise ApiError(
+        raise AdmissionError(
             402,
-            "budget_exceeded",
+            JobErrorCode.BUDGET_EXCEEDED,  # the code a job ends with when the worker refuses
             f"submission refused: {shortfall.message()} ({link}, {len(items)} item(s){short})",
             details=[
                 {

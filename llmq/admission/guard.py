@@ -1,4 +1,4 @@
-"""Guardrails that run in the API, before any row is written: plain prompts over the template's
+"""Guardrails that run at admission, before any row is written: plain prompts over the template's
 token budget are refused (422), and personal data is redacted (LLMQ_REDACT_PII_AT_INGEST) in
 every text of a job that reaches a provider (input, template variables, a chat's messages), so
 the raw values never reach Postgres, the broker or a log line. The findings (counts only) go on
@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
-
 from llmq.chat import Conversation
 from llmq.compat.common import ChatIngest, FieldError, TextRedactor
 from llmq.cost.tokens import estimate_tokens
@@ -21,7 +19,7 @@ from llmq.guardrails.selection import GuardrailSelection, redact
 from llmq.settings import Settings
 from llmq.templates import TEMPLATES, Template
 
-from .errors import ApiError
+from .errors import AdmissionError
 
 # How many offending items a 422 lists: enough to fix a batch, bounded for a 50k-item one.
 MAX_DETAILS = 20
@@ -39,10 +37,6 @@ def build_selection(settings: Settings) -> GuardrailSelection:
     )
 
 
-def selection(request: Request) -> GuardrailSelection:
-    return request.app.state.guardrails
-
-
 def check_prompt_size(
     selection: GuardrailSelection, template: Template, inputs: Sequence[str], loc: str
 ) -> None:
@@ -51,7 +45,7 @@ def check_prompt_size(
     details = oversized_inputs(selection, template, inputs, loc)
     if details:
         first = details[0]
-        raise ApiError(
+        raise AdmissionError(
             422,
             "input_too_long",
             f"{first['loc']}: {first['message']}"
