@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from llmq.chat import Conversation
-from llmq.providers.registry import KNOWN_PROVIDERS
+from llmq.providers.links import KNOWN_PROVIDERS
 
 MAX_TOKENS_LIMIT = 32_000  # the native API's bound on params.max_tokens
 
