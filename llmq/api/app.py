@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from llmq.resilience.redis_clients import redis_client
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
 from llmq.telemetry import logs, tracing
-from llmq.workers.runtime import redis_client
 
 from . import errors, ingest_guard, observability
 from .auth import Authenticator
