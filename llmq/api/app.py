@@ -12,11 +12,11 @@ from llmq.admission.pipeline import AdmissionPipeline
 from llmq.admission.publish import Broker
 from llmq.admission.records import PostgresRecords
 from llmq.config_check import check_references
+from llmq.resilience.redis_clients import redis_client
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
 from llmq.telemetry import logs, tracing
 from llmq.workers.dispatch import publish_batch_dispatch, publish_jobs
-from llmq.workers.runtime import redis_client
 
 from . import errors, observability
 from .auth import Authenticator

@@ -17,11 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmq.cost.pricing import load_price_table
-from llmq.resilience.circuit import CircuitBreaker
+from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.settings import Settings
 from llmq.telemetry import logs, metrics, tracing
 from llmq.workers.queues import queue_depths
-from llmq.workers.runtime import circuit_policy
 
 log = logging.getLogger("llmq.api")
 

@@ -21,7 +21,7 @@ from pydantic import (
 
 from llmq.durations import parse_duration
 from llmq.execution.output_review import check_schema
-from llmq.providers.registry import KNOWN_PROVIDERS, parse_link
+from llmq.providers.links import KNOWN_PROVIDERS, parse_link
 
 Priority = Literal["high", "default", "low"]
 # Money as an exact fixed-point string ("0.0000123000"), never a float or "0E-10".

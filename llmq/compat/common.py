@@ -10,7 +10,7 @@ from typing import Any
 
 from llmq.chat import Conversation
 from llmq.errors import LlmqError
-from llmq.providers.registry import KNOWN_PROVIDERS
+from llmq.providers.links import KNOWN_PROVIDERS
 
 MAX_TOKENS_LIMIT = 32_000  # the native API's bound on params.max_tokens
 

@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 
 from llmq import store
 from llmq.cost.pricing import PriceTable
-from llmq.telemetry.counters import BUDGET_EXCEEDED, BUDGET_SOFT_LIMIT
+from llmq.telemetry.metrics import BUDGET_EXCEEDED, BUDGET_SOFT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ class BudgetGuard:
             limits = [(s.name, s.limit, s.load_spent()) for s in scopes]
             hold = Hold(scopes, ticks, False, first_shortfall(limits, estimate))
         if hold.refused is not None:
-            BUDGET_EXCEEDED.inc(scope=hold.refused.scope)
+            BUDGET_EXCEEDED.labels(scope=hold.refused.scope).inc()
             if batch_id is not None:
                 store.fail_waiting_jobs(
                     self.engine, batch_id, f"not started: {hold.refused.message()}"
@@ -389,7 +389,7 @@ class BudgetGuard:
             return  # the next settle raises it once Redis is back
         if not first:
             return
-        BUDGET_SOFT_LIMIT.inc(scope=scope.name)
+        BUDGET_SOFT_LIMIT.labels(scope=scope.name).inc()
         log.warning(
             "budget soft limit reached: %s budget %s at $%s of $%s",
             scope.name,

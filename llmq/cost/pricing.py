@@ -3,7 +3,7 @@
 The shipped table is `llmq/data/pricing.json` (versioned, with the date it was checked and an
 effective date per entry); a user file (LLMQ_PRICING_FILE) is merged over it, model by model.
 A model missing from the table costs None ("unknown"), never 0 and never a crash, and each such
-call is counted in `llmq.telemetry.counters.UNPRICED_MODEL`.
+call is counted in `llmq.telemetry.metrics.UNPRICED_MODEL`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmq.telemetry.counters import UNPRICED_MODEL
+from llmq.telemetry.metrics import UNPRICED_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class PriceTable:
         those are billed at the cached-input rate instead."""
         price = self.models.get(link)
         if price is None:
-            UNPRICED_MODEL.inc(model=link)
+            UNPRICED_MODEL.labels(model=link).inc()
             if link not in _warned:  # counted every time, logged once per process
                 _warned.add(link)
                 log.warning("no price for %s: its cost is recorded as unknown (null)", link)

@@ -32,7 +32,7 @@ from llmq.guardrails.job_guard import guard_job
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.longdocs.mapreduce import LongDocuments, Split
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
-from llmq.providers.registry import parse_link
+from llmq.providers.links import parse_link
 from llmq.resilience.circuit import CircuitBreaker
 from llmq.resilience.ratelimit import RateLimiter
 from llmq.resilience.retry import RetryPolicy, retry_call

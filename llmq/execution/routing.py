@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from llmq.chat import effective_chain
+from llmq.providers.links import parse_link
 
 PARAM = "short_input"  # the job param that carries the route (not part of the cache key)
 ROUTED = "short_input"  # the route entry's `routed` value
@@ -52,8 +53,6 @@ class ShortInputRoute:
 
 def check_route(link: object, max_input_tokens: object) -> str | None:
     """What is wrong with a route (a message fit for a 422), or None."""
-    from llmq.providers.registry import parse_link  # lazy: keeps templates.py light
-
     if not isinstance(link, str):
         return f"short-input link must be a 'provider:model' string, got {link!r}"
     try:

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from llmq.localstack.services import ServiceConfigError
+from llmq.errors import UserError
 
 PG_SYSTEM_USER = "llmq-postgres"  # postgres refuses to run as root
 SERVICES_FILE = "services.json"
@@ -38,7 +38,7 @@ ROOT_RUNTIME_DIR = Path("/var/tmp" if Path("/var/tmp").is_dir() else "/tmp") / "
 PGDATA_LOCATION_FILE = "pgdata-location"
 
 
-class EmbeddedSetupError(ServiceConfigError):
+class EmbeddedSetupError(UserError):
     """The embedded servers cannot be arranged on this machine; the message says what to do."""
 
 

@@ -1,8 +1,6 @@
-"""Build the configured providers once per process and resolve `provider:model` chain links."""
+"""Build the configured providers once per process (links are parsed by llmq.providers.links)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from llmq.settings import Settings
 
@@ -10,29 +8,6 @@ from .anthropic_provider import AnthropicProvider
 from .base import Provider
 from .local import LocalProvider
 from .openai_provider import OpenAIProvider
-
-KNOWN_PROVIDERS = ("openai", "anthropic", "local")
-
-
-@dataclass(frozen=True)
-class Link:
-    provider: str
-    model: str
-
-    def __str__(self) -> str:
-        return f"{self.provider}:{self.model}"
-
-
-def parse_link(text: str) -> Link:
-    """`provider:model` -> Link; raises ValueError with a message fit for a 422."""
-    provider, sep, model = text.partition(":")
-    if not sep or not provider or not model:
-        raise ValueError(f"chain link {text!r} must look like 'provider:model'")
-    if provider not in KNOWN_PROVIDERS:
-        raise ValueError(
-            f"unknown provider {provider!r} in {text!r}; known: {', '.join(KNOWN_PROVIDERS)}"
-        )
-    return Link(provider, model)
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:

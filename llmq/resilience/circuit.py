@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import redis
 
+from llmq.settings import Settings
 from llmq.telemetry.metrics import CIRCUIT_OPENED
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,17 @@ class CircuitPolicy:
     min_calls: int = 50
     allow_cache_s: float = 0.5  # how long a process trusts a "closed" answer
     success_flush_s: float = 0.25  # how long successes wait to be sent together
+
+
+def circuit_policy(settings: Settings) -> CircuitPolicy:
+    """The policy the workers run with; the API reads circuit states with the same one."""
+    return CircuitPolicy(
+        failure_threshold=settings.circuit_failure_threshold,
+        window_s=settings.circuit_window_s,
+        cooldown_s=settings.circuit_cooldown_s,
+        failure_rate=settings.circuit_failure_rate,
+        min_calls=settings.circuit_min_calls,
+    )
 
 
 class CircuitBreaker:

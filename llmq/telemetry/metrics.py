@@ -1,7 +1,8 @@
 """Every Prometheus metric llmq exports, in one place (README "Operations" lists them).
 
 Two kinds:
-- Event counters and histograms, incremented where things happen (pipeline, cache, circuit).
+- Event counters and histograms, incremented where things happen (pipeline, cache, circuit,
+  pricing, budgets).
   They live in the process that does the work: a worker process serves them on
   LLMQ_WORKER_METRICS_PORT, the API on GET /metrics.
 - System state read at scrape time (jobs by status from Postgres, queue depth and circuit state
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import redis
 from prometheus_client import Counter, Histogram
@@ -27,10 +28,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import store
 
-if TYPE_CHECKING:
-    from llmq.resilience.circuit import CircuitBreaker
-
 log = logging.getLogger(__name__)
+
+
+class CircuitStates(Protocol):
+    """What the collector needs of the circuit breaker (llmq.resilience.circuit, which imports
+    this module for its counter): the state of one link."""
+
+    def state(self, link: str) -> str: ...
+
 
 # Provider calls take from ~50 ms to minutes; jobs include queueing and retries.
 PROVIDER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -123,6 +129,23 @@ CIRCUIT_OPENED = Counter(
     ["link"],
 )
 
+# --- cost ------------------------------------------------------------------------------------
+UNPRICED_MODEL = Counter(
+    "llmq_unpriced_model_total",
+    "Provider calls whose model has no price in the pricing table (tokens kept, cost null).",
+    ["model"],
+)
+BUDGET_SOFT_LIMIT = Counter(
+    "llmq_budget_soft_limit_total",
+    "Budgets that reached their soft limit (80% by default), once per budget and period.",
+    ["scope"],
+)
+BUDGET_EXCEEDED = Counter(
+    "llmq_budget_exceeded_total",
+    "Provider calls refused because the budget left could not cover their estimate.",
+    ["scope"],
+)
+
 # --- API -------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "llmq_http_requests_total",
@@ -148,7 +171,7 @@ class StateCollector(Collector):
         self,
         engine: Engine,
         client: redis.Redis,
-        breaker: CircuitBreaker,
+        breaker: CircuitStates,
         links: list[str],
         queue_depths: Callable[[redis.Redis], dict[str, int]],
         cache_s: float,

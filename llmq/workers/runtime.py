@@ -6,9 +6,6 @@ import functools
 import socket
 import threading
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from sqlalchemy import Engine
 
 from llmq.cost.budgets import BudgetGuard
@@ -21,8 +18,9 @@ from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.guardrails import load_plugins
 from llmq.longdocs.mapreduce import LongDocConfig, LongDocuments
 from llmq.providers.registry import build_providers
-from llmq.resilience.circuit import CircuitBreaker, CircuitPolicy
+from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.resilience.ratelimit import Limit, RateLimiter
+from llmq.resilience.redis_clients import redis_client
 from llmq.resilience.retry import RetryPolicy
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
@@ -36,30 +34,6 @@ EVENTS_COALESCE_S = 0.05
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
 worker_name = f"{socket.gethostname()}"
-
-
-def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
-    """redis-py's default retries a refused call 10 times with backoff (seconds per call while
-    Redis is down). One quick retry rides over a connection that went stale with a Redis
-    restart; anything longer is an outage, which callers handle."""
-    return redis.Redis.from_url(
-        settings.redis_url or "redis://127.0.0.1:6379/0",
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30,
-        # Connection errors only: a timeout retried is another full timeout.
-        retry=Retry(NoBackoff(), retries=1, supported_errors=(redis.ConnectionError,)),
-    )
-
-
-def circuit_policy(settings: Settings) -> CircuitPolicy:
-    return CircuitPolicy(
-        failure_threshold=settings.circuit_failure_threshold,
-        window_s=settings.circuit_window_s,
-        cooldown_s=settings.circuit_cooldown_s,
-        failure_rate=settings.circuit_failure_rate,
-        min_calls=settings.circuit_min_calls,
-    )
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:

@@ -8,6 +8,7 @@ from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
+from llmq.resilience.redis_clients import redis_client
 from llmq.settings import get_settings
 from llmq.store.engine import get_engine, set_worker_slots
 
@@ -44,14 +45,14 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
         runtime.worker_name = sender.hostname
     if settings.database_url:
         _reconciler = Reconciler(
-            get_engine(settings.database_url), runtime.redis_client(settings), settings
+            get_engine(settings.database_url), redis_client(settings), settings
         )
         _reconciler.start()
     if settings.redis_url:
         consumer = getattr(sender, "task_consumer", None)
         queues = sorted(q.name for q in getattr(consumer, "queues", []))
         _heartbeat = Heartbeat(
-            runtime.redis_client(settings), runtime.worker_name, queues, settings.worker_heartbeat_s
+            redis_client(settings), runtime.worker_name, queues, settings.worker_heartbeat_s
         )
         _heartbeat.start()
     telemetry.start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, text
 
 from llmq import store
@@ -22,7 +23,6 @@ from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.resilience.retry import RetryPolicy
-from llmq.telemetry.counters import BUDGET_SOFT_LIMIT, UNPRICED_MODEL
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services
@@ -50,6 +50,11 @@ def tenant(engine: Engine) -> tuple[uuid.UUID, str]:
 @pytest.fixture()
 def rclient(services: Services) -> redis.Redis:
     return redis.Redis.from_url(services.redis_url, socket_timeout=5)
+
+
+def _exported(name: str, **labels: str) -> float:
+    """A counter as this process's /metrics shows it."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _pipeline(
@@ -133,7 +138,7 @@ def test_unpriced_model_keeps_tokens_with_null_cost_and_counts_a_warning(
     engine: Engine, fake: FakeProviderServer, tenant: tuple[uuid.UUID, str]
 ) -> None:
     link = f"openai:unpriced-{uuid.uuid4().hex[:6]}"
-    before = UNPRICED_MODEL.value(model=link)
+    before = _exported("llmq_unpriced_model_total", model=link)
     job_id = _job(engine, tenant[0], [link])
     assert _pipeline(engine, fake).run(job_id) == "succeeded"
     (attempt,) = _attempts(engine, job_id)
@@ -141,7 +146,7 @@ def test_unpriced_model_keeps_tokens_with_null_cost_and_counts_a_warning(
     assert attempt.cost_usd is None
     row = _job_row(engine, job_id)
     assert row.cost_usd is None and row.input_tokens == attempt.input_tokens
-    assert UNPRICED_MODEL.value(model=link) == before + 1
+    assert _exported("llmq_unpriced_model_total", model=link) == before + 1
 
 
 def test_failed_attempts_that_consumed_tokens_are_costed(
@@ -187,7 +192,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
 
     # Room for about three more calls (estimates are upper bounds, so maybe fewer).
     store.set_budget(engine, name, one_call * 4 + one_call / 2, None)
-    alerts_before = BUDGET_SOFT_LIMIT.value(scope="daily")
+    alerts_before = _exported("llmq_budget_soft_limit_total", scope="daily")
     caplog.set_level(logging.WARNING, logger="llmq.cost.budgets")
     fake.reset()
     outcomes = []
@@ -208,7 +213,7 @@ def test_guard_refuses_the_call_the_budget_left_cannot_cover_and_alerts_once_at_
     # The 80% alert: one log event and one count, however many calls came after it.
     events = [r for r in caplog.records if getattr(r, "event", None) == "budget_soft_limit"]
     assert len(events) == 1 and events[0].scope == "daily"  # type: ignore[attr-defined]
-    assert BUDGET_SOFT_LIMIT.value(scope="daily") == alerts_before + 1
+    assert _exported("llmq_budget_soft_limit_total", scope="daily") == alerts_before + 1
 
     # Redis loses its copy (restart, flush): the guard re-reads Postgres and still refuses.
     rclient.delete(*_spend_keys(rclient, tenant_id))

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from llmq.cost.budgets import (
     Shortfall,
@@ -23,7 +24,6 @@ from llmq.cost.budgets import (
 from llmq.cost.pricing import load_price_table, parse_price_table
 from llmq.cost.tokens import estimate_tokens
 from llmq.settings import Settings
-from llmq.telemetry.counters import UNPRICED_MODEL, Counter
 
 D = Decimal
 
@@ -51,11 +51,15 @@ def test_cost_is_exact_decimal_not_float() -> None:
 
 
 def test_unpriced_model_costs_none_and_is_counted() -> None:
+    def exported() -> float:  # what /metrics shows (the process's default registry)
+        labels = {"model": "openai:nobody-knows"}
+        return REGISTRY.get_sample_value("llmq_unpriced_model_total", labels) or 0.0
+
     prices = parse_price_table({"models": {}})
-    before = UNPRICED_MODEL.value(model="openai:nobody-knows")
+    before = exported()
     assert prices.cost("openai:nobody-knows", 100, 10) is None
     assert prices.cost("openai:nobody-knows", 1, 1) is None
-    assert UNPRICED_MODEL.value(model="openai:nobody-knows") == before + 2
+    assert exported() == before + 2
     assert prices.estimate("openai:nobody-knows", 100, 10) is None
 
 
@@ -214,13 +218,3 @@ def test_soft_limit_at_eighty_percent() -> None:
     assert not reached_soft_limit(D("7.99"), D("10"), D("0.8"))
     assert reached_soft_limit(D("8"), D("10"), D("0.8"))
     assert not reached_soft_limit(D("0"), D("0"), D("0.8"))
-
-
-def test_counter_counts_per_label_set() -> None:
-    counter = Counter("test_total", "for this test")
-    counter.inc(scope="daily")
-    counter.inc(2, scope="daily")
-    counter.inc(scope="batch")
-    assert counter.value(scope="daily") == 3
-    assert counter.value(scope="monthly") == 0
-    assert sorted(v for _, v in counter.samples()) == [1, 3]

@@ -7,8 +7,8 @@ import pytest
 from llmq.cost.pricing import load_price_table, parse_price_table
 from llmq.cost.tokens import estimate_tokens
 from llmq.providers.base import CompletionRequest, code_for_status, parse_retry_after
+from llmq.providers.links import Link, parse_link
 from llmq.providers.openai_provider import request_body
-from llmq.providers.registry import Link, parse_link
 from llmq.templates import TemplateError, get_template
 
 

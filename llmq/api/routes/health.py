@@ -10,10 +10,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import store
-from llmq.resilience.circuit import CircuitBreaker
+from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.workers.heartbeat import live_workers
 from llmq.workers.queues import queue_depths
-from llmq.workers.runtime import circuit_policy
 
 router = APIRouter(tags=["health"])
 
