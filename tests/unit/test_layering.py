@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2] / "llmq"
 
 # Everything imports these two; if they imported anything of llmq, that import would run first
 # in every process and any module it reaches could never import settings or errors back.
-LEAVES = ("llmq.settings", "llmq.errors")
+# Settings may import errors only (its file errors are UserErrors): errors imports nothing.
+LEAVES = {"llmq.errors": (), "llmq.settings": ("llmq.errors",)}
 
 # The framework edges: the HTTP app, the Celery worker and its tasks, the command line, and the
 # helpers that start or fake services. They may import the core; the core never imports them,
@@ -146,7 +147,7 @@ def test_the_graph_sees_the_package() -> None:
 
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_settings_and_errors_import_nothing_of_llmq(leaf: str) -> None:
-    wrong = [_where(leaf, target) for target in graph()[leaf]]
+    wrong = [_where(leaf, target) for target in graph()[leaf] if target not in LEAVES[leaf]]
     assert not wrong, f"{leaf} must be a leaf:\n  " + "\n  ".join(wrong)
 
 
