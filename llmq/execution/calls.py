@@ -115,6 +115,8 @@ class ProviderCalls:
         request: CompletionRequest,
         hold: Hold | None = None,
     ) -> tuple[Completion | None, ProviderError | None]:
+        """Call `provider` once and record the call (a refusal comes back as an error); raises
+        JobCancelled when the client cancelled and there is no answer to keep."""
         started = time.perf_counter()
         completion: Completion | None = None
         error: ProviderError | None = None

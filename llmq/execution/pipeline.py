@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ from llmq.execution import dedup, output_review, routing
 from llmq.execution.cache import CachedResult, ResultCache, cache_key
 from llmq.execution.calls import JobCancelled, ProviderCalls
 from llmq.execution.job_store import JobStore
+from llmq.execution.leases import LeaseKeeper
 from llmq.execution.outcomes import (
     CANCELLED,
     ChainRun,
@@ -98,9 +100,9 @@ class Pipeline:
         cache: ResultCache | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: RateLimiter | None = None,
-        leases: Any = None,
+        leases: LeaseKeeper | None = None,
         worker_name: str | None = None,
-        sleep: Any = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
         rng: random.Random | None = None,
         events: EventPublisher | None = None,
         long_documents: LongDocuments | None = None,
