@@ -12,17 +12,16 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from llmq import store
+from llmq.execution.job_store import JobStore
 
 log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, engine: Engine, lease_s: float) -> None:
-        self._engine = engine
+    def __init__(self, jobs: JobStore, lease_s: float) -> None:
+        self._jobs = jobs
         self._lease_s = lease_s
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -57,7 +56,7 @@ class LeaseKeeper:
             with self._lock:
                 held = dict(self._held)
             try:
-                store.renew_leases(self._engine, held, self._lease_s)
+                self._jobs.renew_leases(held, self._lease_s)
             except SQLAlchemyError as exc:
                 log.warning("could not renew %d leases: %s", len(held), type(exc).__name__)
 

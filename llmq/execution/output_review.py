@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import best_match
 
+from llmq.errors import JobErrorCode
 from llmq.providers.base import Completion, CompletionRequest
 
 _FENCE = re.compile(r"\A```[A-Za-z0-9_-]*\s*\n(?P<body>.*?)\n?```\s*\Z", re.DOTALL)
@@ -136,12 +137,12 @@ class Accept:
 @dataclass(frozen=True)
 class Retry:
     request: CompletionRequest
-    reason: str  # "truncated_output" or "invalid_output"
+    reason: JobErrorCode  # TRUNCATED_OUTPUT or INVALID_OUTPUT: what the retry is for
 
 
 @dataclass(frozen=True)
 class Fail:
-    code: str
+    code: JobErrorCode
     message: str
 
 
@@ -168,18 +169,18 @@ class OutputReview:
             return None
         bigger = min(self.max_tokens_cap, request.max_tokens * 2)
         if (
-            "truncated_output" in self.retried
+            JobErrorCode.TRUNCATED_OUTPUT in self.retried
             or self.spec.own_max_tokens
             or bigger <= (request.max_tokens)
         ):
             if self.spec.accept_truncation:
                 return None  # the cut-off answer is the result
             return Fail(
-                "truncated_output",
+                JobErrorCode.TRUNCATED_OUTPUT,
                 f"the output was cut off at max_tokens={request.max_tokens} (finish_reason length)",
             )
-        self.retried.add("truncated_output")
-        return Retry(replace(request, max_tokens=bigger), "truncated_output")
+        self.retried.add(JobErrorCode.TRUNCATED_OUTPUT)
+        return Retry(replace(request, max_tokens=bigger), JobErrorCode.TRUNCATED_OUTPUT)
 
     def format(self, text: str, request: CompletionRequest) -> Accept | Retry | Fail:
         if not self.spec.wants_json:
@@ -187,7 +188,9 @@ class OutputReview:
         cleaned, problem = validate_json(text, self.spec.schema)
         if problem is None:
             return Accept(cleaned)
-        if "invalid_output" in self.retried:
-            return Fail("invalid_output", problem.summary + " after one corrective retry")
-        self.retried.add("invalid_output")
-        return Retry(corrective_request(request, problem), "invalid_output")
+        if JobErrorCode.INVALID_OUTPUT in self.retried:
+            return Fail(
+                JobErrorCode.INVALID_OUTPUT, problem.summary + " after one corrective retry"
+            )
+        self.retried.add(JobErrorCode.INVALID_OUTPUT)
+        return Retry(corrective_request(request, problem), JobErrorCode.INVALID_OUTPUT)

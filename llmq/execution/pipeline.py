@@ -1,11 +1,12 @@
-"""One job, start to finish: claim -> input guardrails -> cache -> provider chain ->
-output guardrails -> record. Plain Python: the Celery task is a thin wrapper around `run`.
+"""One job, start to finish: claim -> input guardrails -> cache -> provider chain (each link:
+call, then output guardrails and review) -> record. Plain Python: the Celery task is a thin
+wrapper around `run`; the record of truth is a `JobStore` (llmq/execution/job_store.py), so the
+whole path also runs in memory (llmq/testing/memory_store.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import random
@@ -14,28 +15,37 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypeVar
-
-import redis
-from sqlalchemy import Engine
+from typing import Any
 
 from llmq import store
 from llmq.cost.budgets import BudgetGuard, Hold
 from llmq.cost.pricing import PriceTable
 from llmq.cost.tokens import estimate_tokens
-from llmq.errors import LlmqError
+from llmq.errors import JobErrorCode, LlmqError
 from llmq.execution import dedup, output_review, routing
 from llmq.execution.cache import CachedResult, ResultCache, cache_key
+from llmq.execution.calls import JobCancelled, ProviderCalls
+from llmq.execution.job_store import JobStore
+from llmq.execution.leases import LeaseKeeper
+from llmq.execution.outcomes import (
+    CANCELLED,
+    ChainRun,
+    Deferred,
+    NextLink,
+    expired_outcome,
+    from_cache,
+    output_findings,
+)
 from llmq.execution.paid import PaidCalls
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.job_guard import guard_job
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.longdocs.mapreduce import LongDocuments, Split
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
-from llmq.providers.links import parse_link
+from llmq.providers.links import Link, parse_link
 from llmq.resilience.circuit import CircuitBreaker
 from llmq.resilience.ratelimit import RateLimiter
-from llmq.resilience.retry import RetryPolicy, retry_call
+from llmq.resilience.retry import RetryPolicy
 from llmq.settings import CacheScope
 from llmq.store.models import JobStatus
 from llmq.telemetry import hooks
@@ -43,15 +53,13 @@ from llmq.telemetry.events import EventPublisher
 from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_template
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 # Params that do not change the question: no_cache asks for a fresh answer, and the short-input
 # route is already in the key as the chain it chose.
 NOT_IN_KEY = frozenset({"no_cache", routing.PARAM})
 
-# Waits between tries of a write that records paid work or ends a job (LLMQ_DB_RETRY_S bounds
-# the total): short first, since most refusals (too many clients) clear in a moment.
-DB_WRITE_RETRY = RetryPolicy(base_s=0.2, cap_s=4.0)
+# A link skipped because its circuit is open: when that is every link's reason, the job waits.
+CIRCUIT_OPEN = "circuit_open"
 
 
 @dataclass
@@ -70,19 +78,6 @@ class PipelineConfig:
     db_retry_s: float = 30.0  # LLMQ_DB_RETRY_S
 
 
-def _from_cache(
-    hit: CachedResult, route: list[dict[str, Any]], findings: list[dict[str, Any]]
-) -> store.Outcome:
-    return store.Outcome(
-        status=JobStatus.SUCCEEDED, result=hit.text, provider=hit.provider, model=hit.model,
-        cache_hit=True, route=route, guardrails=findings,
-    )  # fmt: skip
-
-
-class JobCancelled(LlmqError):
-    """The client cancelled the job while it ran; raised at the next step."""
-
-
 class LeaseHandedOver(LlmqError):
     """Postgres stayed unreachable after this delivery claimed the job. Its paid calls are
     parked (llmq/execution/paid.py) and it stops; the message that runs the job next passes `owner`
@@ -94,23 +89,10 @@ class LeaseHandedOver(LlmqError):
         self.owner = owner
 
 
-CANCELLED = store.Outcome(
-    status=JobStatus.CANCELLED, error_code="cancelled", error_message="cancelled by the client"
-)
-
-
-@dataclass(frozen=True)
-class Deferred:
-    delay_s: float
-    route: list[dict[str, Any]]
-    shown_as: str = JobStatus.RETRYING  # or QUEUED: waiting for an identical job (dedup.py)
-    then: Callable[[], None] | None = None  # run once the hand-back is written
-
-
 class Pipeline:
     def __init__(
         self,
-        engine: Engine,
+        jobs: JobStore,
         providers: dict[str, Provider],
         prices: PriceTable,
         config: PipelineConfig,
@@ -118,9 +100,9 @@ class Pipeline:
         cache: ResultCache | None = None,
         breaker: CircuitBreaker | None = None,
         limiter: RateLimiter | None = None,
-        leases: Any = None,
+        leases: LeaseKeeper | None = None,
         worker_name: str | None = None,
-        sleep: Any = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
         rng: random.Random | None = None,
         events: EventPublisher | None = None,
         long_documents: LongDocuments | None = None,
@@ -128,7 +110,7 @@ class Pipeline:
         inflight: dedup.InFlight | None = None,
         paid: PaidCalls | None = None,
     ) -> None:
-        self.engine = engine
+        self.jobs = jobs
         self.providers = providers
         self.prices = prices
         self.config = config
@@ -136,12 +118,10 @@ class Pipeline:
         self.breaker = breaker
         self.limiter = limiter
         self.leases = leases
-        self.worker_name = worker_name
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.budgets = budgets
         self.inflight = inflight
-        self.paid = paid
         self.events = events
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
@@ -151,6 +131,11 @@ class Pipeline:
             templates=TEMPLATES.values(),
         )
         self.long_documents = long_documents
+        self.calls = ProviderCalls(
+            jobs, prices, lease_s=config.lease_s, db_retry_s=config.db_retry_s,
+            worker_name=worker_name, breaker=breaker, budgets=budgets, paid=paid,
+            sleep=sleep, rng=self._rng,
+        )  # fmt: skip
 
     # -----------------------------------------------------------------------------------------
 
@@ -160,7 +145,7 @@ class Pipeline:
         message); after the claim, LeaseHandedOver (the task retries the message, which takes
         the lease over). `resume` is the owner of such a handed-over lease."""
         owner = uuid.uuid4().hex
-        job = store.claim_job(self.engine, job_id, owner, self.config.lease_s, resume)
+        job = self.jobs.claim_job(job_id, owner, self.config.lease_s, resume)
         if job is None:
             return "not_claimable"  # finished, cancelled, or running under a live lease
         try:
@@ -175,18 +160,18 @@ class Pipeline:
     def _run_claimed(self, job: store.ClaimedJob, owner: str, resumed: bool = False) -> str:
         if self.events is not None:
             self.events.job_changed(job.id, job.batch_id, JobStatus.RUNNING)
-        if self.paid is not None and (resumed or job.deliveries > 1):
-            job = self._record_parked(job, owner)
+        if resumed or job.deliveries > 1:
+            job = self.calls.record_parked(job, owner)
         if job.cancel_requested:
-            self._write(lambda: store.finish_job(self.engine, job.id, owner, CANCELLED))
+            self.calls.write(lambda: self.jobs.finish_job(job.id, owner, CANCELLED))
             return CANCELLED.status
         if job.deliveries > self.config.max_deliveries:
             outcome = store.Outcome(
                 status=JobStatus.FAILED,
-                error_code="worker_lost",
+                error_code=JobErrorCode.WORKER_LOST,
                 error_message=f"the job was interrupted {job.deliveries - 1} times",
             )
-            self._write(lambda: store.finish_job(self.engine, job.id, owner, outcome))
+            self.calls.write(lambda: self.jobs.finish_job(job.id, owner, outcome))
             return outcome.status
         hold = (
             self.leases.hold(job.id, owner) if self.leases is not None else contextlib.nullcontext()
@@ -202,18 +187,17 @@ class Pipeline:
                 log.exception("job %s failed with an internal error", job.id)
                 result = store.Outcome(
                     status=JobStatus.FAILED,
-                    error_code="internal_error",
+                    error_code=JobErrorCode.INTERNAL_ERROR,
                     error_message=f"{type(exc).__name__} in the pipeline",
                 )
             watch.result = result
             if isinstance(result, Deferred):
                 deferred = result
-                handed_back = self._write(
-                    lambda: store.defer_job(
-                        self.engine, job.id, owner, deferred.delay_s, deferred.route,
-                        deferred.shown_as,
+                handed_back = self.calls.write(
+                    lambda: self.jobs.defer_job(
+                        job.id, owner, deferred.delay_s, deferred.route, deferred.shown_as
                     )
-                )  # fmt: skip
+                )
                 if handed_back and result.then is not None:
                     result.then()
                 return "deferred" if result.shown_as == JobStatus.RETRYING else result.shown_as
@@ -222,52 +206,10 @@ class Pipeline:
                 self.long_documents.start(job, owner, result)
                 return "split"
             outcome = result
-            watch.recorded = self._write(
-                lambda: store.finish_job(self.engine, job.id, owner, outcome)
-            )
+            watch.recorded = self.calls.write(lambda: self.jobs.finish_job(job.id, owner, outcome))
             if job.parent_id is not None and self.long_documents is not None:
                 self.long_documents.after_child(job.parent_id)
             return result.status
-
-    def _write(self, write: Callable[[], _T]) -> _T:
-        """A write that records paid work or moves a claimed job on, tried again through a
-        short Postgres refusal (bounded by LLMQ_DB_RETRY_S, jittered waits) while the lease
-        keeper holds the lease: a refusal costs a moment, not a lease or a paid answer."""
-        return retry_call(
-            write,
-            retry_on=store.UNAVAILABLE,
-            budget_s=self.config.db_retry_s,
-            policy=DB_WRITE_RETRY,
-            sleep=self._sleep,
-            rng=self._rng,
-        )
-
-    def _record_parked(self, job: store.ClaimedJob, owner: str) -> store.ClaimedJob:
-        """Write the attempts an earlier delivery paid for but could not record (paid.py), so
-        that the recovery below finishes from them; the job as it now stands."""
-        assert self.paid is not None
-        try:
-            parked = self.paid.parked(job.id)
-        except redis.RedisError as exc:
-            log.warning("could not read parked calls of job %s: %s", job.id, type(exc).__name__)
-            return job
-        recorded = 0
-        for field_, record in parked:
-            written = self._write(
-                functools.partial(
-                    store.record_attempt, self.engine, job.id, owner, self.config.lease_s,
-                    record,
-                )
-            )  # fmt: skip
-            if written is None:  # lost the lease: the new owner records them
-                break
-            recorded += 1
-            with contextlib.suppress(redis.RedisError):  # left over: written twice (paid.py)
-                self.paid.forget(job.id, field_)
-        if not recorded:
-            return job
-        log.info("recorded %d parked provider calls of job %s", recorded, job.id)
-        return dataclasses.replace(job, attempts_made=job.attempts_made + recorded)
 
     # -----------------------------------------------------------------------------------------
 
@@ -278,7 +220,9 @@ class Pipeline:
             template = get_template(job.template, job.template_version)
         except TemplateError as exc:
             return store.Outcome(
-                status=JobStatus.FAILED, error_code="bad_template", error_message=str(exc)
+                status=JobStatus.FAILED,
+                error_code=JobErrorCode.BAD_TEMPLATE,
+                error_message=str(exc),
             )
 
         try:
@@ -292,7 +236,7 @@ class Pipeline:
             log.exception("input guardrail crashed on job %s", job.id)
             return store.Outcome(
                 status=JobStatus.FAILED,
-                error_code="guardrail_error",
+                error_code=JobErrorCode.GUARDRAIL_ERROR,
                 error_message="an input guardrail failed; the job was stopped (fail closed)",
             )
         findings = guarded.findings
@@ -301,7 +245,7 @@ class Pipeline:
             where = f" in {guarded.blocked_field}" if guarded.blocked_field else ""
             return store.Outcome(
                 status=JobStatus.BLOCKED,
-                error_code="input_blocked",
+                error_code=JobErrorCode.INPUT_BLOCKED,
                 error_message=f"input blocked by guardrail rule {guarded.blocked_by}{where}",
                 guardrails=findings,
             )
@@ -317,7 +261,7 @@ class Pipeline:
         except TemplateError as exc:
             return store.Outcome(
                 status=JobStatus.FAILED,
-                error_code="bad_template",
+                error_code=JobErrorCode.BAD_TEMPLATE,
                 error_message=str(exc),
                 guardrails=findings,
             )
@@ -338,7 +282,7 @@ class Pipeline:
         # A previous delivery got (and paid for) an answer, then could not finish the job: finish
         # from that answer before looking at the cache, so the job's route and cost stay those
         # of the call that was made (never rewritten into a cache hit).
-        prior = store.prior_attempts(self.engine, job.id) if job.attempts_made else []
+        prior = self.jobs.prior_attempts(job.id) if job.attempts_made else []
         recovered = self._recovered(job, prior, template, findings)
         if recovered is not None:
             return choice.noted(recovered)
@@ -347,7 +291,7 @@ class Pipeline:
             with hooks.stage("cache.lookup"):
                 hit, turn = dedup.look_up(self.cache, self.inflight, key, str(job.id))
             if hit is not None:
-                return choice.noted(_from_cache(hit, [{"link": "cache", "result": "ok"}], findings))
+                return choice.noted(from_cache(hit, [{"link": "cache", "result": "ok"}], findings))
             if isinstance(turn, dedup.Follow) and self.inflight is not None:
                 # An identical job is computing this answer: wait for it off the worker.
                 then = functools.partial(self.inflight.after_hand_back, key, str(job.id))
@@ -413,13 +357,13 @@ class Pipeline:
                 key,
                 CachedResult(outcome.result, outcome.provider or "", outcome.model or ""),
             )
-        elif outcome.error_code == "all_providers_failed":
+        elif outcome.error_code == JobErrorCode.ALL_PROVIDERS_FAILED:
             # The cache is the chain's last link: an earlier answer beats none (cache_hit says
             # which it is), even for a job that asked for a fresh one.
             hit = self.cache.get(key)
             if hit is not None:
                 route = [*(outcome.route or []), {"link": "cache", "result": "ok"}]
-                return _from_cache(hit, route, findings)
+                return from_cache(hit, route, findings)
         return outcome
 
     def _run_chain(
@@ -432,251 +376,197 @@ class Pipeline:
         chain: list[str],
         prior: list[dict[str, Any]],
     ) -> store.Outcome | Deferred:
-        policy = self.config.retry
+        """The fallback loop: each link in order until one answers, the job must stop, or it
+        waits; when every link gave up, why the chain failed."""
         spec = output_review.OutputSpec.from_params(job.params)
-        review = output_review.OutputReview(spec, self.config.truncation_retry_max_tokens)
         max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
-        prompt_tokens = estimate_tokens(rendered.user) + estimate_tokens(rendered.system or "")
+        run = ChainRun(
+            job, owner, rendered, findings, output_guards, spec,
+            review=output_review.OutputReview(spec, self.config.truncation_retry_max_tokens),
+            max_tokens=max_tokens,
+            prompt_tokens=estimate_tokens(rendered.user) + estimate_tokens(rendered.system or ""),
+            deadline=time.monotonic() + self.config.deadline_s - job.age_s,
+            window_ends=None if job.expires_in_s is None else time.monotonic() + job.expires_in_s,
+        )  # fmt: skip
         # A job resumed after a long backoff continues where it stopped, attempts included.
         failures_before: Counter[str] = Counter(
             f"{a['provider']}:{a['model']}" for a in prior if a["outcome"] != "ok"
         )
-
-        route: list[dict[str, Any]] = []
-        failure_codes: list[str] = []
-        deadline = time.monotonic() + self.config.deadline_s - job.age_s
-        window_ends = None if job.expires_in_s is None else time.monotonic() + job.expires_in_s
+        failures: list[str] = []
         for link_text in chain:
-            link = parse_link(link_text)
-            provider = self.providers.get(link.provider)
-            if provider is None or not provider.is_configured():
-                route.append({"link": link_text, "skipped": "not_configured"})
-                continue
-            price = self.prices.get(link_text)
-            window = price.context_window if price else None
-            if window is not None and prompt_tokens + max_tokens > window:
-                route.append({"link": link_text, "skipped": "context_too_small"})
-                failure_codes.append("context_too_long")
-                continue
-            if self.breaker is not None and not self.breaker.allow(link_text):
-                route.append({"link": link_text, "skipped": "circuit_open"})
-                failure_codes.append("circuit_open")
-                continue
-            tries = failures_before[link_text]
-            if tries >= policy.max_attempts:
-                route.append({"link": link_text, "skipped": "exhausted_before_backoff"})
-                continue
-            request = output_review.prepare(
-                CompletionRequest(
-                    model=link.model,
-                    user=rendered.user,
-                    system=rendered.system,
-                    max_tokens=max_tokens,
-                    temperature=job.params.get("temperature"),
-                    document=rendered.document,
-                    style=rendered.style,
-                    messages=rendered.messages,
-                ),
-                spec,
-            )
-            while True:
-                if window_ends is not None and time.monotonic() >= window_ends:
-                    return expired_outcome(route)  # no provider call after the window closes
-                if time.monotonic() >= deadline:
-                    route.append({"link": link_text, "skipped": "deadline_exceeded"})
-                    return store.Outcome(
-                        status=JobStatus.FAILED, error_code="deadline_exceeded",
-                        error_message=f"the job ran out of its {self.config.deadline_s:g} s "
-                        "deadline", route=route, guardrails=findings,
-                    )  # fmt: skip
-                if self.limiter is not None:
-                    wait = self.limiter.acquire(link_text, prompt_tokens + max_tokens)
-                    if wait > 0:
-                        hooks.rate_limited(link_text, handed_back=policy.should_defer(wait))
-                        # No capacity under the shared limit: wait briefly, or give the slot
-                        # back and let the job come back when there is room (never eat a 429).
-                        if policy.should_defer(wait):
-                            route.append({"link": link_text, "rate_limited_s": round(wait, 3)})
-                            return Deferred(wait, route)
-                        self._sleep(wait)
-                        continue
-                # Budgets: no call whose estimate the budget left cannot cover.
-                hold = None
-                if self.budgets is not None:
-                    hold = self.budgets.reserve(
-                        job.tenant_id, job.batch_id, link_text, prompt_tokens, max_tokens
-                    )
-                    if hold.refused is not None:
-                        route.append({"link": link_text, "skipped": "budget_exceeded"})
-                        return store.Outcome(
-                            status=JobStatus.FAILED, error_code="budget_exceeded",
-                            error_message=hold.refused.message(), route=route,
-                            guardrails=findings,
-                        )  # fmt: skip
-                with hooks.stage("provider.call", link=link_text):
-                    completion, error = self._attempt(
-                        job, owner, provider, link_text, request, hold
-                    )
-                if completion is not None:
-                    # Unsafe output is blocked first; then a cut-off answer is retried or
-                    # failed; then the JSON the job asked for is checked
-                    # (llmq/execution/output_review.py).
-                    checked = self._check_output(completion, output_guards)
-                    verdict = checked.blocked_by
-                    # An empty answer is worth another call; any other output rule (built in
-                    # or a plugin) blocks the job.
-                    unsafe = verdict is not None and verdict != "empty_output"
-                    step: output_review.Step | None = (
-                        None if unsafe else review.truncation(completion, request)
-                    )
-                    if step is None and verdict is None:
-                        step = review.format(checked.text, request)
-                    if isinstance(step, output_review.Retry):
-                        route.append({"link": link_text, "result": step.reason, "retry": True})
-                        findings.append(
-                            {"rule": step.reason, "action": "retry", "count": 1, "stage": "output"}
-                        )
-                        request = step.request
-                        continue
-                    if isinstance(step, output_review.Fail):
-                        route.append({"link": link_text, "result": step.code})
-                        return store.Outcome(
-                            status=JobStatus.FAILED, error_code=step.code,
-                            error_message=step.message, provider=link.provider,
-                            model=link.model, route=route, guardrails=findings,
-                        )  # fmt: skip
-                    if verdict is None:
-                        answered: dict[str, Any] = {"link": link_text, "result": "ok"}
-                        if completion.finish_reason == "length":  # an accepted truncation
-                            answered["finish_reason"] = "length"
-                        route.append(answered)
-                        findings.extend(output_findings(checked))
-                        return store.Outcome(
-                            status=JobStatus.SUCCEEDED,
-                            result=step.text if step is not None else checked.text,
-                            provider=link.provider,
-                            model=link.model,
-                            route=route,
-                            guardrails=findings,
-                        )
-                    if unsafe:
-                        assert verdict is not None
-                        hooks.blocked("output", verdict)
-                        route.append({"link": link_text, "result": verdict})
-                        findings.extend(output_findings(checked))
-                        return store.Outcome(
-                            status=JobStatus.BLOCKED,
-                            error_code="output_blocked",
-                            error_message=f"output blocked by guardrail rule {verdict}",
-                            provider=link.provider,
-                            model=link.model,
-                            route=route,
-                            guardrails=findings,
-                        )
-                    error = ProviderError(verdict, f"output rejected: {verdict}", retryable=True)
-                assert error is not None
-                tries += 1
-                if not error.retryable or tries >= policy.max_attempts:
-                    route.append({"link": link_text, "result": error.code, "tries": tries})
-                    failure_codes.append(error.code)
-                    break
-                delay = policy.delay(tries - 1, self._rng, error.retry_after_s)
-                hooks.retry(link_text, error.code)
-                if policy.should_defer(delay):
-                    route.append({"link": link_text, "result": error.code, "deferred_s": delay})
-                    return Deferred(delay, route)
-                self._sleep(delay)
+            step = self._try_link(run, link_text, failures_before[link_text])
+            if not isinstance(step, NextLink):
+                return step
+            if step.failure is not None:
+                failures.append(step.failure)
+        return self._chain_failed(run, failures)
 
-        if set(failure_codes) == {"circuit_open"} and self.breaker is not None:
-            # Nothing was tried: every usable link is cooling down. Wait for the first probe
-            # rather than fail a job that a minute from now would succeed.
-            wait = min(self.breaker.reopens_in(r["link"]) for r in route if "skipped" in r
-                       and r["skipped"] == "circuit_open")  # fmt: skip
-            if time.monotonic() + wait < deadline:
-                return Deferred(max(wait, 0.5), route)
-        if not failure_codes:
-            code, message = "no_provider_available", "no link of the chain is configured"
-        elif set(failure_codes) == {"context_too_long"}:
-            code, message = "context_too_long", "the input does not fit any model of the chain"
-        else:
-            code = "all_providers_failed"
-            message = "every link failed: " + ", ".join(
-                f"{r['link']} ({r.get('result') or r.get('skipped')})" for r in route
-            )
-        return store.Outcome(
-            status=JobStatus.FAILED,
-            error_code=code,
-            error_message=message,
-            route=route,
-            guardrails=findings,
-        )
-
-    def _attempt(
-        self,
-        job: store.ClaimedJob,
-        owner: str,
-        provider: Provider,
-        link_text: str,
-        request: CompletionRequest,
-        hold: Hold | None = None,
-    ) -> tuple[Completion | None, ProviderError | None]:
-        started = time.perf_counter()
-        completion: Completion | None = None
-        error: ProviderError | None = None
-        try:
-            completion = provider.complete(request)
-        except ProviderError as exc:
-            error = exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        if self.breaker is not None:
-            self.breaker.record(
-                link_text, ok=completion is not None, error_code=error.code if error else None
-            )
-        usage = completion.usage if completion is not None else error.usage if error else None
-        input_tokens = usage.input_tokens if usage else 0
-        output_tokens = usage.output_tokens if usage else 0
-        cached_tokens = usage.cached_tokens if usage else 0
-        cost = self.prices.cost(link_text, input_tokens, output_tokens, cached_tokens)
-        record = store.AttemptRecord(
-            provider=link_text.split(":", 1)[0],
-            model=request.model,
-            outcome="ok" if completion is not None else error.code if error else "error",
-            latency_ms=round(latency_ms, 3),
-            http_status=completion.http_status if completion else error.status if error else None,
-            error_code=error.code if error else None,
-            error_message=error.message[:500] if error else None,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=cached_tokens,
-            cost_usd=cost,
-            worker=self.worker_name,
-            # Only a complete answer is kept for recovery (not a refusal, not a cut-off).
-            output=completion.text
-            if completion is not None and completion.finish_reason not in ("refusal", "length")
-            else None,
-        )
-        recorded = None
-        try:
-            recorded = self._write(
-                functools.partial(
-                    store.record_attempt, self.engine, job.id, owner, self.config.lease_s,
-                    record,
+    def _try_link(
+        self, run: ChainRun, link_text: str, tries: int
+    ) -> store.Outcome | Deferred | NextLink:
+        """One link: skipped, or called (again after a retryable error, or with a reviewed
+        request) until it answers, gives up (NextLink), or the job must stop or wait."""
+        link = parse_link(link_text)
+        provider = self.providers.get(link.provider)
+        skipped = self._skip(run, link_text, provider, tries)
+        if skipped is not None:
+            return skipped
+        assert provider is not None
+        policy = self.config.retry
+        request = run.request(link.model)
+        while True:
+            stop = self._wait_for_call(run, link_text)
+            if stop is not None:
+                return stop
+            # Budgets: no call whose estimate the budget left cannot cover.
+            hold = self._reserve(run, link_text)
+            if hold is not None and hold.refused is not None:
+                run.route.append({"link": link_text, "skipped": "budget_exceeded"})
+                return run.failed(JobErrorCode.BUDGET_EXCEEDED, hold.refused.message())
+            with hooks.stage("provider.call", link=link_text):
+                completion, error = self.calls.call(
+                    run.job, run.owner, provider, link_text, request, hold
                 )
+            if completion is not None:
+                reviewed = self._review(run, link, completion, request)
+                if isinstance(reviewed, CompletionRequest):  # asked again, once per kind
+                    request = reviewed
+                    continue
+                if isinstance(reviewed, store.Outcome):
+                    return reviewed
+                error = reviewed
+            assert error is not None
+            tries += 1
+            if not error.retryable or tries >= policy.max_attempts:
+                run.route.append({"link": link_text, "result": error.code, "tries": tries})
+                return NextLink(error.code)
+            delay = policy.delay(tries - 1, self._rng, error.retry_after_s)
+            hooks.retry(link_text, error.code)
+            if policy.should_defer(delay):
+                run.route.append({"link": link_text, "result": error.code, "deferred_s": delay})
+                return Deferred(delay, run.route)
+            self._sleep(delay)
+
+    def _skip(
+        self, run: ChainRun, link_text: str, provider: Provider | None, tries: int
+    ) -> NextLink | None:
+        """Why the link is not called at all (its route entry written), or None to call it."""
+        if provider is None or not provider.is_configured():
+            return run.skip(link_text, "not_configured")
+        price = self.prices.get(link_text)
+        window = price.context_window if price else None
+        if window is not None and run.prompt_tokens + run.max_tokens > window:
+            return run.skip(link_text, "context_too_small", JobErrorCode.CONTEXT_TOO_LONG)
+        if self.breaker is not None and not self.breaker.allow(link_text):
+            return run.skip(link_text, "circuit_open", CIRCUIT_OPEN)
+        if tries >= self.config.retry.max_attempts:
+            return run.skip(link_text, "exhausted_before_backoff")
+        return None
+
+    def _wait_for_call(self, run: ChainRun, link_text: str) -> store.Outcome | Deferred | None:
+        """Before each call: stop once the batch window or the deadline has passed; wait for
+        room under the shared rate limit. None: call now."""
+        policy = self.config.retry
+        while True:
+            if run.window_ends is not None and time.monotonic() >= run.window_ends:
+                return expired_outcome(run.route)  # no provider call after the window closes
+            if time.monotonic() >= run.deadline:
+                run.route.append({"link": link_text, "skipped": "deadline_exceeded"})
+                return run.failed(
+                    JobErrorCode.DEADLINE_EXCEEDED,
+                    f"the job ran out of its {self.config.deadline_s:g} s deadline",
+                )
+            if self.limiter is None:
+                return None
+            wait = self.limiter.acquire(link_text, run.prompt_tokens + run.max_tokens)
+            if wait <= 0:
+                return None
+            # No capacity under the shared limit: wait briefly, or give the slot back and let
+            # the job come back when there is room (never eat a 429).
+            hooks.rate_limited(link_text, handed_back=policy.should_defer(wait))
+            if policy.should_defer(wait):
+                run.route.append({"link": link_text, "rate_limited_s": round(wait, 3)})
+                return Deferred(wait, run.route)
+            self._sleep(wait)
+
+    def _reserve(self, run: ChainRun, link_text: str) -> Hold | None:
+        if self.budgets is None:
+            return None
+        return self.budgets.reserve(
+            run.job.tenant_id, run.job.batch_id, link_text, run.prompt_tokens, run.max_tokens
+        )
+
+    def _review(
+        self, run: ChainRun, link: Link, completion: Completion, request: CompletionRequest
+    ) -> store.Outcome | CompletionRequest | ProviderError:
+        """An answer's fate: the job's outcome, the request to send again (cut off, or not the
+        JSON asked for), or an error to retry (an empty answer). Unsafe output is blocked
+        first; then a cut-off answer is retried or failed; then the JSON the job asked for is
+        checked (llmq/execution/output_review.py)."""
+        link_text, provider, model = str(link), link.provider, link.model
+        checked = self._check_output(completion, run.output_guards)
+        verdict = checked.blocked_by
+        # An empty answer is worth another call; any other output rule (built in or a plugin)
+        # blocks the job.
+        unsafe = verdict is not None and verdict != "empty_output"
+        step: output_review.Step | None = (
+            None if unsafe else run.review.truncation(completion, request)
+        )
+        if step is None and verdict is None:
+            step = run.review.format(checked.text, request)
+        if isinstance(step, output_review.Retry):
+            run.route.append({"link": link_text, "result": step.reason, "retry": True})
+            run.findings.append(
+                {"rule": step.reason, "action": "retry", "count": 1, "stage": "output"}
+            )
+            return step.request
+        if isinstance(step, output_review.Fail):
+            run.route.append({"link": link_text, "result": step.code})
+            return store.Outcome(
+                status=JobStatus.FAILED, error_code=step.code, error_message=step.message,
+                provider=provider, model=model, route=run.route, guardrails=run.findings,
             )  # fmt: skip
-        except store.UNAVAILABLE:
-            # Paid for, and Postgres still refuses: the next delivery records it (paid.py).
-            if self.paid is not None:
-                self.paid.park(job.id, record)
-            raise
-        finally:
-            hooks.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
-            if hold is not None and self.budgets is not None:
-                self.budgets.settle(hold, cost)
-        if completion is None and recorded is not None and recorded.cancel_requested:
-            raise JobCancelled  # a result in hand is still returned; a retry is not started
-        if completion is not None and completion.finish_reason == "refusal":
-            return None, ProviderError("refusal", "the model refused", retryable=False)
-        return completion, error
+        if verdict is None:
+            answered: dict[str, Any] = {"link": link_text, "result": "ok"}
+            if completion.finish_reason == "length":  # an accepted truncation
+                answered["finish_reason"] = "length"
+            run.route.append(answered)
+            run.findings.extend(output_findings(checked))
+            return store.Outcome(
+                status=JobStatus.SUCCEEDED,
+                result=step.text if step is not None else checked.text,
+                provider=provider, model=model, route=run.route, guardrails=run.findings,
+            )  # fmt: skip
+        if unsafe:
+            hooks.blocked("output", verdict)
+            run.route.append({"link": link_text, "result": verdict})
+            run.findings.extend(output_findings(checked))
+            return store.Outcome(
+                status=JobStatus.BLOCKED, error_code=JobErrorCode.OUTPUT_BLOCKED,
+                error_message=f"output blocked by guardrail rule {verdict}",
+                provider=provider, model=model, route=run.route, guardrails=run.findings,
+            )  # fmt: skip
+        return ProviderError(verdict, f"output rejected: {verdict}", retryable=True)
+
+    def _chain_failed(self, run: ChainRun, failures: list[str]) -> store.Outcome | Deferred:
+        """Every link gave up: the job's failure, or a wait when every usable link is only
+        cooling down (nothing was tried): a minute from now it would succeed."""
+        if set(failures) == {CIRCUIT_OPEN} and self.breaker is not None:
+            cooling = [r["link"] for r in run.route if r.get("skipped") == "circuit_open"]
+            wait = min(self.breaker.reopens_in(link) for link in cooling)
+            if time.monotonic() + wait < run.deadline:
+                return Deferred(max(wait, 0.5), run.route)
+        if not failures:
+            code, message = JobErrorCode.NO_PROVIDER_AVAILABLE, "no link of the chain is configured"
+        elif set(failures) == {JobErrorCode.CONTEXT_TOO_LONG}:
+            code = JobErrorCode.CONTEXT_TOO_LONG
+            message = "the input does not fit any model of the chain"
+        else:
+            code = JobErrorCode.ALL_PROVIDERS_FAILED
+            message = "every link failed: " + ", ".join(
+                f"{r['link']} ({r.get('result') or r.get('skipped')})" for r in run.route
+            )
+        return run.failed(code, message)
 
     def _check_output(self, completion: Completion, guards: list[Guardrail]) -> ChainResult:
         """The output chain's result: `blocked_by` names the rule that rejected the output."""
@@ -689,16 +579,3 @@ class Pipeline:
         except Exception:
             log.exception("output guardrail crashed")
             return ChainResult(text, blocked_by="unsafe_output.guardrail_error")
-
-
-def output_findings(checked: ChainResult) -> list[dict[str, Any]]:
-    return [{**asdict(f), "stage": "output"} for f in checked.findings]
-
-
-def expired_outcome(route: list[dict[str, Any]] | None = None) -> store.Outcome:
-    return store.Outcome(
-        status=JobStatus.EXPIRED,
-        error_code="expired",
-        error_message="the batch completion window closed before the job finished",
-        route=route,
-    )

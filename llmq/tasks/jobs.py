@@ -71,7 +71,7 @@ def run_job(self: Any, job_id: str, resume: str | None = None) -> str:
             if status in FAILURE_STATUSES:
                 # The row, not this delivery's view: a delivery fenced out by another reports
                 # what the job really became.
-                ending = store.job_ending(pipeline.engine, job_id)
+                ending = pipeline.jobs.job_ending(job_id)
                 if ending is not None and ending[0] in FAILURE_STATUSES:
                     raise JobFailed(job_id, *ending)
             return status

@@ -24,6 +24,7 @@ from llmq.resilience.redis_clients import redis_client
 from llmq.resilience.retry import RetryPolicy
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
+from llmq.store.job_store import PostgresJobStore
 from llmq.telemetry.events import EventPublisher
 
 from .dispatch import publish_jobs
@@ -66,8 +67,9 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
     config = pipeline_config(settings)
     client = redis_client(settings)
     prices = load_price_table(settings.pricing_file)
+    jobs = PostgresJobStore(engine)
     return Pipeline(
-        engine,
+        jobs,
         build_providers(settings),
         prices,
         config,
@@ -78,7 +80,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             {link: Limit(**limit) for link, limit in settings.rate_limits.items()},
             settings.rate_window_s,
         ),
-        leases=LeaseKeeper(engine, settings.job_lease_s),
+        leases=LeaseKeeper(jobs, settings.job_lease_s),
         worker_name=name or worker_name,
         events=EventPublisher(client, coalesce_s=EVENTS_COALESCE_S),
         long_documents=long_documents(settings, engine),

@@ -23,6 +23,7 @@ from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.resilience.retry import RetryPolicy
+from llmq.store.job_store import PostgresJobStore
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services
@@ -62,7 +63,7 @@ def _pipeline(
 ) -> Pipeline:
     timeouts = {"connect_timeout_s": 2.0, "read_timeout_s": 5.0}
     return Pipeline(
-        engine,
+        PostgresJobStore(engine),
         {
             "openai": OpenAIProvider("k", fake.openai_base_url, **timeouts),
             "anthropic": AnthropicProvider("k", fake.anthropic_base_url, **timeouts),

@@ -38,6 +38,7 @@ from llmq.providers.openai_provider import OpenAIProvider
 from llmq.resilience.retry import RetryPolicy
 from llmq.settings import CacheScope
 from llmq.store.engine import get_engine
+from llmq.store.job_store import PostgresJobStore
 from llmq.templates import get_template
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
@@ -120,7 +121,7 @@ def pipeline(
     cache_scope: CacheScope,
 ) -> Pipeline:  # fmt: skip
     return Pipeline(
-        engine,
+        PostgresJobStore(engine),
         {
             "openai": OpenAIProvider(
                 "k", fake.openai_base_url, connect_timeout_s=2.0, read_timeout_s=5.0

@@ -23,6 +23,7 @@ from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.guardrails import Finding, Verdict, register_guardrail, unregister_guardrail
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.settings import Settings
+from llmq.store.job_store import PostgresJobStore
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import Services, auth, database_text, luhn_card, wait_for
@@ -601,7 +602,7 @@ def test_a_registered_plugin_guardrail_blocks_before_any_provider_call(
     try:
         model = _model("plugin")
         pipeline = Pipeline(
-            engine,
+            PostgresJobStore(engine),
             {
                 "openai": OpenAIProvider(
                     "k", script.openai_base_url, connect_timeout_s=2, read_timeout_s=2

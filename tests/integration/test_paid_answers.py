@@ -1,7 +1,7 @@
 """A paid answer survives Postgres refusing connections after the provider call (too many
 clients, a role's CONNECTION LIMIT, a restart): the write is retried, or the call is parked in
 Redis and the next delivery takes the lease over at once and finishes from it. Real Postgres,
-Redis and fake provider; the refusals are injected into the repository's writes."""
+Redis and fake provider; the refusals are injected into the pipeline's JobStore writes."""
 
 from __future__ import annotations
 
@@ -54,10 +54,9 @@ def _paid_pipeline(
     sleeps: list[float],
     cache: ResultCache | None = None,
 ) -> Pipeline:
-    pipeline = _pipeline(engine, fake, sleeps=sleeps, cache=cache)
-    pipeline.paid = PaidCalls(client, ttl_s=600)
-    pipeline.config.db_retry_s = 3.0
-    return pipeline
+    return _pipeline(
+        engine, fake, sleeps=sleeps, cache=cache, db_retry_s=3.0, paid=PaidCalls(client, ttl_s=600)
+    )
 
 
 def test_a_refused_attempt_write_is_retried_and_the_answer_kept(
@@ -70,7 +69,8 @@ def test_a_refused_attempt_write_is_retried_and_the_answer_kept(
     fake_provider.set_script(FakeScript())
     sleeps: list[float] = []
     pipeline = _paid_pipeline(engine, fake_provider, client, sleeps)
-    monkeypatch.setattr(store, "record_attempt", _refusing(store.record_attempt, times=2))
+    jobs = pipeline.jobs
+    monkeypatch.setattr(jobs, "record_attempt", _refusing(jobs.record_attempt, times=2))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     calls = fake_provider.stats()["requests"]
     assert pipeline.run(job_id) == "succeeded"
@@ -89,15 +89,15 @@ def test_a_paid_answer_outliving_the_retries_is_parked_and_the_next_delivery_fin
 ) -> None:
     fake_provider.set_script(FakeScript())
     pipeline = _paid_pipeline(engine, fake_provider, client, [])
-    real = store.record_attempt
-    monkeypatch.setattr(store, "record_attempt", _refusing(real, times=float("inf")))
+    real = pipeline.jobs.record_attempt
+    monkeypatch.setattr(pipeline.jobs, "record_attempt", _refusing(real, times=float("inf")))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     calls = fake_provider.stats()["requests"]
     with pytest.raises(LeaseHandedOver) as handed:
         pipeline.run(job_id)
     assert fake_provider.stats()["requests"] == calls + 1
     assert client.hlen(PREFIX + job_id) == 1  # the paid call, kept outside Postgres
-    monkeypatch.setattr(store, "record_attempt", real)  # Postgres is back
+    monkeypatch.setattr(pipeline.jobs, "record_attempt", real)  # Postgres is back
 
     # Its lease is live (30 s): only the message that carries the handed-over lease takes it.
     assert pipeline.run(job_id) == "not_claimable"
@@ -123,12 +123,12 @@ def test_a_job_whose_finish_was_refused_is_not_finished_again_as_a_cache_hit(
     fake_provider.set_script(FakeScript())
     cache = ResultCache(client, ttl_s=60)
     pipeline = _paid_pipeline(engine, fake_provider, client, [], cache=cache)
-    real = store.finish_job
-    monkeypatch.setattr(store, "finish_job", _refusing(real, times=float("inf")))
+    real = pipeline.jobs.finish_job
+    monkeypatch.setattr(pipeline.jobs, "finish_job", _refusing(real, times=float("inf")))
     job_id = _job(engine, tenant, ["openai:gpt-4o-mini"])
     with pytest.raises(LeaseHandedOver) as handed:
         pipeline.run(job_id)  # the answer is recorded and cached, the finish refused
-    monkeypatch.setattr(store, "finish_job", real)
+    monkeypatch.setattr(pipeline.jobs, "finish_job", real)
     calls = fake_provider.stats()["requests"]
     assert pipeline.run(job_id, resume=handed.value.owner) == "succeeded"
     assert fake_provider.stats()["requests"] == calls

@@ -19,6 +19,7 @@ from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.local import LocalProvider
 from llmq.providers.openai_provider import OpenAIProvider
 from llmq.resilience.retry import RetryPolicy
+from llmq.store.job_store import PostgresJobStore
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 DOC = (
@@ -43,10 +44,12 @@ def _pipeline(
     sleeps: list[float] | None = None,
     inline_max_s: float = 2.0,
     cache: ResultCache | None = None,
+    db_retry_s: float = 30.0,
+    **options: Any,
 ) -> Pipeline:
     timeouts = {"connect_timeout_s": 2.0, "read_timeout_s": 2.0}
     return Pipeline(
-        engine,
+        PostgresJobStore(engine),
         {
             "openai": OpenAIProvider(openai_key, fake.openai_base_url, **timeouts),
             "anthropic": AnthropicProvider("k", fake.anthropic_base_url, **timeouts),
@@ -56,11 +59,13 @@ def _pipeline(
         PipelineConfig(
             lease_s=30,
             retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05, inline_max_s=inline_max_s),
+            db_retry_s=db_retry_s,
         ),
         sleep=(sleeps.append if sleeps is not None else lambda _: None),
         rng=random.Random(0),
         worker_name="test-worker",
         cache=cache,
+        **options,
     )
 
 
@@ -320,8 +325,7 @@ def test_dead_primary_opens_the_circuit_and_later_jobs_skip_it(
         redis.Redis.from_url(services.redis_url),
         CircuitPolicy(failure_threshold=3, window_s=60, cooldown_s=60),
     )
-    pipeline = _pipeline(engine, fake_provider)
-    pipeline.breaker = breaker
+    pipeline = _pipeline(engine, fake_provider, breaker=breaker)
     chain = [f"openai:{model}", "anthropic:claude-haiku-4-5"]
     first = _job(engine, tenant, chain)
     assert pipeline.run(first) == "succeeded"  # 3 failures on the primary open the circuit

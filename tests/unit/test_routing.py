@@ -10,7 +10,7 @@ from llmq.admission.resolve import with_short_input_routes
 from llmq.config_check import ConfigError, check_references
 from llmq.execution import routing
 from llmq.execution.cache import cache_key
-from llmq.execution.pipeline import Deferred
+from llmq.execution.outcomes import Deferred
 from llmq.execution.routing import ShortInputRoute, choose_chain, route_for
 from llmq.settings import Settings
 from llmq.store import Outcome
