@@ -55,10 +55,11 @@ def fake_provider() -> Iterator[FakeProviderServer]:
         yield server
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def stack_env(services: Services, fake_provider: FakeProviderServer) -> dict[str, str]:
-    """Environment of every llmq process in the tests (and of this one). Autouse: the Celery
-    app binds its broker when `workers` is first imported, so this must come first."""
+    """Environment of every llmq process in the integration tests (and of this one). Autouse
+    there (tests/integration/conftest.py): the Celery app binds its broker when
+    `llmq.workers` is first imported, so this must come first. Unit tests start no service."""
     env = {
         "DATABASE_URL": services.database_url,
         "REDIS_URL": services.redis_url,
