@@ -43,7 +43,7 @@ test: $(VENV)/.installed-dev
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q tests/unit
 
-## Every benchmark in one run (README "Benchmarks"); BENCH_ARGS=--quick for a smoke test.
+## Every benchmark in one run (docs/benchmarks.md); BENCH_ARGS=--quick for a smoke test.
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 

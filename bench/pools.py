@@ -7,7 +7,7 @@ and 5), with the peak memory of every worker process.
 In one run, on the same embedded PostgreSQL + Redis and fake provider (its own process):
   raw Celery         the same pool, processes and concurrency as llmq; the task only sleeps the
                      provider latency and counts itself in Redis: the engine's ceiling
-  llmq (recommended) README "Operations": one `llmq worker --pool threads` process per core,
+  llmq (recommended) docs/operations.md: one `llmq worker --pool threads` process per core,
                      LLMQ_WORKER_CONCURRENCY (100) threads each; the whole pipeline (claim,
                      guardrails, cache, SDK call over HTTP, attempt row, finish)
   llmq prefork       llmq's pipeline on Celery's default pool, concurrency = cores
@@ -235,7 +235,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument(
-        "--processes", type=int, default=cores, help="worker processes (README: one per core)"
+        "--processes", type=int, default=cores, help="worker processes (docs/operations.md: one per core)"
     )
     parser.add_argument(
         "--concurrency",

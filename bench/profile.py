@@ -3,7 +3,7 @@
     .venv/bin/python bench/profile.py [--jobs 3000] [--latency-ms 100] [--seconds 20]
                                       [--pool threads|gevent] [--waits]
 
-One worker (the README's concurrency) runs a batch against the fake provider while py-spy
+One worker (the concurrency docs/operations.md recommends) runs a batch against the fake provider while py-spy
 records it: only the thread holding the GIL (Python CPU, not waits), or every thread with
 --waits. Prints the functions with the most own time and the share of samples under each
 pipeline stage, and writes bench/results/profile.json and a flame graph

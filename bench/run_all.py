@@ -5,7 +5,7 @@
 Each script is run as its own process (so one's workers and memory never touch the next),
 prints its table, and writes bench/results/<name>.json and .png; this prints a summary of
 what ran, how long it took, and whether it succeeded, and writes bench/results/run_all.json.
---quick runs small sizes (a smoke test, minutes); the default sizes are the ones the README
+--quick runs small sizes (a smoke test, minutes); the default sizes are the ones docs/benchmarks.md
 quotes. Run it on a quiet machine: the ratios are measured within one run, but a neighbour
 that takes a core shows up in every number.
 """

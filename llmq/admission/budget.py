@@ -1,6 +1,6 @@
 """Refuse a submission whose cost estimate does not fit in the tenant's budget (HTTP 402).
 
-Estimate (documented in the README): for each item, the prompt tokens (the template's own text
+Estimate (documented in docs/cost.md): for each item, the prompt tokens (the template's own text
 plus the input, counted by llmq.cost.tokens.estimate_tokens) plus the item's max_tokens of output,
 priced at the chain's first configured link: the link a job tries first, and the only one it
 uses when nothing fails. An item whose short-input route applies (llmq/execution/routing.py, the

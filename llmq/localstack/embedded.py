@@ -339,15 +339,8 @@ class EmbeddedPostgres:
             time.sleep(0.1)  # waiting for an unrelated process to exit; no event to wait on
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
         # SIGINT is PostgreSQL's "fast shutdown": roll back, checkpoint, exit.
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        _stop(self.proc, signal.SIGKILL if kill else signal.SIGINT)
 
     def restart(self) -> None:
         self.stop()
@@ -400,18 +393,23 @@ class EmbeddedRedis:
             return False
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        _stop(self.proc, signal.SIGKILL if kill else signal.SIGTERM)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
+    """Signal a running server and wait for it to exit (killed if it takes over 30 s)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @dataclass

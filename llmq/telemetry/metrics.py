@@ -1,4 +1,4 @@
-"""Every Prometheus metric llmq exports, in one place (README "Operations" lists them).
+"""Every Prometheus metric llmq exports, in one place (docs/observability.md lists them).
 
 Two kinds:
 - Event counters and histograms, incremented where things happen (pipeline, cache, circuit,
