@@ -235,7 +235,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument(
-        "--processes", type=int, default=cores, help="worker processes (docs/operations.md: one per core)"
+        "--processes",
+        type=int,
+        default=cores,
+        help="worker processes (one per core: docs/operations.md)",
     )
     parser.add_argument(
         "--concurrency",
