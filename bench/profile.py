@@ -5,8 +5,8 @@
 
 One worker (at the concurrency docs/operations.md recommends) runs a batch against the fake
 provider while py-spy records it: only the thread holding the GIL (Python CPU, not waits), or
-every thread with --waits. Prints the functions with the most own time and the share of samples under each
-pipeline stage, and writes bench/results/profile.json and a flame graph
+every thread with --waits. Prints the functions with the most own time and the share of
+samples under each pipeline stage, and writes bench/results/profile.json and a flame graph
 bench/results/profile.svg. Needs py-spy (bench extra) and permission to ptrace a process of
 the same user.
 """
