@@ -1,13 +1,14 @@
 """Follow a batch to completion with a progress bar (a TTY) or progress lines (logs, CI).
 
 Progress comes from the batch's Server-Sent Events stream: no polling; a dropped connection
-is resumed with Last-Event-ID."""
+is resumed with Last-Event-ID. A follower is a long-lived watcher: an API that is briefly
+unreachable or answers 503 (its database restarting) is waited out, not reported as the end."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.progress import (
@@ -19,9 +20,30 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from llmq.client import ApiUnreachable, Client
+from llmq.client import ApiRequestError, ApiUnreachable, Client, ClientError
 
 RECONNECTS = 5
+Sleep = Callable[[float], None]
+
+
+def _transient(exc: ClientError) -> bool:
+    """Worth waiting out: no answer at all, or the API's 503 (Postgres or Redis away)."""
+    return isinstance(exc, ApiUnreachable) or (
+        isinstance(exc, ApiRequestError) and exc.status == 503
+    )
+
+
+def _batch(client: Client, batch_id: str, deadline: float, sleep: Sleep) -> dict[str, Any]:
+    """The batch's state, retried with a growing pause while the API is briefly unavailable."""
+    pause = 0.5
+    while True:
+        try:
+            return client.batch(batch_id)
+        except ClientError as exc:
+            if not _transient(exc) or time.monotonic() + pause > deadline:
+                raise
+        sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def _counts(state: dict[str, Any]) -> str:
@@ -53,7 +75,7 @@ class Rate:
         return (total - completed) / rate if rate > 0 else None
 
 
-def _states(client: Client, batch_id: str) -> Iterator[dict[str, Any]]:
+def _states(client: Client, batch_id: str, sleep: Sleep) -> Iterator[dict[str, Any]]:
     """Batch states from the event stream until `completed`, reconnecting if it drops."""
     last_id: str | None = None
     for _ in range(RECONNECTS):
@@ -63,14 +85,19 @@ def _states(client: Client, batch_id: str) -> Iterator[dict[str, Any]]:
                 yield event.data
                 if event.event in ("completed", "cancelled"):
                     return
-        except ApiUnreachable:  # the stream dropped: resume from the last event
+        except ClientError as exc:  # the stream dropped or was refused: resume from the last event
+            if not _transient(exc):
+                raise
+            sleep(1.0)
             continue
         return
 
 
-def follow_batch(client: Client, batch_id: str, timeout_s: float = 3600) -> dict[str, Any]:
+def follow_batch(
+    client: Client, batch_id: str, timeout_s: float = 3600, sleep: Sleep = time.sleep
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    batch = client.batch(batch_id)
+    batch = _batch(client, batch_id, deadline, sleep)
     rate = Rate(batch["completed"])
     if batch["status"] == "completed":
         _print_line(batch, rate)
@@ -88,7 +115,7 @@ def follow_batch(client: Client, batch_id: str, timeout_s: float = 3600) -> dict
             transient=False,
         ) as bar:
             task = bar.add_task("summarizing", total=batch["item_count"], counts="", rate="")
-            for state in _states(client, batch_id):
+            for state in _states(client, batch_id, sleep):
                 per_s = rate.per_s(state["completed"])
                 bar.update(
                     task, completed=state["completed"], counts=_counts(state),
@@ -96,15 +123,15 @@ def follow_batch(client: Client, batch_id: str, timeout_s: float = 3600) -> dict
                 )  # fmt: skip
                 if time.monotonic() > deadline:
                     break
-        return client.batch(batch_id)
+        return _batch(client, batch_id, deadline, sleep)
     last = -1
-    for state in _states(client, batch_id):
+    for state in _states(client, batch_id, sleep):
         if state["completed"] != last:
             last = state["completed"]
             _print_line(state, rate)
         if time.monotonic() > deadline:
             break
-    return client.batch(batch_id)
+    return _batch(client, batch_id, deadline, sleep)
 
 
 def _print_line(state: dict[str, Any], rate: Rate) -> None:
