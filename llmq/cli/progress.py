@@ -26,21 +26,24 @@ RECONNECTS = 5
 Sleep = Callable[[float], None]
 
 
-def _transient(exc: ClientError) -> bool:
-    """Worth waiting out: no answer at all, or the API's 503 (Postgres or Redis away)."""
-    return isinstance(exc, ApiUnreachable) or (
-        isinstance(exc, ApiRequestError) and exc.status == 503
-    )
+def _transient(exc: ClientError, reached: bool) -> bool:
+    """Worth waiting out: the API's 503 (its Postgres or Redis away), or no answer at all from
+    an API that did answer before (an API never reached is a wrong URL: say so at once)."""
+    if isinstance(exc, ApiUnreachable):
+        return reached
+    return isinstance(exc, ApiRequestError) and exc.status == 503
 
 
-def _batch(client: Client, batch_id: str, deadline: float, sleep: Sleep) -> dict[str, Any]:
+def _batch(
+    client: Client, batch_id: str, deadline: float, sleep: Sleep, reached: bool
+) -> dict[str, Any]:
     """The batch's state, retried with a growing pause while the API is briefly unavailable."""
     pause = 0.5
     while True:
         try:
             return client.batch(batch_id)
         except ClientError as exc:
-            if not _transient(exc) or time.monotonic() + pause > deadline:
+            if not _transient(exc, reached) or time.monotonic() + pause > deadline:
                 raise
         sleep(pause)
         pause = min(pause * 2, 5.0)
@@ -86,7 +89,7 @@ def _states(client: Client, batch_id: str, sleep: Sleep) -> Iterator[dict[str, A
                 if event.event in ("completed", "cancelled"):
                     return
         except ClientError as exc:  # the stream dropped or was refused: resume from the last event
-            if not _transient(exc):
+            if not _transient(exc, reached=True):
                 raise
             sleep(1.0)
             continue
@@ -97,7 +100,7 @@ def follow_batch(
     client: Client, batch_id: str, timeout_s: float = 3600, sleep: Sleep = time.sleep
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    batch = _batch(client, batch_id, deadline, sleep)
+    batch = _batch(client, batch_id, deadline, sleep, reached=False)
     rate = Rate(batch["completed"])
     if batch["status"] == "completed":
         _print_line(batch, rate)
@@ -123,7 +126,7 @@ def follow_batch(
                 )  # fmt: skip
                 if time.monotonic() > deadline:
                     break
-        return _batch(client, batch_id, deadline, sleep)
+        return _batch(client, batch_id, deadline, sleep, reached=True)
     last = -1
     for state in _states(client, batch_id, sleep):
         if state["completed"] != last:
@@ -131,7 +134,7 @@ def follow_batch(
             _print_line(state, rate)
         if time.monotonic() > deadline:
             break
-    return _batch(client, batch_id, deadline, sleep)
+    return _batch(client, batch_id, deadline, sleep, reached=True)
 
 
 def _print_line(state: dict[str, Any], rate: Rate) -> None:

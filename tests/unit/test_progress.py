@@ -1,5 +1,6 @@
 """`llmq status --wait` (and the demo) follow a batch through a brief API outage: a 503 while
-Postgres restarts, or no answer at all, is waited out; any other refusal ends the wait."""
+Postgres restarts, or no answer from an API that answered before, is waited out; an API never
+reached (a wrong URL) and any other refusal end the wait at once."""
 
 from __future__ import annotations
 
@@ -44,12 +45,20 @@ def unavailable() -> ApiRequestError:
 def test_a_503_and_a_refused_connection_are_waited_out() -> None:
     refused = ApiUnreachable("http://api", httpx.ConnectError("refused"))
     api = FlakyApi(
-        batches=[unavailable(), refused, RUNNING, DONE],
-        streams=[unavailable(), [ServerEvent("7", "completed", DONE)]],
+        batches=[unavailable(), unavailable(), RUNNING, refused, DONE],
+        streams=[refused, unavailable(), [ServerEvent("7", "completed", DONE)]],
     )
     pauses: list[float] = []
     assert follow_batch(api, "b", sleep=pauses.append)["completed"] == 2  # type: ignore[arg-type]
-    assert pauses == [0.5, 1.0, 1.0]  # two growing pauses for the state, one to reconnect
+    # two growing pauses for the first state, one per reconnect, one for the final state
+    assert pauses == [0.5, 1.0, 1.0, 1.0, 0.5]
+
+
+def test_an_api_never_reached_is_reported_at_once() -> None:
+    refused = ApiUnreachable("http://wrong-host:8000", httpx.ConnectError("refused"))
+    api = FlakyApi(batches=[refused], streams=[])
+    with pytest.raises(ApiUnreachable, match="wrong-host"):
+        follow_batch(api, "b", sleep=lambda _: None)  # type: ignore[arg-type]
 
 
 def test_a_refusal_that_is_not_an_outage_ends_the_wait() -> None:
