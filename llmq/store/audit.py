@@ -29,6 +29,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.errors import UserError
+
 # pg_advisory_xact_lock key of the append: "llmqaudt" (the reconciler's is "llmq").
 AUDIT_LOCK_KEY = 0x6C6C6D7161756474
 GENESIS_HASH = "0" * 64
@@ -146,7 +148,7 @@ def record_event(engine: Engine, event: AuditEvent) -> int:
 # Reading
 
 
-class CursorError(ValueError):
+class CursorError(UserError):
     """A pagination cursor this module did not issue."""
 
 
