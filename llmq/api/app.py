@@ -19,11 +19,13 @@ from llmq.telemetry import logs, tracing
 from llmq.workers.dispatch import publish_batch_dispatch, publish_jobs
 
 from . import errors, observability
+from .audit import AuthFailureMonitor
 from .auth import Authenticator
 from .key_limits import KeyLimiter
 from .limits import UPLOAD_ENVELOPE_BYTES, BodySizeLimit
 from .routes import (
     admin,
+    audit,
     batches,
     compat_anthropic,
     compat_openai,
@@ -55,7 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = get_engine(settings.database_url)
     app.state.redis = redis_client(settings)
-    app.state.authenticator = Authenticator(app.state.engine)
+    # Failed-auth bursts are counted on a short-timeout client: a hung Redis delays a 401 by
+    # at most a second, and the burst goes unrecorded (logged), never the request failing.
+    failures = AuthFailureMonitor(redis_client(settings, timeout_s=1.0), app.state.engine)
+    app.state.authenticator = Authenticator(app.state.engine, on_failure=failures.failed)
     guards = build_selection(settings)  # fails the start on an unknown guardrail
     errors.install(app)
     app.include_router(health.router)
@@ -106,6 +111,7 @@ def _install_security(app: FastAPI, settings: Settings) -> None:
     # well under a millisecond, and with Redis hung the limiter fails open after 1 s, not 5.
     app.state.key_limiter = KeyLimiter(redis_client(settings, timeout_s=1.0), settings)
     app.include_router(admin.router)
+    app.include_router(audit.router)
     # The OpenAI-compatible upload has its own cap (LLMQ_COMPAT_MAX_FILE_BYTES), checked again
     # by the route on the file itself; the slack is the multipart envelope around it.
     uploads = {"/openai/v1/files": settings.compat_max_file_bytes + UPLOAD_ENVELOPE_BYTES}

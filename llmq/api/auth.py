@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from fastapi import Request
 from sqlalchemy import Engine
@@ -19,8 +20,11 @@ AUTH_CACHE_S = 10.0
 
 
 class Authenticator:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, on_failure: Callable[[Request, str], None] | None = None
+    ) -> None:
         self._engine = engine
+        self._on_failure = on_failure  # counts failures toward an audited burst (audit.py)
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
@@ -33,6 +37,7 @@ class Authenticator:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            self.failed(request, "missing")
             raise ApiError(
                 401,
                 "unauthorized",
@@ -41,6 +46,7 @@ class Authenticator:
             )
         principal = self.principal_for_key(key.strip())
         if principal is None:
+            self.failed(request, "invalid")
             raise ApiError(
                 401,
                 "unauthorized",
@@ -49,6 +55,11 @@ class Authenticator:
             )
         record_tenant(request, principal.tenant_id)
         return principal
+
+    def failed(self, request: Request, reason: str) -> None:
+        """Note a failed authentication (never raises: see llmq/api/audit.py)."""
+        if self._on_failure is not None:
+            self._on_failure(request, reason)
 
     def principal_for_key(self, key: str) -> Principal | None:
         """The key's principal (None if unknown or revoked), through the short-lived cache."""

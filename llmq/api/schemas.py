@@ -418,3 +418,22 @@ class KeyCreated(KeyOut):
 
 class KeyList(BaseModel):
     data: list[KeyOut]
+
+
+class AuditEventOut(BaseModel):
+    """One audit log row; `hash` chains it to the row before (`llmq audit verify`)."""
+
+    id: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    data: list[AuditEventOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page")

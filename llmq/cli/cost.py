@@ -60,7 +60,7 @@ def budgets_set(
     if current is not None:  # a limit not given keeps its value
         new_daily = new_daily if daily is not None else current.daily_usd
         new_monthly = new_monthly if monthly is not None else current.monthly_usd
-    store.set_budget(engine, tenant, new_daily, new_monthly)
+    store.set_budget(engine, tenant, new_daily, new_monthly, actor="cli")
     typer.echo(f"{tenant}: daily={_show(new_daily)} monthly={_show(new_monthly)}")
 
 

@@ -297,7 +297,8 @@ def keys_create(
     from llmq import store
     from llmq.store.engine import get_engine
 
-    key = store.create_api_key(get_engine(database_url(get_settings())), tenant, admin=admin)
+    engine = get_engine(database_url(get_settings()))
+    key = store.create_api_key(engine, tenant, admin=admin, actor="cli")
     typer.echo(f"created key for tenant {tenant!r}; store it now, it is not shown again:", err=True)
     typer.echo(key)
 
@@ -325,7 +326,7 @@ def keys_revoke(
     from llmq import store
     from llmq.store.engine import get_engine
 
-    revoked = store.revoke_api_key(get_engine(database_url(get_settings())), key_id)
+    revoked = store.revoke_api_key(get_engine(database_url(get_settings())), key_id, actor="cli")
     typer.echo(f"revoked key {revoked}")
 
 
@@ -536,6 +537,16 @@ def _add_config_commands() -> None:
 
 
 _add_config_commands()
+
+
+# The audit log: `llmq audit [list]`, `llmq audit verify` (llmq/cli/audit.py).
+def _add_audit_commands() -> None:
+    from llmq.cli.audit import audit_app
+
+    app.add_typer(audit_app, name="audit")
+
+
+_add_audit_commands()
 
 
 def main() -> None:

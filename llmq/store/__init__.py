@@ -11,6 +11,18 @@ URL: it acts on that database from the server's maintenance database (see faults
 Outside this package no module writes SQL (tests/unit/test_sql_in_store.py enforces it).
 """
 
+from llmq.store.audit import (
+    ACTIONS,
+    AuditEvent,
+    ChainReport,
+    CursorError,
+    append_event,
+    decode_cursor,
+    encode_cursor,
+    list_events,
+    record_event,
+    verify_chain,
+)
 from llmq.store.audits import (
     BatchAudit,
     audit_batch,
@@ -132,6 +144,7 @@ from llmq.store.webhooks import (
 )
 
 __all__ = [
+    "ACTIONS",
     "ACTIVE_SQL",
     "BATCH_EXTRA_COLUMNS",
     "COMPAT_BATCH_COLUMNS",
@@ -142,11 +155,14 @@ __all__ = [
     "ROLLUP_SET",
     "UNAVAILABLE",
     "AttemptRecord",
+    "AuditEvent",
     "BatchAudit",
     "Budget",
     "Cancellation",
+    "ChainReport",
     "ClaimedJob",
     "CompatBatchRecord",
+    "CursorError",
     "GroupBy",
     "Idempotency",
     "IdempotentReplay",
@@ -161,6 +177,7 @@ __all__ = [
     "WaitingParent",
     "WebhookClaim",
     "add_children",
+    "append_event",
     "audit_batch",
     "authenticate",
     "autocommit",
@@ -176,9 +193,11 @@ __all__ = [
     "create_api_key",
     "create_compat_batch",
     "current_level",
+    "decode_cursor",
     "defer_job",
     "delete_compat_batch",
     "delete_expired_idempotency_keys",
+    "encode_cursor",
     "expire_leases",
     "expire_overdue_jobs",
     "extend_leases",
@@ -208,6 +227,7 @@ __all__ = [
     "list_api_keys",
     "list_budgets",
     "list_compat_batches",
+    "list_events",
     "list_webhook_deliveries",
     "lock_parent",
     "mark_completed_batches_for_webhook",
@@ -215,6 +235,7 @@ __all__ = [
     "ping",
     "prior_attempts",
     "record_attempt",
+    "record_event",
     "record_webhook_delivery",
     "recovered_and_cache_hits",
     "remember_idempotency",
@@ -236,6 +257,7 @@ __all__ = [
     "undo_dispatch",
     "usage_by_template",
     "usage_rollup",
+    "verify_chain",
     "waits_after_rate_limit",
     "wake_jobs",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from llmq.store.audit import AuditEvent, append_event
 from llmq.store.base import autocommit
 
 
@@ -33,10 +34,16 @@ def get_budget(engine: Engine, tenant_id: uuid.UUID) -> Budget | None:
 
 
 def set_budget(
-    engine: Engine, tenant_name: str, daily_usd: Decimal | None, monthly_usd: Decimal | None
+    engine: Engine,
+    tenant_name: str,
+    daily_usd: Decimal | None,
+    monthly_usd: Decimal | None,
+    *,
+    actor: str = "system",
 ) -> Budget | None:
-    """Set (replace) a tenant's limits; None for both removes them. None if no such tenant."""
-    with autocommit(engine) as conn:  # one statement: the upsert finds the tenant itself
+    """Set (replace) a tenant's limits; None for both removes them. None if no such tenant.
+    The `budget.set` audit row commits with the change."""
+    with engine.begin() as conn:  # the upsert finds the tenant itself
         tenant_id: uuid.UUID | None = conn.execute(
             text(
                 "INSERT INTO budgets (tenant_id, daily_usd, monthly_usd) "
@@ -46,9 +53,16 @@ def set_budget(
             ),
             {"n": tenant_name, "d": daily_usd, "m": monthly_usd},
         ).scalar_one_or_none()
+        if tenant_id is not None:
+            details = {"daily_usd": _usd(daily_usd), "monthly_usd": _usd(monthly_usd)}
+            append_event(conn, AuditEvent(actor, "budget.set", tenant_id, tenant_name, details))
     if tenant_id is None:
         return None
     return Budget(tenant_id, daily_usd, monthly_usd)
+
+
+def _usd(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value.normalize():f}"
 
 
 def list_budgets(engine: Engine) -> list[dict[str, Any]]:

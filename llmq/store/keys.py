@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from llmq.errors import UserError
+from llmq.store.audit import AuditEvent, append_event
 
 KEY_PREFIX = "llmq_"
 
@@ -26,9 +27,13 @@ def create_api_key(
     admin: bool = False,
     requests_per_min: int | None = None,
     items_per_min: int | None = None,
+    actor: str = "system",
 ) -> str:
-    """Create the tenant if needed and return a new key. The key is shown once, stored hashed."""
+    """Create the tenant if needed and return a new key. The key is shown once, stored hashed.
+    The audit row (`key.created`, by `actor`: an admin key's id, "cli" or "system") is written
+    in the same transaction: no key exists without one."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = uuid.uuid4()
     with engine.begin() as conn:
         tenant_id = conn.execute(
             text(
@@ -44,7 +49,7 @@ def create_api_key(
                 "VALUES (:id, :tenant_id, :key_hash, :prefix, :admin, :rpm, :ipm)"
             ),
             {
-                "id": uuid.uuid4(),
+                "id": key_id,
                 "tenant_id": tenant_id,
                 "key_hash": hash_key(key),
                 "prefix": key[: len(KEY_PREFIX) + 6],
@@ -53,6 +58,9 @@ def create_api_key(
                 "ipm": items_per_min,
             },
         )
+        details = {"tenant": tenant_name, "admin": admin, "requests_per_min": requests_per_min,
+                   "items_per_min": items_per_min}  # fmt: skip
+        append_event(conn, AuditEvent(actor, "key.created", tenant_id, str(key_id), details))
     return key
 
 
@@ -125,7 +133,7 @@ class LastAdminKey(UserError):
     """Revoking this key would leave no active admin key: nobody could manage keys over HTTP."""
 
 
-def revoke_api_key(engine: Engine, ref: str) -> uuid.UUID:
+def revoke_api_key(engine: Engine, ref: str, *, actor: str = "system") -> uuid.UUID:
     """Revoke the one active key `ref` names: its id or a prefix of it, a prefix of the key
     (the 11 characters `keys list` shows, or more), or the whole key. Never the last active
     admin key: the active admin rows are locked first, so of two concurrent revokes of the
@@ -138,7 +146,7 @@ def revoke_api_key(engine: Engine, ref: str) -> uuid.UUID:
         # key are stored in the clear, so a longer prefix is matched on those (or its hash).
         rows = conn.execute(
             text(
-                "SELECT id, is_admin, key_hash = :hash AS exact FROM api_keys "
+                "SELECT id, tenant_id, is_admin, key_hash = :hash AS exact FROM api_keys "
                 "WHERE revoked_at IS NULL AND (starts_with(id::text, lower(:ref)) "
                 "OR starts_with(prefix, :ref) OR starts_with(:ref, prefix) OR key_hash = :hash)"
             ),
@@ -177,6 +185,10 @@ def revoke_api_key(engine: Engine, ref: str) -> uuid.UUID:
         ).rowcount
         if not revoked:  # revoked by a concurrent call since it was found
             raise KeyRefError(f"no active key matches {ref!r}")
+        append_event(
+            conn,
+            AuditEvent(actor, "key.revoked", rows[0].tenant_id, str(key_id), {"admin": is_admin}),
+        )
         return uuid.UUID(str(key_id))
 
 

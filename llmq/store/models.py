@@ -349,3 +349,30 @@ class Budget(Base):
     daily_usd: Mapped[Decimal | None] = mapped_column(COST)
     monthly_usd: Mapped[Decimal | None] = mapped_column(COST)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit log (migration 0009_audit_log, revision 0012).
+
+
+class AuditLog(Base):
+    """One security event, append-only (a trigger refuses UPDATE/DELETE/TRUNCATE) and hash
+    chained (llmq/store/audit.py). No foreign key to tenants: deleting a tenant must neither
+    cascade into the log nor be blocked by it."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_tenant_id", "tenant_id", "id"),
+        Index("ix_audit_log_action", "action", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    actor: Mapped[str] = mapped_column(Text)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(UUID)
+    action: Mapped[str] = mapped_column(Text)
+    target: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    prev_hash: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(Text)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.store.audit import AuditEvent, append_event
 from llmq.store.base import ACTIVE_SQL, autocommit
 
 # Webhooks
@@ -20,16 +21,22 @@ def get_webhook_salt(engine: Engine, tenant_id: uuid.UUID) -> str | None:
         ).scalar_one_or_none()
 
 
-def set_webhook_salt(engine: Engine, tenant_id: uuid.UUID, salt: str) -> None:
-    """Create or rotate the tenant's secret (the old one stops verifying at once)."""
-    with autocommit(engine) as conn:
-        conn.execute(
+def set_webhook_salt(
+    engine: Engine, tenant_id: uuid.UUID, salt: str, *, actor: str = "system"
+) -> None:
+    """Create or rotate the tenant's secret (the old one stops verifying at once). The audit
+    row (`webhook_secret.created` or `.rotated`, never the secret) commits with it."""
+    with engine.begin() as conn:
+        rotated = conn.execute(
             text(
                 "INSERT INTO webhook_secrets (tenant_id, salt) VALUES (:t, :s) "
-                "ON CONFLICT (tenant_id) DO UPDATE SET salt = EXCLUDED.salt, created_at = now()"
+                "ON CONFLICT (tenant_id) DO UPDATE SET salt = EXCLUDED.salt, created_at = now() "
+                "RETURNING (xmax <> 0) AS rotated"
             ),
             {"t": tenant_id, "s": salt},
-        )
+        ).scalar_one()
+        action = "webhook_secret.rotated" if rotated else "webhook_secret.created"
+        append_event(conn, AuditEvent(actor, action, tenant_id, str(tenant_id)))
 
 
 def mark_completed_batches_for_webhook(conn: Connection) -> int:

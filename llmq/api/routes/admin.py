@@ -38,13 +38,14 @@ def _key_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=KeyCreated, responses=ERRORS)
-def create_key(body: KeyIn, engine: EngineDep, _: AdminDep) -> KeyCreated:
+def create_key(body: KeyIn, engine: EngineDep, who: AdminDep) -> KeyCreated:
     key = store.create_api_key(
         engine,
         body.tenant,
         admin=body.admin,
         requests_per_min=body.requests_per_min,
         items_per_min=body.items_per_min,
+        actor=str(who.key_id),
     )
     row = store.get_api_key_by_hash(engine, store.hash_key(key))
     assert row is not None  # just written in the same database
@@ -52,7 +53,8 @@ def create_key(body: KeyIn, engine: EngineDep, _: AdminDep) -> KeyCreated:
 
 
 @router.get("", response_model=KeyList, responses=ERRORS)
-def list_keys(engine: EngineDep, _: AdminDep) -> KeyList:
+def list_keys(engine: EngineDep, who: AdminDep) -> KeyList:
+    store.record_event(engine, store.AuditEvent(str(who.key_id), "admin.keys_listed"))
     return KeyList(data=[KeyOut.model_validate(_key_out(r)) for r in store.list_api_keys(engine)])
 
 
@@ -61,9 +63,9 @@ def list_keys(engine: EngineDep, _: AdminDep) -> KeyList:
     status_code=204,
     responses={**ERRORS, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
 )
-def revoke_key(key_id: str, request: Request, engine: EngineDep, _: AdminDep) -> Response:
+def revoke_key(key_id: str, request: Request, engine: EngineDep, who: AdminDep) -> Response:
     try:
-        store.revoke_api_key(engine, str(parse_id(key_id, "key")))
+        store.revoke_api_key(engine, str(parse_id(key_id, "key")), actor=str(who.key_id))
     except store.KeyRefError:
         raise ApiError(404, "not_found", f"key {key_id} not found or already revoked") from None
     except store.LastAdminKey as exc:

@@ -20,6 +20,7 @@ from llmq.store import Principal
 from llmq.store.models import JobStatus
 
 from .. import cancel
+from ..audit import record_download
 from ..deps import AdmissionDep, EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..intake import IdempotencyKey, once_per_key, read_batch
@@ -196,6 +197,8 @@ def batch_results(
     statuses = parse_statuses(status)
     if store.get_batch_owner(engine, batch_uuid) != who.tenant_id:
         raise ApiError(404, "not_found", f"batch {batch_id} not found")
+    record_download(engine, who, "results.downloaded", str(batch_uuid), api="native",
+                    statuses=statuses)  # fmt: skip
 
     def lines() -> Iterator[str]:
         for row in store.iter_batch_results(engine, batch_uuid, statuses=statuses):

@@ -19,6 +19,7 @@ from llmq.compat import anthropic_format as fmt
 from llmq.compat.common import FieldError, parse_public_id, public_id
 
 from .. import cancel
+from ..audit import record_download
 from ..deps import AdmissionDep, EngineDep, EventsDep, SettingsDep
 from ..openapi_bodies import ANTHROPIC_BATCH_BODY
 from .compat_common import (
@@ -120,6 +121,8 @@ def get_batch(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> dict[st
 def batch_results(batch_id: str, engine: EngineDep, who: CompatPrincipal) -> StreamingResponse:
     """One line per finished request, in submission order; partial while the batch runs."""
     record = _record(batch_id, engine, who)
+    record_download(engine, who, "results.downloaded", str(record["batch_id"]), api="anthropic",
+                    public_id=batch_id)  # fmt: skip
 
     def lines() -> Iterator[bytes]:
         for row in store.iter_batch_results(engine, record["batch_id"]):

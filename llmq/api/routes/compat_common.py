@@ -125,9 +125,11 @@ def principal(request: Request) -> Principal:
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         key = bearer.strip() if scheme.lower() == "bearer" else ""
     if not key:
+        request.app.state.authenticator.failed(request, "missing")
         raise CompatError(401, "missing API key: send 'x-api-key' or 'Authorization: Bearer'")
     found = request.app.state.authenticator.principal_for_key(key)
     if found is None:
+        request.app.state.authenticator.failed(request, "invalid")
         raise CompatError(401, "invalid or revoked API key", code="invalid_api_key")
     return found
 

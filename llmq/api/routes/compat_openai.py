@@ -23,6 +23,7 @@ from llmq.compat.common import FieldError, parse_public_id, public_id
 from llmq.store.models import TERMINAL_STATUSES
 
 from .. import cancel
+from ..audit import record_download
 from ..deps import AdmissionDep, EngineDep, EventsDep, SettingsDep
 from ..openapi_bodies import CHAT_COMPLETION_BODY
 from .compat_common import (
@@ -147,10 +148,13 @@ def file_content(
     generated = _batch_file(file_id, engine, who)
     if generated is not None:
         which, record = generated
+        record_download(engine, who, "file.downloaded", file_id, api="openai", which=which,
+                        batch_id=str(record["batch_id"]))  # fmt: skip
         return StreamingResponse(
             _file_lines(engine, record["batch_id"], which), media_type="application/jsonl"
         )
     row = _uploaded(file_id, engine, who, with_content=True)
+    record_download(engine, who, "file.downloaded", file_id, api="openai", which="upload")
     return Response(served_content(bytes(row["content"])), media_type="application/octet-stream")
 
 

@@ -35,7 +35,7 @@ def create_webhook_secret(
             422, "webhooks_disabled", "webhooks are disabled: set LLMQ_WEBHOOK_SIGNING_KEY"
         )
     salt = new_salt()
-    store.set_webhook_salt(engine, who.tenant_id, salt)
+    store.set_webhook_salt(engine, who.tenant_id, salt, actor=str(who.key_id))
     return WebhookSecretOut(
         secret=derive_secret(settings.webhook_signing_key.get_secret_value(), salt),
         header=SIGNATURE_HEADER,
