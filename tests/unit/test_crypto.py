@@ -50,6 +50,17 @@ def test_a_sealed_value_hides_the_text_and_reads_back(keys: Callable[[str], None
     assert crypto.decrypt_bytes(b"plain file") == b"plain file"
 
 
+def test_a_tampered_or_relabelled_value_is_refused(keys: Callable[[str], None]) -> None:
+    keys(f"{K1},{K2}")
+    stored = crypto.encrypt("amount: 100")
+    flipped = stored[:-6] + ("A" if stored[-6] != "A" else "B") + stored[-5:]
+    with pytest.raises(crypto.DecryptionError):
+        crypto.decrypt(flipped)
+    relabelled = crypto.PREFIX + crypto.key_id(K2) + stored[len(crypto.PREFIX) + 8 :]
+    with pytest.raises(crypto.DecryptionError):  # the key id is authenticated too
+        crypto.decrypt(relabelled)
+
+
 def test_params_keep_what_the_worker_and_sql_need_in_clear(keys: Callable[[str], None]) -> None:
     keys(K1)
     params = {
