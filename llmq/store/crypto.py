@@ -78,7 +78,8 @@ class Cipher:
         self._newest_b = self.newest.encode()
         # The cache's keys are an HMAC under this (derived from the newest key), so a Redis key
         # confirms no guess of a document to someone without the key.
-        self.hash_key = hashlib.sha256(b"llmq-cache-key:" + raw_key(keys[0])).digest()
+        self.hash_keys = [hashlib.sha256(b"llmq-cache-key:" + raw_key(k)).digest() for k in keys]
+        self.hash_key = self.hash_keys[0]
 
     def encrypt_bytes(self, data: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -133,6 +134,17 @@ def digest(material: bytes) -> str:
     if c is None:
         return hashlib.sha256(material).hexdigest()
     return hmac.new(c.hash_key, material, hashlib.sha256).hexdigest()
+
+
+def digests(material: bytes) -> tuple[str, ...]:
+    """`digest(material)` under every configured key, newest first, then plain SHA-256: what a
+    digest stored before a key rotation (or before encryption was on) may be."""
+    plain = hashlib.sha256(material).hexdigest()
+    c = cipher()
+    if c is None:
+        return (plain,)
+    keyed = (hmac.new(k, material, hashlib.sha256).hexdigest() for k in c.hash_keys)
+    return (*keyed, plain)
 
 
 def encrypt(text: str) -> str:

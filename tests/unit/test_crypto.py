@@ -135,3 +135,16 @@ def test_the_cache_stores_sealed_answers_under_a_keyed_hash(keys: Callable[[str]
     cache.put(keyed, CachedResult("the secret answer", "local", "extractive"))
     assert "secret" not in client.data[keyed]
     assert cache.get(keyed) == CachedResult("the secret answer", "local", "extractive")
+
+
+def test_digests_are_keyed_and_still_match_across_a_rotation(
+    keys: Callable[[str], None],
+) -> None:
+    keys("")
+    assert crypto.digests(b"doc") == (crypto.digest(b"doc"),)  # plain SHA-256, as before
+    keys(K1)
+    before = crypto.digest(b"doc")
+    assert before not in crypto.digests(b"another doc")
+    keys(f"{K2},{K1}")
+    assert crypto.digest(b"doc") != before  # new writes: the new key
+    assert before in crypto.digests(b"doc")  # an idempotent retry stored before still matches
