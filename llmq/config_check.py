@@ -96,6 +96,8 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         raw, value = getattr(settings, name), dumped[name]
         if isinstance(raw, SecretStr) or (isinstance(raw, str) and SECRET_NAME.search(name)):
             shown[name] = MASK
+        elif isinstance(raw, list) and any(isinstance(item, SecretStr) for item in raw):
+            shown[name] = [MASK for _ in raw]  # the keys' count is useful, never their value
         else:
             shown[name] = _mask_urls(value)
     return shown

@@ -14,6 +14,8 @@ llmq/config_check.py.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import tomllib
@@ -185,6 +187,9 @@ class Settings(BaseSettings):
     events_keepalive_s: float = 15.0
     # Master key the per-tenant webhook secrets are derived from (never stored in the DB).
     webhook_signing_key: SecretStr | None = None
+    # Encryption at rest (docs/security.md): Fernet keys, newest first ("k1,k2" or a JSON list).
+    # Empty: texts are stored in clear. Read through llmq/store/crypto.py only.
+    encryption_keys: Annotated[list[SecretStr], NoDecode] = []
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 6
     webhook_backoff_base_s: float = 10.0
@@ -277,6 +282,27 @@ class Settings(BaseSettings):
     @classmethod
     def _split_plugins(cls, value: object) -> object:
         return cls._split_csv(value)
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return [] if value == "" else cls._split_csv(value)
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _fernet_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # Checked here so a bad key stops every process at start; the message never shows a key.
+        for position, key in enumerate(value, start=1):
+            try:
+                raw = base64.urlsafe_b64decode(key.get_secret_value().encode())
+            except (ValueError, binascii.Error):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(
+                    f"key {position} is not a Fernet key (32 url-safe base64 bytes; "
+                    "`llmq keys new-encryption-key` prints one)"
+                )
+        return value
 
     @field_validator("webhook_signing_key", mode="before")
     @classmethod

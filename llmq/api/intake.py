@@ -3,7 +3,6 @@ Idempotency-Key header that makes a retried submission return the first one's an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -20,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 from llmq import store
 from llmq.admission.pipeline import Insert, Once
-from llmq.store import Idempotency, IdempotentReplay, Principal, StoredResponse
+from llmq.store import Idempotency, IdempotentReplay, Principal, StoredResponse, crypto
 
 from .errors import ApiError, json_message
 from .schemas import BatchIn, BatchItem
@@ -162,13 +161,18 @@ def _line_errors(number: int, exc: ValidationError) -> list[dict[str, Any]]:
 # Idempotency-Key
 
 
-def request_hash(endpoint: str, body: BaseModel) -> str:
-    return hashlib.sha256(endpoint.encode() + b"\n" + body.model_dump_json().encode()).hexdigest()
+def request_hashes(endpoint: str, body: BaseModel) -> tuple[str, ...]:
+    """The request's digest to store (first), then those it may have been stored under before a
+    key rotation. Keyed under LLMQ_ENCRYPTION_KEYS (crypto.digests): the body holds the
+    documents, and a plain hash of it would confirm a guessed document."""
+    return crypto.digests(endpoint.encode() + b"\n" + body.model_dump_json().encode())
 
 
-def replay(stored: StoredResponse, key: str, endpoint: str, digest: str) -> JSONResponse:
+def replay(
+    stored: StoredResponse, key: str, endpoint: str, digests: tuple[str, ...]
+) -> JSONResponse:
     """The first answer again, or 409 if the key was used for a different request."""
-    if stored.endpoint != endpoint or stored.request_hash != digest:
+    if stored.endpoint != endpoint or stored.request_hash not in digests:
         raise ApiError(
             409,
             "idempotency_key_reused",
@@ -196,14 +200,14 @@ def once_per_key(
         return None
 
     def once(insert: Insert) -> uuid.UUID | JSONResponse:
-        digest = request_hash(endpoint, body)
+        digests = request_hashes(endpoint, body)
         stored = store.find_idempotent(engine, who.tenant_id, key, ttl_s)
         if stored is not None:
-            return replay(stored, key, endpoint, digest)
-        idem = Idempotency(key, endpoint, digest, 202, answer.model_dump(mode="json"), ttl_s)
+            return replay(stored, key, endpoint, digests)
+        idem = Idempotency(key, endpoint, digests[0], 202, answer.model_dump(mode="json"), ttl_s)
         try:
             return insert(idem)
         except IdempotentReplay as race:  # a concurrent request with the key committed first
-            return replay(race.stored, key, endpoint, digest)
+            return replay(race.stored, key, endpoint, digests)
 
     return once

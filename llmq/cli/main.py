@@ -330,6 +330,40 @@ def keys_revoke(
     typer.echo(f"revoked key {revoked}")
 
 
+@keys_app.command("new-encryption-key")
+def keys_new_encryption_key() -> None:
+    """Print a new Fernet key for LLMQ_ENCRYPTION_KEYS (put it first; keep the old ones after it
+    until `llmq keys rotate-data` has run)."""
+    from cryptography.fernet import Fernet
+
+    typer.echo(Fernet.generate_key().decode())
+
+
+@keys_app.command("rotate-data")
+def keys_rotate_data(
+    batch_rows: Annotated[int, typer.Option(min=1, help="rows per transaction")] = 500,
+) -> None:
+    """Re-encrypt every stored text (and cached/parked value in Redis) not yet under the newest
+    key of LLMQ_ENCRYPTION_KEYS, a batch per short transaction while llmq keeps running. Safe
+    to interrupt and re-run: it continues with what is left. Rows stored in clear before
+    encryption was turned on are encrypted too."""
+    from llmq.execution.paid import reseal_redis
+    from llmq.resilience.redis_clients import redis_client
+    from llmq.store.engine import get_engine
+    from llmq.store.rotation import rotate_data
+
+    settings = get_settings()
+    if not settings.encryption_keys:
+        raise _fail("LLMQ_ENCRYPTION_KEYS is not set: there is no key to rotate data to")
+    report = rotate_data(get_engine(database_url(settings)), batch_rows=batch_rows)
+    dropped, resealed = reseal_redis(redis_client(settings))
+    rows = ", ".join(f"{table} {n}" for table, n in report.rows.items())
+    typer.echo(
+        f"re-encrypted rows: {rows} ({report.batches} batches); "
+        f"redis: {dropped} stale cache entries dropped, {resealed} parked calls re-encrypted"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Client commands (talk to the API over HTTP)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -12,6 +11,7 @@ from typing import Any
 import redis
 
 from llmq.settings import CacheScope
+from llmq.store import crypto
 from llmq.telemetry.metrics import CACHE_LOOKUPS
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ def cache_key(
 ) -> str:
     """The Redis key of an answer. Under the "tenant" scope the tenant is part of the material,
     so neither the cached answer nor the in-flight lock (llmq/execution/dedup.py) is shared across
-    tenants; "global" leaves the tenant out and gives the keys used before scopes existed."""
+    tenants; "global" leaves the tenant out and gives the keys used before scopes existed.
+    With LLMQ_ENCRYPTION_KEYS the digest is keyed (crypto.digest), over the plaintext material:
+    identical jobs still meet, a key in Redis confirms no guess of a document."""
     fields: dict[str, Any] = {
         "chain": chain,
         "template": template,
@@ -54,7 +56,7 @@ def cache_key(
         separators=(",", ":"),
         default=str,
     )
-    return "llmq:cache:" + hashlib.sha256(material.encode()).hexdigest()
+    return "llmq:cache:" + crypto.digest(material.encode())
 
 
 class ResultCache:
@@ -79,12 +81,13 @@ class ResultCache:
         CACHE_LOOKUPS.labels("miss" if raw is None else "hit").inc()
         if raw is None:
             return None
-        data = json.loads(raw)
+        data = json.loads(crypto.decrypt(raw.decode() if isinstance(raw, bytes) else raw))
         return CachedResult(text=data["text"], provider=data["provider"], model=data["model"])
 
     def put(self, key: str, value: CachedResult) -> None:
         try:
-            self._client.set(key, json.dumps(value.__dict__), ex=self._ttl_s)
+            sealed = crypto.encrypt(json.dumps(value.__dict__))
+            self._client.set(key, sealed, ex=self._ttl_s)
         except redis.RedisError as exc:
             self.errors += 1
             log.warning("cache unavailable, result not cached: %s", type(exc).__name__)

@@ -24,7 +24,7 @@ from decimal import Decimal
 
 import redis
 
-from llmq.store import AttemptRecord
+from llmq.store import AttemptRecord, crypto
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PaidCalls:
         try:
             pipe = self._client.pipeline()
             field = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"  # sorts in call order
-            pipe.hset(key, field, json.dumps(asdict(record), default=str))
+            pipe.hset(key, field, crypto.encrypt(json.dumps(asdict(record), default=str)))
             pipe.expire(key, self._ttl_s)
             pipe.execute()
         except redis.RedisError as exc:
@@ -61,7 +61,7 @@ class PaidCalls:
         raw = self._client.hgetall(PREFIX + str(job_id))
         calls = []
         for field, value in sorted(raw.items()):
-            data = json.loads(value)
+            data = json.loads(crypto.decrypt(_text(value)))
             if data.get("cost_usd") is not None:
                 data["cost_usd"] = Decimal(data["cost_usd"])
             calls.append((_text(field), AttemptRecord(**data)))
@@ -73,3 +73,26 @@ class PaidCalls:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def reseal_redis(client: redis.Redis, batch: int = 500) -> tuple[int, int]:
+    """`llmq keys rotate-data` for Redis: (cache entries dropped, parked calls re-sealed).
+
+    A cached answer not under the newest key was stored under a cache key derived from an older
+    key (llmq/execution/cache.py), which no worker computes any more: it is dropped, not
+    re-sealed. A parked call is re-sealed in place (HSET of the same field)."""
+    cipher = crypto.cipher()
+    if cipher is None:
+        return 0, 0
+    newest = cipher.newest.encode()
+    dropped = resealed = 0
+    for key in client.scan_iter(match="llmq:cache:*", count=batch):
+        value = client.get(key)
+        if value is not None and not value.startswith(newest):
+            dropped += client.delete(key)
+    for key in client.scan_iter(match=PREFIX + "*", count=batch):
+        for field, value in client.hgetall(key).items():
+            if not value.startswith(newest):
+                client.hset(key, field, cipher.encrypt(cipher.decrypt(_text(value))))
+                resealed += 1
+    return dropped, resealed

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from llmq.errors import JobErrorCode
+from llmq.store import crypto
 from llmq.store.base import autocommit
 from llmq.store.jobs import Outcome
 
@@ -37,8 +38,8 @@ def _insert_children(
             "parent": parent_id,
             "template": c.template,
             "version": c.template_version,
-            "input": c.input,
-            "params": json.dumps(c.params),
+            "input": crypto.encrypt(c.input),
+            "params": json.dumps(crypto.seal_params(c.params)),
             "level": c.level,
             "idx": c.index,
         }
@@ -108,13 +109,17 @@ def lock_parent(conn: Connection, parent_id: uuid.UUID) -> WaitingParent | None:
         ),
         {"id": parent_id},
     ).first()
-    return WaitingParent(**row._asdict()) if row is not None else None
+    if row is None:
+        return None
+    fields = row._asdict()
+    fields["params"] = crypto.open_params(fields["params"])
+    return WaitingParent(**fields)
 
 
 def current_level(conn: Connection, parent_id: uuid.UUID) -> list[dict[str, Any]]:
     """The children of the highest level so far, in order."""
     return [
-        dict(r)
+        {**r, "result": crypto.decrypt_opt(r["result"])}
         for r in conn.execute(
             text(
                 "SELECT id, chunk_level, chunk_index, status, result, provider, model, "
@@ -142,7 +147,7 @@ def finish_parent(conn: Connection, parent_id: uuid.UUID, outcome: Outcome) -> N
         {
             "id": parent_id,
             "status": outcome.status,
-            "result": outcome.result,
+            "result": crypto.encrypt_opt(outcome.result),
             "provider": outcome.provider,
             "model": outcome.model,
             "error_code": outcome.error_code,

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.store import crypto
 from llmq.store.base import autocommit
 from llmq.store.submission import NewJob, insert_batch
 
@@ -36,7 +37,8 @@ def insert_compat_file(
                 "RETURNING id, filename, purpose, bytes, created_at"
             ),
             {"id": uuid.uuid4(), "t": tenant_id, "filename": filename, "purpose": purpose,
-             "bytes": len(content) if size is None else size, "content": content},
+             "bytes": len(content) if size is None else size,
+             "content": crypto.encrypt_bytes(content)},
         ).mappings().one()  # fmt: skip
     return dict(row)
 
@@ -54,7 +56,12 @@ def get_compat_file(
             .mappings()
             .first()
         )
-    return dict(row) if row is not None else None
+    if row is None:
+        return None
+    found = dict(row)
+    if with_content and found["content"] is not None:
+        found["content"] = crypto.decrypt_bytes(bytes(found["content"]))
+    return found
 
 
 @dataclass(frozen=True)

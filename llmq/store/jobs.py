@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from llmq.store import crypto
 from llmq.store.base import autocommit
 from llmq.store.models import TERMINAL_STATUSES, JobStatus
 
@@ -76,7 +77,10 @@ def claim_job(
         ).first()
     if row is None:
         return None
-    return ClaimedJob(**row._asdict())
+    fields = row._asdict()
+    fields["input"] = crypto.decrypt(fields["input"])
+    fields["params"] = crypto.open_params(fields["params"])
+    return ClaimedJob(**fields)
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,13 @@ def record_attempt(
     with autocommit(engine) as conn:
         row = conn.execute(
             _RECORD_ATTEMPT_SQL,
-            {"id": job_id, "owner": owner, "lease": lease_s, **attempt.__dict__},
+            {
+                "id": job_id,
+                "owner": owner,
+                "lease": lease_s,
+                **attempt.__dict__,
+                "output": crypto.encrypt_opt(attempt.output),
+            },
         ).first()
     return None if row is None else RecordedAttempt(row[0], row[1])
 
@@ -147,7 +157,7 @@ def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
             ),
             {"id": job_id},
         ).mappings()
-        return [dict(row) for row in rows]
+        return [{**row, "output": crypto.decrypt_opt(row["output"])} for row in rows]
 
 
 @dataclass(frozen=True)
@@ -192,7 +202,7 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
                 "id": job_id,
                 "owner": owner,
                 "status": outcome.status,
-                "result": outcome.result,
+                "result": crypto.encrypt_opt(outcome.result),
                 "provider": outcome.provider,
                 "model": outcome.model,
                 "cache_hit": outcome.cache_hit,

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from llmq.store import crypto
 from llmq.store.models import TERMINAL_STATUSES, JobStatus
 
 JOB_COLUMNS = (
@@ -37,6 +38,7 @@ def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str
         if row is None:
             return None
         job = dict(row)
+        job["result"] = crypto.decrypt_opt(job["result"])
         job["attempts"] = [
             dict(a)
             for a in conn.execute(
@@ -127,7 +129,7 @@ def iter_batch_results(
     while True:
         with engine.connect() as conn:
             rows = [
-                dict(r)
+                {**r, "result": crypto.decrypt_opt(r["result"])}
                 for r in conn.execute(
                     text(
                         "SELECT seq, id, custom_id, status, result, provider, model, cache_hit, "

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from llmq.store import crypto
 from llmq.store.base import autocommit
 from llmq.store.idempotency import Idempotency, remember_idempotency
 
@@ -55,25 +56,27 @@ def _copy_jobs(
     assert raw is not None
     suffix = "\t".join(_copy_text(v) for v in shared) + "\n"
     # Keyed by identity; the object is kept alive in the value so its id cannot be reused.
-    encoded: dict[int, tuple[object, str]] = {}
+    encoded: dict[tuple[int, bool], tuple[object, str]] = {}
 
-    def cached(value: dict[str, Any] | None) -> str:
+    def cached(value: dict[str, Any] | None, sealed: bool = False) -> str:
         if not value:
             return "{}"
-        hit = encoded.get(id(value))
+        hit = encoded.get((id(value), sealed))
         if hit is None:
-            hit = encoded[id(value)] = (value, _copy_text(value))
+            hit = encoded[id(value), sealed] = (value, _copy_text(seal(value) if sealed else value))
         return hit[1]
 
     random = os.urandom
+    seal = crypto.seal_params
+    encrypt = crypto.encrypt
     lines = [
         "\t".join(
             (
                 str(uuid.UUID(bytes=random(16), version=4)),
                 str(seq),
                 _copy_text(item.custom_id),
-                _copy_text(item.input),
-                cached(item.params),
+                _copy_text(encrypt(item.input)),
+                cached(item.params, sealed=True),
                 cached(item.meta),
                 _copy_text(item.guardrails) if item.guardrails else "[]",
                 str(item.template_version or version),
@@ -175,8 +178,8 @@ def insert_job(
                 "priority": priority,
                 "template": template,
                 "version": item.template_version or template_version,
-                "input": item.input,
-                "params": json.dumps(item.params or {}),
+                "input": crypto.encrypt(item.input),
+                "params": json.dumps(crypto.seal_params(item.params)),
                 "chain": json.dumps(chain),
                 "meta": json.dumps(item.meta or {}),
                 "guardrails": json.dumps(item.guardrails or []),

@@ -36,6 +36,10 @@ max_input_tokens = 400
 [template_max_input_tokens]
 prompt = 8000
 """
+FERNET_KEYS = (
+    "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=",
+    "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+)
 # Settings the test process itself has (the session's stack) that the file sets too.
 FILE_SETTINGS = ("DATABASE_URL", "LLMQ_DATABASE_URL", "LLMQ_API_PORT", "LLMQ_CONFIG")
 
@@ -169,16 +173,18 @@ def test_config_check_prints_the_effective_settings_without_secrets(workdir: Pat
         OPENAI_API_KEY="sk-test-0123456789abcdef",
         LLMQ_FLOWER_PASSWORD="flower-pa55word",
         LLMQ_WEBHOOK_SIGNING_KEY="signing-key-value",
+        LLMQ_ENCRYPTION_KEYS=f"{FERNET_KEYS[0]},{FERNET_KEYS[1]}",
     )
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     for secret in ("db-pa55word", "redis-pa55word", "sk-test-0123456789abcdef",
-                   "flower-pa55word", "signing-key-value", "file-pw"):  # fmt: skip
+                   "flower-pa55word", "signing-key-value", "file-pw", *FERNET_KEYS):  # fmt: skip
         assert secret not in output
     lines = done.stdout.splitlines()
     assert 'database_url = "postgresql+psycopg://llmq:********@db:5432/llmq"' in lines
     assert 'redis_url = "redis://:********@redis:6379/0"' in lines
     assert 'openai_api_key = "********"' in lines
+    assert 'encryption_keys = ["********", "********"]' in lines  # how many, never which
     assert "anthropic_api_key = null" in lines  # unset is shown as unset
     assert 'rate_limits = {"openai:gpt-4o-mini": {"requests": 500, "tokens": 200000}}' in lines
     assert "api_port = 8001" in lines
