@@ -518,7 +518,14 @@ def jobs_retry(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
 
     settings = get_settings()
     engine = get_engine(database_url(settings))
-    taken = store.retry_job(engine, _uuid(job_id))
+    target = _uuid(job_id)
+    owner = store.get_job_owner(engine, target)
+    if owner is None:
+        raise _fail(f"no failed, expired, blocked or cancelled job {job_id}")
+    # Recorded before the action (the action is its own transaction): an admin action is never
+    # taken without its audit row; at worst a row names one that then found nothing to do.
+    store.record_event(engine, store.AuditEvent("cli", "admin.job_retried", owner, str(target)))
+    taken = store.retry_job(engine, target)
     if taken is None:
         raise _fail(f"no failed, expired, blocked or cancelled job {job_id}")
     _use_env({"REDIS_URL": _redis_url(settings)})
@@ -542,11 +549,19 @@ def jobs_cancel(item_id: Annotated[str, typer.Argument(help="job id or batch id"
 
     engine = get_engine(database_url(get_settings()))
     target = _uuid(item_id)
-    done: store.Cancellation | None = None
-    owner = store.get_job_owner(engine, target)
-    if owner is not None:
+    scope, owner = "job", store.get_job_owner(engine, target)
+    if owner is None:
+        scope, owner = "batch", store.get_batch_owner(engine, target)
+    if owner is None:
+        raise _fail(f"no job or batch {item_id}")
+    # Recorded before the action, as for `jobs retry`.
+    store.record_event(
+        engine,
+        store.AuditEvent("cli", "admin.job_cancelled", owner, str(target), {"scope": scope}),
+    )
+    if scope == "job":
         done = store.cancel_jobs(engine, owner, job_id=target)
-    elif (owner := store.get_batch_owner(engine, target)) is not None:
+    else:
         done = store.cancel_jobs(engine, owner, batch_id=target)
     if done is None:
         raise _fail(f"no job or batch {item_id}")

@@ -329,3 +329,33 @@ def test_cli_audit_lists_with_filters_as_json(engine: Engine, stack_env: dict[st
     assert len(lines) == 1 and lines[0]["action"] == "key.created"
     bad = _llmq("audit", "--since", "yesterday", env=stack_env)
     assert bad.returncode == 1 and "--since" in bad.stderr
+
+
+def test_operators_job_cancel_and_retry_are_recorded(
+    engine: Engine, new_key: Any, stack_env: dict[str, str]
+) -> None:
+    """`llmq jobs cancel|retry` act across tenants with database access: each leaves a row."""
+    principal = store.authenticate(engine, new_key())
+    assert principal is not None
+    batch_id = store.insert_batch(
+        engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
+        priority="low", chain=["local:extractive"], meta={},
+        items=[store.NewJob(input="an operator's document", custom_id="0")],
+    )  # fmt: skip
+    start = _last_id(engine)
+    cancelled = _llmq("jobs", "cancel", str(batch_id), env=stack_env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    with engine.connect() as conn:
+        job = conn.exec_driver_sql(
+            "SELECT id FROM jobs WHERE batch_id = %(b)s", {"b": batch_id}
+        ).scalar_one()
+    retried = _llmq("jobs", "retry", str(job), env=stack_env)
+    assert retried.returncode == 0, retried.stderr
+    rows = {r["action"]: r for r in _events_since(engine, start)}
+    cancel = rows["admin.job_cancelled"]
+    assert (cancel["actor"], cancel["target"], cancel["tenant_id"]) == (
+        "cli", str(batch_id), principal.tenant_id)  # fmt: skip
+    assert cancel["details"] == {"scope": "batch"}
+    retry = rows["admin.job_retried"]
+    assert (retry["actor"], retry["target"], retry["tenant_id"]) == (
+        "cli", str(job), principal.tenant_id)  # fmt: skip
