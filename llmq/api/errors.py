@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmq.admission.errors import AdmissionError
+from llmq.store.crypto import DecryptionError
 
 from .schemas import JSON_TOO_DEEP
 
@@ -136,6 +137,16 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": allowed_methods(request)}
         return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+    @app.exception_handler(DecryptionError)
+    async def _undecryptable(_: Request, exc: DecryptionError) -> JSONResponse:
+        # The operator's keys, not the request: say so to both, never serve ciphertext.
+        log.error("stored data cannot be decrypted: %s; check LLMQ_ENCRYPTION_KEYS", exc)
+        return error_response(
+            503,
+            "decryption_failed",
+            f"{exc}: the operator must configure the key it was written with",
+        )
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:

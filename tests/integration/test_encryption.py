@@ -281,3 +281,24 @@ def test_keys_rotate_mid_batch_and_nothing_is_lost(
     assert sum(len(rows) for rows in after.values()) == 60
     assert all(SECRET_INPUT in r["result"] for rows in after.values() for r in rows)
     engine.dispose()
+
+
+def test_a_value_sealed_under_a_missing_key_is_a_clear_503(
+    http: Any, engine: Any, new_key: Any
+) -> None:
+    """The operator's keys, not the client's request: a JSON 503 naming the setting, no 500."""
+    key = new_key()
+    principal = store.authenticate(engine, key)
+    assert principal is not None
+    sealed = f"{PREFIX}{key_id(Fernet.generate_key().decode())}:AAAA"  # this process has no keys
+    job_id = store.insert_job(
+        engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
+        priority="low", chain=["local:extractive"], item=store.NewJob(input="a document"),
+    )  # fmt: skip
+    with engine.begin() as conn:  # as a worker holding that key would have finished it
+        conn.execute(text("UPDATE jobs SET status = 'succeeded', result = :r WHERE id = :i"),
+                     {"r": sealed, "i": job_id})  # fmt: skip
+    answer = http.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "decryption_failed" and "LLMQ_ENCRYPTION_KEYS" in error["message"]
