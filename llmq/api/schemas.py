@@ -355,6 +355,11 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: each status answered with the one error body."""
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
 # Batch API (issue 5)
 
 

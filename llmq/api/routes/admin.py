@@ -12,7 +12,7 @@ from llmq.store import Principal
 
 from ..deps import EngineDep, PrincipalDep
 from ..errors import ApiError
-from ..schemas import ErrorOut, KeyCreated, KeyIn, KeyList, KeyOut
+from ..schemas import ErrorOut, KeyCreated, KeyIn, KeyList, KeyOut, error_responses
 from .jobs import parse_id
 
 
@@ -24,13 +24,7 @@ def admin(who: PrincipalDep) -> Principal:
 
 AdminDep = Annotated[Principal, Depends(admin)]
 router = APIRouter(prefix="/v1/admin/keys", tags=["admin"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    403: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    429: {"model": ErrorOut},
-}
+ERRORS = error_responses(401, 403, 422, 413, 429)
 
 
 def _key_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -13,16 +13,11 @@ from llmq import store
 
 from ..deps import EngineDep
 from ..errors import ApiError
-from ..schemas import AuditEventOut, AuditPage, ErrorOut
+from ..schemas import AuditEventOut, AuditPage, error_responses
 from .admin import AdminDep
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["admin"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    403: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    429: {"model": ErrorOut},
-}
+ERRORS = error_responses(401, 403, 422, 429)
 
 
 def _time(value: str | None, name: str) -> datetime | None:

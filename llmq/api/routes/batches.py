@@ -25,19 +25,11 @@ from ..deps import AdmissionDep, EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..intake import IdempotencyKey, once_per_key, read_batch
 from ..openapi_bodies import native_batch
-from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState
+from ..schemas import BatchAccepted, BatchIn, BatchOut, ErrorOut, WebhookState, error_responses
 from .jobs import parse_id
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    402: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    429: {"model": ErrorOut},
-}
+ERRORS = error_responses(401, 402, 404, 409, 422, 413, 429)
 
 
 BATCH_BODY = native_batch("#/components/schemas/BatchIn")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -17,18 +16,10 @@ from .. import cancel
 from ..deps import AdmissionDep, EngineDep, EventsDep, PrincipalDep, SettingsDep
 from ..errors import ApiError
 from ..intake import IdempotencyKey, once_per_key
-from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut
+from ..schemas import ErrorOut, JobAccepted, JobIn, JobOut, error_responses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    402: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    429: {"model": ErrorOut},
-}
+ERRORS = error_responses(401, 402, 404, 409, 422, 413, 429)
 
 
 @router.post(
