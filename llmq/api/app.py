@@ -14,7 +14,7 @@ from llmq.admission.records import PostgresRecords
 from llmq.config_check import check_references
 from llmq.resilience.redis_clients import redis_client
 from llmq.settings import Settings, get_settings
-from llmq.store.engine import get_engine
+from llmq.store.engine import API_SLOTS, get_engine, set_slots
 from llmq.telemetry import logs, tracing
 from llmq.workers.dispatch import publish_batch_dispatch, publish_jobs
 
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"metrics": False, "logs": False},
     )
     app.state.settings = settings
+    set_slots(API_SLOTS)
     app.state.engine = get_engine(settings.database_url)
     app.state.redis = redis_client(settings)
     # Failed-auth bursts are counted on a short-timeout client: a hung Redis delays a 401 by

@@ -19,11 +19,15 @@ _slots: int | None = None
 # The process's own threads that use the database beside its slots (lease keeper, reconciler,
 # batch upkeep, budgets reconciliation, long-document sweep).
 OWN_CONNECTIONS = 5
+# An API process runs its sync handlers in anyio's thread pool, at most 40 at once (its
+# default limiter): its pool needs that many, not a worker's concurrency.
+API_SLOTS = 40
 
 
-def set_worker_slots(slots: int) -> None:
-    """Size the pools of engines made from now on for `slots` concurrent jobs (the Celery
-    worker's concurrency as started, whatever LLMQ_WORKER_CONCURRENCY says)."""
+def set_slots(slots: int) -> None:
+    """Size the pools of engines made from now on for `slots` concurrent users: the Celery
+    worker's concurrency as started (whatever LLMQ_WORKER_CONCURRENCY says), or the API's
+    thread pool (API_SLOTS)."""
     global _slots
     _slots = max(1, slots)
 

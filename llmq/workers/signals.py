@@ -10,7 +10,7 @@ from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from llmq.resilience.redis_clients import redis_client
 from llmq.settings import get_settings
-from llmq.store.engine import get_engine, set_worker_slots
+from llmq.store.engine import get_engine, set_slots
 
 from . import runtime, telemetry
 from .heartbeat import Heartbeat
@@ -34,7 +34,7 @@ def _on_setup(instance: Any = None, **_: Any) -> None:
     # Before any engine exists: the pool is sized from --concurrency as Celery resolved it.
     if instance is not None and getattr(instance, "concurrency", None):
         pool_module = getattr(instance.pool_cls, "__module__", str(instance.pool_cls))
-        set_worker_slots(slots_per_process(int(instance.concurrency), pool_module))
+        set_slots(slots_per_process(int(instance.concurrency), pool_module))
 
 
 @worker_ready.connect

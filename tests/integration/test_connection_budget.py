@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +171,17 @@ def test_jobs_run_end_to_end_through_pgbouncer_in_transaction_mode(
     assert batch["counts"]["succeeded"] == 40, batch
     for child in (api_process, worker):
         assert "prepared statement" not in child.tail(500)
+
+
+def test_an_api_process_sizes_its_pool_for_its_handlers_not_the_workers_setting(
+    isolated_env: dict[str, str],
+) -> None:
+    """The API runs at most 40 sync handlers at once: its pool is 40 + 5, whatever
+    LLMQ_WORKER_CONCURRENCY (a worker's setting) says."""
+    probe = "from llmq.api.app import create_app; print(create_app().state.engine.pool.size())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, **isolated_env, "LLMQ_WORKER_CONCURRENCY": "500"},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == str(db_engine.API_SLOTS + 5)
