@@ -2,14 +2,14 @@
 
 The shipped table is `llmq/data/pricing.json` (versioned, with the date it was checked and an
 effective date per entry); a user file (LLMQ_PRICING_FILE) is merged over it, model by model.
-A model missing from the table costs None ("unknown"), never 0 and never a crash, and each such
-call is counted in `llmq.telemetry.metrics.UNPRICED_MODEL`.
+A model missing from the table costs None ("unknown"), never 0 and never a crash; each such call
+is counted (`llmq_missing_price_total`) and logged once where its attempt is recorded
+(llmq/telemetry/hooks.py), so this module stays arithmetic.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -17,12 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmq.telemetry.metrics import UNPRICED_MODEL
-
-log = logging.getLogger(__name__)
-
 PER_MILLION = Decimal(1_000_000)
-_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -73,11 +68,7 @@ class PriceTable:
         those are billed at the cached-input rate instead."""
         price = self.models.get(link)
         if price is None:
-            UNPRICED_MODEL.labels(model=link).inc()
-            if link not in _warned:  # counted every time, logged once per process
-                _warned.add(link)
-                log.warning("no price for %s: its cost is recorded as unknown (null)", link)
-            return None
+            return None  # counted and logged once where the attempt is recorded (hooks.attempt)
         rates = price.rates(input_tokens)
         cached = min(max(cached_tokens, 0), input_tokens)
         total = (

@@ -130,11 +130,6 @@ CIRCUIT_OPENED = Counter(
 )
 
 # --- cost ------------------------------------------------------------------------------------
-UNPRICED_MODEL = Counter(
-    "llmq_unpriced_model_total",
-    "Provider calls whose model has no price in the pricing table (tokens kept, cost null).",
-    ["model"],
-)
 BUDGET_SOFT_LIMIT = Counter(
     "llmq_budget_soft_limit_total",
     "Budgets that reached their soft limit (80% by default), once per budget and period.",

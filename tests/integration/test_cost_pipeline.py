@@ -138,8 +138,9 @@ def test_cached_input_tokens_are_parsed_and_priced_at_the_cached_rate(
 def test_unpriced_model_keeps_tokens_with_null_cost_and_counts_a_warning(
     engine: Engine, fake: FakeProviderServer, tenant: tuple[uuid.UUID, str]
 ) -> None:
-    link = f"openai:unpriced-{uuid.uuid4().hex[:6]}"
-    before = _exported("llmq_unpriced_model_total", model=link)
+    model = f"unpriced-{uuid.uuid4().hex[:6]}"
+    link = f"openai:{model}"
+    before = _exported("llmq_missing_price_total", provider="openai", model=model)
     job_id = _job(engine, tenant[0], [link])
     assert _pipeline(engine, fake).run(job_id) == "succeeded"
     (attempt,) = _attempts(engine, job_id)
@@ -147,7 +148,7 @@ def test_unpriced_model_keeps_tokens_with_null_cost_and_counts_a_warning(
     assert attempt.cost_usd is None
     row = _job_row(engine, job_id)
     assert row.cost_usd is None and row.input_tokens == attempt.input_tokens
-    assert _exported("llmq_unpriced_model_total", model=link) == before + 1
+    assert _exported("llmq_missing_price_total", provider="openai", model=model) == before + 1
 
 
 def test_failed_attempts_that_consumed_tokens_are_costed(
