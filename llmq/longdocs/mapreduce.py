@@ -172,7 +172,7 @@ class LongDocuments:
                 what = "parent_ended"
             else:
                 what, new = self._advance(conn, parent)
-        store.roll_up_parent(self.engine, parent_id)
+            store.roll_up_parent(conn, parent_id)
         self._send(new)
         return what
 

@@ -96,6 +96,6 @@ def cancel_jobs(
             ),
             params,
         ).rowcount
-    for parent in parents:
-        roll_up_parent(engine, parent)  # what its children spent stays on the document
+        for parent in parents:
+            roll_up_parent(conn, parent)  # what its children spent stays on the document
     return Cancellation(cancelled=len(cancelled), stopping=stopping)

@@ -14,7 +14,6 @@ from sqlalchemy import Connection, Engine, text
 
 from llmq.errors import JobErrorCode
 from llmq.store import crypto
-from llmq.store.base import autocommit
 from llmq.store.jobs import Outcome
 
 
@@ -168,21 +167,23 @@ def cancel_open_children(conn: Connection, parent_id: uuid.UUID, reason: str) ->
     ).rowcount
 
 
-def roll_up_parent(engine: Engine, parent_id: uuid.UUID) -> None:
-    """The parent's tokens and cost: every attempt of every child (and its own), so far."""
-    with autocommit(engine) as conn:
-        conn.execute(
-            text(
-                "UPDATE jobs SET input_tokens = a.input_tokens, output_tokens = a.output_tokens, "
-                "cost_usd = a.cost_usd FROM (SELECT coalesce(sum(input_tokens), 0) AS "
-                "input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens, "
-                "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
-                "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd FROM attempts "
-                "WHERE job_id = :p OR job_id IN (SELECT id FROM jobs WHERE parent_id = :p)) a "
-                "WHERE jobs.id = :p"
-            ),
-            {"p": parent_id},
-        )
+def roll_up_parent(conn: Connection, parent_id: uuid.UUID) -> None:
+    """The parent's tokens and cost: every attempt of every child (and its own), so far.
+
+    Run it in the transaction that ends the parent, so no reader sees a finished document
+    whose totals still miss its last child's attempts."""
+    conn.execute(
+        text(
+            "UPDATE jobs SET input_tokens = a.input_tokens, output_tokens = a.output_tokens, "
+            "cost_usd = a.cost_usd FROM (SELECT coalesce(sum(input_tokens), 0) AS "
+            "input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens, "
+            "CASE WHEN bool_or(cost_usd IS NULL) THEN NULL "
+            "ELSE coalesce(sum(cost_usd), 0) END AS cost_usd FROM attempts "
+            "WHERE job_id = :p OR job_id IN (SELECT id FROM jobs WHERE parent_id = :p)) a "
+            "WHERE jobs.id = :p"
+        ),
+        {"p": parent_id},
+    )
 
 
 def stalled_parents(engine: Engine, limit: int = 100) -> list[uuid.UUID]:
