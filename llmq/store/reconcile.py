@@ -70,12 +70,15 @@ def take_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[
     period, so the API's own publish is not raced), or due after a backoff."""
     rows = conn.execute(
         text(
-            "UPDATE jobs SET dispatched_at = now() WHERE id IN (SELECT id FROM jobs "
+            # MATERIALIZED: as a plain IN-subquery the planner may re-run the SKIP LOCKED scan
+            # and mark more than :limit rows.
+            "WITH due AS MATERIALIZED (SELECT id FROM jobs "
             "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL "
             "AND (not_before IS NULL OR not_before <= now()) "
             "AND (status = 'retrying' OR created_at < now() - make_interval(secs => :grace)) "
             "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
-            "RETURNING id::text, priority"
+            "UPDATE jobs SET dispatched_at = now() FROM due WHERE jobs.id = due.id "
+            "RETURNING jobs.id::text, jobs.priority"
         ),
         {"grace": grace_s, "limit": limit},
     )

@@ -201,9 +201,12 @@ def take_batch_chunk_for_dispatch(
     with autocommit(engine) as conn:
         rows = conn.execute(
             text(
-                "UPDATE jobs SET dispatched_at = now() WHERE id IN (SELECT id FROM jobs "
+                # MATERIALIZED: see reconcile.take_due_for_dispatch.
+                "WITH due AS MATERIALIZED (SELECT id FROM jobs "
                 "WHERE batch_id = :b AND status = 'queued' AND dispatched_at IS NULL "
-                "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id::text, priority, seq"
+                "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED) "
+                "UPDATE jobs SET dispatched_at = now() FROM due WHERE jobs.id = due.id "
+                "RETURNING jobs.id::text, jobs.priority, jobs.seq"
             ),
             {"b": str(batch_id), "n": limit},
         ).all()

@@ -70,12 +70,14 @@ def take_due_webhooks(
     )
     rows = conn.execute(
         text(
-            "UPDATE batches SET webhook_next_at = now() + make_interval(secs => :lease) "
-            "WHERE id IN (SELECT id FROM batches WHERE webhook_url IS NOT NULL "
+            # MATERIALIZED: see reconcile.take_due_for_dispatch.
+            "WITH due AS MATERIALIZED (SELECT id FROM batches WHERE webhook_url IS NOT NULL "
             "AND webhook_status = 'pending' AND webhook_next_at <= now() "
             "AND webhook_attempts < :max "
             "ORDER BY webhook_next_at LIMIT :n FOR UPDATE SKIP LOCKED) "
-            "RETURNING id::text, webhook_attempts + 1, priority"
+            "UPDATE batches SET webhook_next_at = now() + make_interval(secs => :lease) "
+            "FROM due WHERE batches.id = due.id "
+            "RETURNING batches.id::text, batches.webhook_attempts + 1, batches.priority"
         ),
         {"lease": lease_s, "n": limit, "max": max_attempts},
     )
