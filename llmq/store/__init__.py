@@ -65,6 +65,14 @@ from llmq.store.compat import (
     insert_compat_file,
     list_compat_batches,
 )
+from llmq.store.evals import (
+    SHADOW_PRIORITY,
+    EvalWrite,
+    NewShadow,
+    batch_shadow,
+    eval_pair_outputs,
+    eval_rows,
+)
 from llmq.store.faults import connections_refused
 from llmq.store.health import job_counts, ping
 from llmq.store.idempotency import (
@@ -153,6 +161,7 @@ __all__ = [
     "MIN_KEY_REF_CHARS",
     "RECONCILE_LOCK_KEY",
     "ROLLUP_SET",
+    "SHADOW_PRIORITY",
     "UNAVAILABLE",
     "AttemptRecord",
     "AuditEvent",
@@ -163,6 +172,7 @@ __all__ = [
     "ClaimedJob",
     "CompatBatchRecord",
     "CursorError",
+    "EvalWrite",
     "GroupBy",
     "Idempotency",
     "IdempotentReplay",
@@ -170,6 +180,7 @@ __all__ = [
     "LastAdminKey",
     "NewChild",
     "NewJob",
+    "NewShadow",
     "Outcome",
     "Principal",
     "RecordedAttempt",
@@ -183,6 +194,7 @@ __all__ = [
     "autocommit",
     "batch_cap",
     "batch_job_statuses",
+    "batch_shadow",
     "batch_spend",
     "cancel_jobs",
     "cancel_open_children",
@@ -198,6 +210,8 @@ __all__ = [
     "delete_compat_batch",
     "delete_expired_idempotency_keys",
     "encode_cursor",
+    "eval_pair_outputs",
+    "eval_rows",
     "expire_leases",
     "expire_overdue_jobs",
     "extend_leases",
