@@ -96,14 +96,15 @@ def numbers(text: str) -> set[str]:
     return found
 
 
-def entities(text: str) -> set[str]:
-    """Capitalised words that do not open a sentence, minus common function words."""
+def entities(text: str, *, openers: bool = False) -> set[str]:
+    """Capitalised words that do not open a sentence (with `openers`, those too: a name in the
+    source counts wherever it stands), minus common function words."""
     found = set()
     for match in _WORD.finditer(text):
         word = match.group()
         if not word[0].isupper() or word in _NOT_NAMES:
             continue
-        if _opens_sentence(text, match.start()):
+        if not openers and _opens_sentence(text, match.start()):
             continue  # the first word of a sentence (or of the text) is capitalised anyway
         found.add(word.strip("'\u2019-"))
     return found
@@ -147,7 +148,7 @@ def score(
 ) -> dict[str, float]:
     """Every score of one output, as floats (counts included) keyed by name."""
     numbers_kept, numbers_invented = _kept(numbers(output), numbers(source))
-    entities_kept, entities_invented = _kept(entities(output), entities(source))
+    entities_kept, entities_invented = _kept(entities(output), entities(source, openers=True))
     scores = {
         "output_chars": float(len(output)),
         "compression": len(output) / max(len(source), 1),

@@ -21,6 +21,7 @@ from llmq.evals import scores
 from llmq.evals.spec import ShadowSpec, variant_label
 from llmq.execution.output_review import OutputSpec
 from llmq.store.models import JobStatus
+from llmq.templates import TemplateError, get_template
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Shadows:
             found = scores.score(
                 outcome.result,
                 job.input,
-                wants_json=spec.wants_json,
+                wants_json=spec.wants_json or _template_wants_json(job),
                 schema=spec.schema,
                 findings=scores.output_findings(outcome.guardrails),
             )
@@ -122,3 +123,10 @@ class Shadows:
             scores=found,
             shadow=shadow,
         )
+
+
+def _template_wants_json(job: store.ClaimedJob) -> bool:
+    try:
+        return get_template(job.template, job.template_version).output == "json"
+    except TemplateError:
+        return False
