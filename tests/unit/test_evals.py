@@ -233,3 +233,18 @@ def test_a_batch_spec_overrides_the_settings() -> None:
     shadows = _shadows({batch_id: none_taken})
     assert shadows.attach(_job(batch_id=batch_id), OK).evals is None
     assert shadows.attach(_job(batch_id=uuid.uuid4()), OK).evals is not None  # no own spec
+
+
+def test_the_toml_file_takes_a_shadow_spec_as_a_table(tmp_path: Path) -> None:
+    from llmq.settings import settings_from_file
+
+    config = tmp_path / "llmq.toml"
+    config.write_text(
+        '[template_shadow.summarize]\nchain = ["openai:gpt-5-nano"]\npercent = 20\n',
+        encoding="utf-8",
+    )
+    settings = settings_from_file(config)
+    assert settings.template_shadow == {
+        "summarize": {"chain": ["openai:gpt-5-nano"], "percent": 20}
+    }
+    assert reference_problems(settings) == []
