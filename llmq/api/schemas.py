@@ -212,8 +212,18 @@ class ShadowIn(Strict):
         default=None, description="template version of the shadow (default: the job's own)"
     )
     percent: float = Field(default=100, ge=0, le=100, description="share of jobs shadowed")
+    judge: Link | None = Field(
+        default=None, description="provider:model that scores each pair (a priced job of its own)"
+    )
 
     _chain = field_validator("chain")(_check_chain)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_link(cls, link: str | None) -> str | None:
+        if link is not None:
+            parse_link(link)
+        return link
 
 
 class BatchIn(Strict):

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmq.providers.links import parse_link
 
-KEYS = frozenset({"version", "chain", "percent"})
+KEYS = frozenset({"version", "chain", "percent", "judge"})
 MAX_LINKS = 10
 
 
@@ -24,6 +24,7 @@ class ShadowSpec:
     chain: tuple[str, ...]
     version: int | None = None  # None: the primary job's own version
     percent: float = 100.0
+    judge: str | None = None  # a provider:model link that scores each pair (llmq/evals/judge.py)
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> ShadowSpec:
@@ -33,7 +34,7 @@ class ShadowSpec:
         unknown = sorted(set(raw) - KEYS)
         if unknown:
             raise ValueError(f"unknown shadow field(s) {', '.join(unknown)}; allowed: version, "
-                             "chain, percent")  # fmt: skip
+                             "chain, percent, judge")  # fmt: skip
         chain = raw.get("chain")
         if (
             not isinstance(chain, list)
@@ -56,10 +57,16 @@ class ShadowSpec:
             or not 0 <= percent <= 100
         ):
             raise ValueError(f"shadow percent must be a number in 0..100, got {percent!r}")
-        return cls(chain=tuple(chain), version=version, percent=float(percent))
+        judge = raw.get("judge")
+        if judge is not None:
+            if not isinstance(judge, str):
+                raise ValueError(f"shadow judge must be one provider:model link, got {judge!r}")
+            parse_link(judge)
+        return cls(chain=tuple(chain), version=version, percent=float(percent), judge=judge)
 
     def as_json(self) -> dict[str, Any]:
-        return {"version": self.version, "chain": list(self.chain), "percent": self.percent}
+        return {"version": self.version, "chain": list(self.chain), "percent": self.percent,
+                "judge": self.judge}  # fmt: skip
 
     def takes(self, job_id: uuid.UUID | str) -> bool:
         """Is this job in the shadowed share? A hash of its id: the same job always gets the

@@ -37,7 +37,7 @@ from llmq.execution.outcomes import (
     output_findings,
 )
 from llmq.execution.paid import PaidCalls
-from llmq.execution.shadow import SHADOW, Shadows
+from llmq.execution.shadow import PRIMARY, Shadows
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.job_guard import guard_job
 from llmq.guardrails.selection import GuardrailSelection
@@ -292,8 +292,9 @@ class Pipeline:
         if recovered is not None:
             return choice.noted(recovered)
         turn: dedup.Turn = dedup.Alone()
-        # A shadow answer is never served from, nor stored in, the cache.
-        if self.cache is not None and not job.params.get("no_cache") and job.kind != SHADOW:
+        # Only a client's job uses the cache: a shadow's (or its judge's) answer is never served
+        # from it nor stored in it.
+        if self.cache is not None and not job.params.get("no_cache") and job.kind == PRIMARY:
             with hooks.stage("cache.lookup"):
                 hit, turn = dedup.look_up(self.cache, self.inflight, key, str(job.id))
             if hit is not None:
@@ -351,7 +352,7 @@ class Pipeline:
                 job, owner, rendered, findings, self.guardrails.output_for(template),
                 choice.links, prior,
             )  # fmt: skip
-        if not isinstance(outcome, store.Outcome) or self.cache is None or job.kind == SHADOW:
+        if not isinstance(outcome, store.Outcome) or self.cache is None or job.kind != PRIMARY:
             return outcome
         if (
             outcome.status == JobStatus.SUCCEEDED

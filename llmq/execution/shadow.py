@@ -5,7 +5,9 @@ the low queue after the commit (the reconciler publishes it if that fails).
 
 A shadow job runs the ordinary pipeline with three differences, all decided by `kind`: it never
 reads or writes the cache (pipeline.py), it has no batch (so no client view, count, progress
-or webhook sees it), and it starts no shadow of its own.
+or webhook sees it), and it starts no shadow of its own. When the spec names a judge, a shadow
+that succeeded starts a `judge` job the same way (in its finishing transaction); the judge's
+scores are written onto both rows of the pair when it finishes (llmq/evals/judge.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from llmq import store
-from llmq.evals import scores
+from llmq.evals import judge, scores
 from llmq.evals.spec import ShadowSpec, variant_label
 from llmq.execution.output_review import OutputSpec
 from llmq.store.models import JobStatus
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SHADOW = "shadow"
 PRIMARY = "primary"
+JUDGE = "judge"
 # Batches whose spec was read; specs never change after submission, so this only bounds memory.
 _BATCH_MEMO = 1024
 
@@ -40,8 +43,10 @@ class Shadows:
         batch_spec: Callable[[uuid.UUID], dict[str, Any] | None],
         publish: Callable[[Sequence[tuple[str, str]]], None],
         undo_dispatch: Callable[[Sequence[str]], None],
+        judge_context: Callable[[uuid.UUID], store.JudgeContext | None] = lambda _: None,
     ) -> None:
         self.specs = dict(specs)
+        self._judge_context = judge_context
         self._batch_spec = batch_spec
         self._publish = publish
         self._undo = undo_dispatch
@@ -62,8 +67,10 @@ class Shadows:
 
     def attach(self, job: store.ClaimedJob, outcome: store.Outcome) -> store.Outcome:
         """The outcome with the eval_log row (and the shadow job) to write as it is recorded."""
+        if job.kind == JUDGE:
+            return replace(outcome, evals=self._verdict(job, outcome))
         if job.kind == SHADOW:
-            return replace(outcome, evals=self._entry(job, outcome, SHADOW))
+            return replace(outcome, evals=self._shadow_entry(job, outcome))
         if (
             job.parent_id is not None  # a chunk of a long document: its parent is the job
             or outcome.status != JobStatus.SUCCEEDED
@@ -83,19 +90,51 @@ class Shadows:
             id=uuid.uuid4(),
             template_version=spec.version or job.template_version,
             chain=list(spec.chain),
+            judge=spec.judge,
         )
         return replace(outcome, evals=self._entry(job, outcome, PRIMARY, shadow))
 
     def publish(self, outcome: store.Outcome) -> None:
-        """After the finish committed: send its shadow job to the low queue."""
-        if outcome.evals is None or outcome.evals.shadow is None:
+        """After the finish committed: send its shadow or judge job to the low queue."""
+        written = outcome.evals
+        if written is None:
             return
-        job_id = str(outcome.evals.shadow.id)
+        started = [new.id for new in (written.shadow, written.judge) if new is not None]
+        if not started:
+            return
+        job_ids = [str(job_id) for job_id in started]
         try:
-            self._publish([(job_id, store.SHADOW_PRIORITY)])
+            self._publish([(job_id, store.SHADOW_PRIORITY) for job_id in job_ids])
         except Exception as exc:  # the row is durable; the reconciler publishes it
-            log.warning("could not publish shadow job %s now (%s)", job_id, type(exc).__name__)
-            self._undo([job_id])
+            log.warning("could not publish job %s now (%s)", job_ids[0], type(exc).__name__)
+            self._undo(job_ids)
+
+    def _shadow_entry(self, job: store.ClaimedJob, outcome: store.Outcome) -> store.EvalWrite:
+        entry = self._entry(job, outcome, SHADOW)
+        if outcome.status != JobStatus.SUCCEEDED or outcome.result is None:
+            return entry
+        context = self._judge_context(job.id)
+        if context is None or context.primary_output is None:
+            return entry
+        judge_id = uuid.uuid4()
+        text = judge.judge_input(
+            job.input, context.primary_output, outcome.result, swap=judge.swapped(judge_id)
+        )
+        new = store.NewJudge(judge_id, context.link, text, judge.TEMPLATE, dict(judge.PARAMS))
+        return replace(entry, judge=new)
+
+    @staticmethod
+    def _verdict(job: store.ClaimedJob, outcome: store.Outcome) -> store.EvalWrite | None:
+        if outcome.status != JobStatus.SUCCEEDED or outcome.result is None:
+            return None
+        verdict = judge.parse_verdict(outcome.result, swap=judge.swapped(job.id))
+        if verdict is None:
+            log.warning("judge job %s: the answer is not two scores 1-10", job.id)
+            return None
+        return store.EvalWrite(
+            role=JUDGE, variant="", template_version=job.template_version,
+            chain=list(job.chain), output=None, verdict=verdict,
+        )  # fmt: skip
 
     @staticmethod
     def _entry(

@@ -68,10 +68,13 @@ from llmq.store.compat import (
 from llmq.store.evals import (
     SHADOW_PRIORITY,
     EvalWrite,
+    JudgeContext,
+    NewJudge,
     NewShadow,
     batch_shadow,
     eval_pair_outputs,
     eval_rows,
+    judge_context,
 )
 from llmq.store.faults import connections_refused
 from llmq.store.health import job_counts, ping
@@ -176,10 +179,12 @@ __all__ = [
     "GroupBy",
     "Idempotency",
     "IdempotentReplay",
+    "JudgeContext",
     "KeyRefError",
     "LastAdminKey",
     "NewChild",
     "NewJob",
+    "NewJudge",
     "NewShadow",
     "Outcome",
     "Principal",
@@ -238,6 +243,7 @@ __all__ = [
     "iter_batch_results",
     "job_counts",
     "job_ending",
+    "judge_context",
     "list_api_keys",
     "list_budgets",
     "list_compat_batches",

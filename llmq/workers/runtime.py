@@ -114,6 +114,7 @@ def shadows(settings: Settings, engine: Engine) -> Shadows:
         functools.partial(store.batch_shadow, engine),
         publish_jobs,
         functools.partial(store.undo_dispatch, engine),
+        functools.partial(store.judge_context, engine),
     )
 
 

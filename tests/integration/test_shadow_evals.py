@@ -217,7 +217,8 @@ def test_bad_shadow_specs_and_report_queries_are_422s(http: Any, new_key: Any) -
         ({"chain": ["nope:model"]}, "unknown provider"),
         ({"chain": SHADOW_CHAIN, "version": 99}, "no version 99"),
         ({"chain": SHADOW_CHAIN, "percent": 150}, "percent"),
-        ({"chain": SHADOW_CHAIN, "judge": "openai:gpt-4o-mini"}, "judge"),
+        ({"chain": SHADOW_CHAIN, "judge": "nope:judge"}, "unknown provider"),
+        ({"chain": SHADOW_CHAIN, "model": "openai:gpt-4o-mini"}, "model"),
         ({"percent": 10}, "chain"),
     ]:
         answer = http.post("/v1/batches", json={"items": item, "shadow": shadow}, headers=auth(key))
@@ -228,3 +229,60 @@ def test_bad_shadow_specs_and_report_queries_are_422s(http: Any, new_key: Any) -
         assert answer.status_code == 422, (query, answer.text)
         assert "error" in answer.json()
     assert http.get(f"/v1/evals/pairs/{uuid.uuid4()}", headers=auth(key)).status_code == 404
+
+
+def test_a_judge_scores_each_pair_as_a_priced_job_of_its_own(
+    http: Any, new_key: Any, worker: Any, fake: Any, engine: Engine
+) -> None:
+    # The judge prefers the answer that keeps the source's figures, in whichever place it is
+    # shown: the variant's order is shuffled per judge job.
+    fake.set_script(
+        FakeScript(
+            rules=[
+                FaultRule(api="openai", model="gpt-4.1-mini", fault="reply",
+                          text='{"a": 9, "b": 2}', prompt_contains="ANSWER A:\nThe Riverside"),
+                FaultRule(api="openai", model="gpt-4.1-mini", fault="reply",
+                          text='{"a": 2, "b": 9}'),
+                *SCRIPT.rules,
+            ]
+        )
+    )  # fmt: skip
+    key = new_key()
+    shadow_spec = {"chain": SHADOW_CHAIN, "judge": "openai:gpt-4.1-mini"}
+    batch = _batch(
+        http, key,
+        {"items": [{"input": _doc(i + 50)} for i in range(3)], "chain": PRIMARY_CHAIN,
+         "shadow": shadow_spec},
+    )  # fmt: skip
+
+    def judged() -> dict[str, Any] | None:
+        body: dict[str, Any] = http.get("/v1/evals?template=summarize", headers=auth(key)).json()
+        shadow = next((v for v in body["variants"] if v["role"] == "shadow"), None)
+        done = shadow is not None and shadow["vs_primary"].get("judge", {}).get("n") == 3
+        return shadow if done else None
+
+    shadow = wait_for(judged, 60, "3 judged pairs")
+    assert shadow["scores"]["judge"] == {"mean": 2.0, "p50": 2.0}
+    assert shadow["vs_primary"]["judge"] == {"n": 3, "mean": -7.0, "ci_low": -7.0, "ci_high": -7.0}
+
+    with engine.connect() as conn:
+        judges = conn.execute(
+            text(
+                "SELECT k.id::text, k.status, k.batch_id, k.priority, k.cost_usd FROM jobs k "
+                "JOIN jobs p ON p.id = k.shadow_of WHERE p.batch_id = :b AND k.kind = 'judge'"
+            ),
+            {"b": batch["id"]},
+        ).all()
+        evals_cost = conn.execute(
+            text(
+                "SELECT sum(k.cost_usd) FROM jobs k JOIN jobs p ON p.id = k.shadow_of "
+                "WHERE p.batch_id = :b"
+            ),
+            {"b": batch["id"]},
+        ).scalar_one()
+    assert len(judges) == 3 and all(j.status == "succeeded" for j in judges)
+    assert all(j.batch_id is None and j.priority == "low" and j.cost_usd > 0 for j in judges)
+    assert http.get(f"/v1/jobs/{judges[0].id}", headers=auth(key)).status_code == 404
+    # The judges' calls are in the usage's shadow part, with the shadows' own.
+    usage = http.get("/v1/usage", headers=auth(key)).json()
+    assert Decimal(usage["shadow"]["cost_usd"]) == evals_cost and usage["shadow"]["jobs"] == 6

@@ -13,7 +13,7 @@ import pytest
 
 from llmq import store
 from llmq.config_check import reference_problems
-from llmq.evals import report, scores
+from llmq.evals import judge, report, scores
 from llmq.evals.spec import ShadowSpec, share_point, variant_label
 from llmq.execution.shadow import Shadows
 from llmq.settings import Settings
@@ -27,7 +27,9 @@ def test_a_spec_is_parsed_and_bad_ones_say_what_is_wrong() -> None:
     assert spec == ShadowSpec(chain=("openai:gpt-5-nano",), version=2, percent=20.0)
     assert ShadowSpec.parse({"chain": ["local:echo"]}).percent == 100.0
     bad = {
-        "unknown shadow field(s) judge": {"chain": ["local:echo"], "judge": "x"},
+        "unknown shadow field(s) model": {"chain": ["local:echo"], "model": "x"},
+        "unknown provider 'x'": {"chain": ["local:echo"], "judge": "x:y"},
+        "shadow judge must be one provider:model link": {"chain": ["local:echo"], "judge": [1]},
         "shadow chain must be a list": {"chain": []},
         "unknown provider 'nope'": {"chain": ["nope:model"]},
         "shadow version must be a whole number": {"chain": ["local:echo"], "version": 0},
@@ -248,3 +250,40 @@ def test_the_toml_file_takes_a_shadow_spec_as_a_table(tmp_path: Path) -> None:
         "summarize": {"chain": ["openai:gpt-5-nano"], "percent": 20}
     }
     assert reference_problems(settings) == []
+
+
+# --- the judge ------------------------------------------------------------------------------
+
+
+def test_the_judge_sees_each_order_half_the_time_and_its_scores_are_unswapped() -> None:
+    ids = [uuid.UUID(int=n * 104_729 + 7) for n in range(4000)]
+    assert abs(sum(judge.swapped(i) for i in ids) / len(ids) - 0.5) < 0.03
+    plain = judge.judge_input("SRC", "primary answer", "shadow answer", swap=False)
+    assert plain.index("primary answer") < plain.index("shadow answer")
+    flipped = judge.judge_input("SRC", "primary answer", "shadow answer", swap=True)
+    assert flipped.index("shadow answer") < flipped.index("primary answer")
+    assert judge.parse_verdict('{"a": 8, "b": 3}', swap=False) == (8.0, 3.0)
+    assert judge.parse_verdict('{"a": 8, "b": 3}', swap=True) == (3.0, 8.0)
+    for bad in ['{"a": 11, "b": 3}', '{"a": true, "b": 3}', '{"a": 8}', "[8, 3]", "eight"]:
+        assert judge.parse_verdict(bad, swap=False) is None
+
+
+def test_a_shadow_with_a_judge_starts_it_and_the_judge_writes_its_verdict() -> None:
+    context = store.JudgeContext("openai:gpt-4.1-mini", "Riverside spends 14 million.")
+    shadows = Shadows({}, lambda b: None, lambda jobs: None, lambda ids: None, lambda j: context)
+    shadow_ok = store.Outcome(status=JobStatus.SUCCEEDED, result="Atlantis spends 99 million.")
+    written = shadows.attach(_job(kind="shadow"), shadow_ok).evals
+    assert written is not None and written.judge is not None
+    assert written.judge.link == "openai:gpt-4.1-mini" and written.judge.template == "judge_pair"
+    assert SOURCE in written.judge.input and "Atlantis spends 99" in written.judge.input
+    failed = store.Outcome(status=JobStatus.FAILED, error_code="all_providers_failed")
+    assert shadows.attach(_job(kind="shadow"), failed).evals.judge is None  # type: ignore[union-attr]
+
+    judge_job = _job(kind="judge", template="judge_pair")
+    reply = '{"a": 9, "b": 4}'
+    verdict = shadows.attach(judge_job, store.Outcome(status=JobStatus.SUCCEEDED, result=reply))
+    assert verdict.evals is not None and verdict.evals.role == "judge"
+    expected = (4.0, 9.0) if judge.swapped(judge_job.id) else (9.0, 4.0)
+    assert verdict.evals.verdict == expected and verdict.evals.shadow is None
+    nonsense = store.Outcome(status=JobStatus.SUCCEEDED, result='{"a": "good"}')
+    assert shadows.attach(judge_job, nonsense).evals is None

@@ -42,7 +42,7 @@ class UsageOut(BaseModel):
     group_by: str
     rows: list[UsageRow]
     total: UsageTotals
-    # The part of `total` spent on shadow runs (docs/evals.md); budgets count it too.
+    # The part of `total` spent on shadow runs and their judges (docs/evals.md); budgets count it.
     shadow: UsageTotals
 
 
@@ -107,7 +107,9 @@ def usage(
     rows = store.usage_rollup(engine, who.tenant_id, start, end, group_by)
     # The total is its own query over the same rows (a job seen in two groups counts once).
     (total,) = store.usage_rollup(engine, who.tenant_id, start, end, None)
-    (shadow,) = store.usage_rollup(engine, who.tenant_id, start, end, None, kind="shadow")
+    (shadow,) = store.usage_rollup(
+        engine, who.tenant_id, start, end, None, kinds=("shadow", "judge")
+    )
     return UsageOut(
         from_=start,
         to=end,
