@@ -4,6 +4,7 @@ back through GET /v1/evals and `llmq evals`."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,8 +18,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from llmq import store
+from llmq.cost.pricing import load_price_table
+from llmq.evals.spec import ShadowSpec
+from llmq.execution.pipeline import Pipeline, PipelineConfig
+from llmq.execution.shadow import Shadows
 from llmq.localstack.embedded import free_port
 from llmq.localstack.processes import Stack
+from llmq.providers.openai_provider import OpenAIProvider
+from llmq.store.job_store import PostgresJobStore
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript, FaultRule
 
 from ..helpers import auth, wait_for
@@ -286,3 +294,47 @@ def test_a_judge_scores_each_pair_as_a_priced_job_of_its_own(
     # The judges' calls are in the usage's shadow part, with the shadows' own.
     usage = http.get("/v1/usage", headers=auth(key)).json()
     assert Decimal(usage["shadow"]["cost_usd"]) == evals_cost and usage["shadow"]["jobs"] == 6
+
+
+def test_a_shadow_whose_message_was_lost_is_published_by_the_reconciler(
+    worker: Any, fake: Any, engine: Engine, new_key: Any
+) -> None:
+    """The template's shadow (as LLMQ_TEMPLATE_SHADOW gives it) is written with the primary's
+    finish; the broker refuses its message, and the workers' reconciler sends it later."""
+    principal = store.authenticate(engine, new_key())
+    assert principal is not None
+    job_id = store.insert_job(
+        engine, tenant_id=principal.tenant_id, template="summarize", template_version=1,
+        priority="default", chain=PRIMARY_CHAIN, item=store.NewJob(input=_doc(80)),
+    )  # fmt: skip
+
+    def broker_down(jobs: Any) -> None:
+        raise ConnectionError("broker unreachable")
+
+    shadows = Shadows(
+        {"summarize": ShadowSpec(chain=tuple(SHADOW_CHAIN))},
+        functools.partial(store.batch_shadow, engine),
+        broker_down,
+        functools.partial(store.undo_dispatch, engine),
+    )
+    provider = OpenAIProvider("k", fake.openai_base_url, connect_timeout_s=2, read_timeout_s=5)
+    pipeline = Pipeline(
+        PostgresJobStore(engine), {"openai": provider}, load_price_table(),
+        PipelineConfig(lease_s=30), shadows=shadows,
+    )  # fmt: skip
+    assert pipeline.run(str(job_id)) == "succeeded"
+
+    def shadow_row() -> Any:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT status, dispatched_at FROM jobs WHERE shadow_of = :id"),
+                {"id": job_id},
+            ).one()
+
+    assert shadow_row().dispatched_at is None  # left for the reconciler
+    wait_for(lambda: shadow_row().status == "succeeded", 30, "the reconciler to run the shadow")
+    with engine.connect() as conn:
+        roles = conn.execute(
+            text("SELECT role FROM eval_log WHERE pair_id = :id ORDER BY role"), {"id": job_id}
+        ).scalars().all()  # fmt: skip
+    assert roles == ["primary", "shadow"]
