@@ -32,6 +32,7 @@ PRIMARY = "primary"
 JUDGE = "judge"
 # Batches whose spec was read; specs never change after submission, so this only bounds memory.
 _BATCH_MEMO = 1024
+_UNKNOWN = object()
 
 
 class Shadows:
@@ -50,23 +51,35 @@ class Shadows:
         self._batch_spec = batch_spec
         self._publish = publish
         self._undo = undo_dispatch
-        self._batches: dict[uuid.UUID, ShadowSpec | None] = {}
+        self._batches: dict[uuid.UUID, object] = {}
 
     def spec_for(self, job: store.ClaimedJob) -> ShadowSpec | None:
         """The batch's own spec, else the template's from the settings."""
         if job.batch_id is not None:
-            if job.batch_id not in self._batches:
+            # Worker threads share the memo: one lookup, never a check and then a read.
+            found = self._batches.get(job.batch_id, _UNKNOWN)
+            if found is _UNKNOWN:
+                raw = self._batch_spec(job.batch_id)
+                found = None if raw is None else ShadowSpec.parse(raw)
                 if len(self._batches) >= _BATCH_MEMO:
                     self._batches.clear()
-                raw = self._batch_spec(job.batch_id)
-                self._batches[job.batch_id] = None if raw is None else ShadowSpec.parse(raw)
-            found = self._batches[job.batch_id]
-            if found is not None:
+                self._batches[job.batch_id] = found
+            if isinstance(found, ShadowSpec):
                 return found
         return self.specs.get(job.template)
 
     def attach(self, job: store.ClaimedJob, outcome: store.Outcome) -> store.Outcome:
-        """The outcome with the eval_log row (and the shadow job) to write as it is recorded."""
+        """The outcome with the eval_log row (and the shadow or judge job) to write as it is
+        recorded. Evaluation never fails a job: a bug here leaves the outcome as it was."""
+        try:
+            return self._attach(job, outcome)
+        except store.UNAVAILABLE:
+            raise  # the pipeline retries, then hands the lease over
+        except Exception:
+            log.exception("job %s: no evaluation written", job.id)
+            return outcome
+
+    def _attach(self, job: store.ClaimedJob, outcome: store.Outcome) -> store.Outcome:
         if job.kind == JUDGE:
             return replace(outcome, evals=self._verdict(job, outcome))
         if job.kind == SHADOW:
@@ -77,13 +90,7 @@ class Shadows:
             or outcome.result is None
         ):
             return outcome
-        try:
-            spec = self.spec_for(job)
-        except store.UNAVAILABLE:
-            raise
-        except Exception:  # a spec is validated before it is stored; never fail the job for it
-            log.exception("job %s: unusable shadow spec, no shadow run", job.id)
-            return outcome
+        spec = self.spec_for(job)
         if spec is None or not spec.takes(job.id):
             return outcome
         shadow = store.NewShadow(

@@ -44,7 +44,8 @@ class ClaimedJob:
     # Seconds left in the batch's completion window (None: no window); no call starts after.
     expires_in_s: float | None = None
     parent_id: uuid.UUID | None = None  # a chunk or reduce job of a long document
-    kind: str = "primary"  # or "shadow": a re-run for the evaluation log (llmq/evals)
+    # "primary" (a client's job), or "shadow" / "judge": evaluation work (llmq/execution/shadow.py)
+    kind: str = "primary"
 
 
 _CLAIM_SQL = text(

@@ -287,3 +287,11 @@ def test_a_shadow_with_a_judge_starts_it_and_the_judge_writes_its_verdict() -> N
     assert verdict.evals.verdict == expected and verdict.evals.shadow is None
     nonsense = store.Outcome(status=JobStatus.SUCCEEDED, result='{"a": "good"}')
     assert shadows.attach(judge_job, nonsense).evals is None
+
+
+def test_evaluation_never_fails_the_job_it_evaluates() -> None:
+    def broken(batch_id: uuid.UUID) -> dict[str, object] | None:
+        raise RuntimeError("a bug")
+
+    shadows = Shadows({}, broken, lambda jobs: None, lambda ids: None)
+    assert shadows.attach(_job(batch_id=uuid.uuid4()), OK) == OK  # finished as if unshadowed
