@@ -226,7 +226,8 @@ def to_table(reports: Sequence[VariantReport]) -> str:
             if diff is not None:
                 shown = f"{diff.mean:+.3f} [{_fmt(diff.ci_low)}, {_fmt(diff.ci_high)}] n={diff.n}"
             lines.append(
-                f"{name:<20} {r.variant[:44]:<44} {stat.mean:>9.3f} {stat.p50:>9.3f} {shown:>32}"
+                f"{name:<20} {r.variant[:44]:<44} {stat.mean:>9.3f} {stat.p50:>9.3f} "
+                f"{shown:>32}".rstrip()
             )
     return "\n".join(lines)
 
