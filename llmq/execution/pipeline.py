@@ -174,6 +174,8 @@ class Pipeline:
                 error_code=JobErrorCode.WORKER_LOST,
                 error_message=f"the job was interrupted {job.deliveries - 1} times",
             )
+            if self.shadows is not None:  # a shadow lost this way is logged as failed
+                outcome = self.shadows.attach(job, outcome)
             self.calls.write(lambda: self.jobs.finish_job(job.id, owner, outcome))
             return outcome.status
         hold = (
