@@ -98,6 +98,10 @@ class Client:
         """GET /v1/usage with from/to/group_by."""
         return self._call("GET", "/v1/usage", params=params)
 
+    def evals(self, **params: str) -> dict[str, Any]:
+        """GET /v1/evals with template (and since): the shadow runs' report per variant."""
+        return self._call("GET", "/v1/evals", params=params)
+
     def results(self, batch_id: str, status: str | None = None) -> Iterator[dict[str, Any]]:
         params = {"status": status} if status else None
         for line in self._stream_lines(f"/v1/batches/{batch_id}/results", params=params):

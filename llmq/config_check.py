@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from llmq.errors import UserError
+from llmq.evals.spec import ShadowSpec
 from llmq.execution.routing import ShortInputRoute
 from llmq.settings import ConfigFileError, Settings, settings_from_file
 from llmq.templates import TemplateError, get_family, get_template
@@ -77,6 +78,12 @@ def reference_problems(settings: Settings) -> list[str]:
             get_template(name, int(spec["version"]))
         except TemplateError as exc:
             problems.append(f"template_experiments[{name!r}]: {exc}")
+    for name, raw in settings.template_shadow.items():
+        try:
+            shadow = ShadowSpec.parse(raw)
+            get_template(name, shadow.version)  # the family and, if given, the version exist
+        except ValueError as exc:  # TemplateError is a ValueError
+            problems.append(f"template_shadow[{name!r}]: {exc}")
     for name, route in settings.template_short_input.items():
         try:
             get_family(name, public=True)

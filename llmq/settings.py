@@ -215,6 +215,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}: give {{'version': N, 'percent': 0..100}}, got {spec}")
         return value
 
+    # Shadow runs (docs/evals.md): {"summarize": {"version": 3, "chain": ["openai:gpt-5-nano"],
+    # "percent": 20}} re-runs that share of the template's succeeded jobs on the low queue and logs
+    # both answers to eval_log; "judge": "provider:model" also has each pair scored by that model.
+    # Checked in full (links, versions) by llmq.config_check.
+    template_shadow: dict[str, dict[str, Any]] = {}
+
+    @field_validator("template_shadow")
+    @classmethod
+    def _shadow_shape(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in value.items():
+            if not isinstance(spec.get("chain"), list) or not set(spec) <= {
+                "version", "chain", "percent", "judge"
+            }:  # fmt: skip
+                raise ValueError(
+                    f"{name}: give {{'version': N, 'chain': ['provider:model', ...], "
+                    f"'percent': 0..100, 'judge': 'provider:model' (optional)}}, got {spec}"
+                )
+        return value
+
     # Size-based routing per template name (llmq/execution/routing.py), overriding the template's
     # own: {"summarize": {"link": "openai:gpt-5-nano", "max_input_tokens": 400}}; null turns it off.
     # Template names and routes are checked at start, by llmq.config_check.check_references.

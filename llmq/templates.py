@@ -265,6 +265,23 @@ FAMILIES: dict[str, Family] = {
                 internal=True,
             )
         ),
+        # The LLM judge of shadow runs (llmq/evals/judge.py): the input holds the source and
+        # both answers.
+        _family(
+            Template(
+                name="judge_pair",
+                version=1,
+                system=(
+                    "You grade two answers to the same summarization task against the source "
+                    "document: faithfulness first (no invented facts or numbers), then coverage "
+                    "of what matters, then clarity. Reply with one JSON object only: "
+                    '{{"a": <score of answer A, 1-10>, "b": <score of answer B, 1-10>}}.'
+                ),
+                user="{input}",
+                output="json",
+                internal=True,
+            )
+        ),
     )
 }
 # Kept for callers that list templates by name.

@@ -35,6 +35,7 @@ from .guard import chat_ingest, check_prompt_size, redact_jobs, text_redactor
 from .publish import Broker, publish_quietly
 from .records import AdmissionRecords, Rows
 from .resolve import assign_version, resolve_chain, resolve_template, with_short_input_routes
+from .shadow import check_shadow
 from .webhook import check_webhook
 
 R = TypeVar("R")
@@ -68,6 +69,7 @@ class Submission:
     completion_window_s: int | None = None
     webhook_url: str | None = None
     max_cost_usd: Decimal | None = None
+    shadow: dict[str, Any] | None = None  # a batch's shadow spec (llmq/evals/spec.py)
 
 
 class AdmissionPipeline:
@@ -137,6 +139,8 @@ class AdmissionPipeline:
         # 4. Budget (402 budget_exceeded).
         priced = list(zip(inputs, params, strict=True))
         enforce_budget(self.records, settings, who.tenant_id, template, chain, priced)
+        # 4b. A batch's shadow spec: its template version must exist (422 invalid_shadow).
+        shadow = check_shadow(template.name, submission.shadow)
         # 5. Webhook (422).
         if submission.webhook_url:
             check_webhook(
@@ -170,6 +174,7 @@ class AdmissionPipeline:
             completion_window_s=submission.completion_window_s,
             webhook_url=submission.webhook_url,
             max_cost_usd=submission.max_cost_usd,
+            shadow=shadow,
         )
 
     @staticmethod

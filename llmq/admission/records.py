@@ -32,6 +32,7 @@ class Rows:
     completion_window_s: int | None = None
     webhook_url: str | None = None
     max_cost_usd: Decimal | None = None
+    shadow: dict[str, Any] | None = None
 
 
 class AdmissionRecords(Protocol):
@@ -114,6 +115,7 @@ class PostgresRecords:
             idempotency=idempotency,
             api_key_id=rows.api_key_id,
             max_cost_usd=rows.max_cost_usd,
+            shadow=rows.shadow,
         )
 
     def insert_compat_batch(

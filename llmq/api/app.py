@@ -29,6 +29,7 @@ from .routes import (
     batches,
     compat_anthropic,
     compat_openai,
+    evals,
     events,
     health,
     jobs,
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(usage.router)
+    app.include_router(evals.router)
     observability.install(app)
     _install_security(app, settings)
     app.state.admission = AdmissionPipeline(

@@ -203,6 +203,29 @@ class BatchItem(Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class ShadowIn(Strict):
+    """Re-run a share of the batch's succeeded jobs with another version or chain, on the low
+    queue, and log both answers for `GET /v1/evals` (docs/evals.md). Never shown in results."""
+
+    chain: list[Link] = Field(min_length=1, max_length=10, description="the shadow's chain")
+    version: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        default=None, description="template version of the shadow (default: the job's own)"
+    )
+    percent: float = Field(default=100, ge=0, le=100, description="share of jobs shadowed")
+    judge: Link | None = Field(
+        default=None, description="provider:model that scores each pair (a priced job of its own)"
+    )
+
+    _chain = field_validator("chain")(_check_chain)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_link(cls, link: str | None) -> str | None:
+        if link is not None:
+            parse_link(link)
+        return link
+
+
 class BatchIn(Strict):
     items: list[BatchItem] = Field(min_length=1)
     template: Name = "summarize"
@@ -233,6 +256,7 @@ class BatchIn(Strict):
         description="spending cap of the whole batch in USD: once its remaining jobs cannot be "
         "covered, they end failed with budget_exceeded",
     )
+    shadow: ShadowIn | None = None
 
     _chain = field_validator("chain")(_check_chain)
 

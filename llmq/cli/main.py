@@ -579,6 +579,16 @@ def _add_cost_commands() -> None:
 _add_cost_commands()
 
 
+# Shadow runs: `llmq evals --template NAME` (llmq/cli/evals.py).
+def _add_evals_commands() -> None:
+    from llmq.cli.evals import evals
+
+    app.command()(evals)
+
+
+_add_evals_commands()
+
+
 def _add_config_commands() -> None:
     from llmq.cli.config import config_app
 

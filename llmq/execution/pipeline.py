@@ -37,6 +37,7 @@ from llmq.execution.outcomes import (
     output_findings,
 )
 from llmq.execution.paid import PaidCalls
+from llmq.execution.shadow import PRIMARY, Shadows
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.job_guard import guard_job
 from llmq.guardrails.selection import GuardrailSelection
@@ -109,6 +110,7 @@ class Pipeline:
         budgets: BudgetGuard | None = None,
         inflight: dedup.InFlight | None = None,
         paid: PaidCalls | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self.jobs = jobs
         self.providers = providers
@@ -123,6 +125,7 @@ class Pipeline:
         self.budgets = budgets
         self.inflight = inflight
         self.events = events
+        self.shadows = shadows  # shadow runs and the evaluation log (llmq/execution/shadow.py)
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
             config.output_guardrails,
@@ -171,6 +174,8 @@ class Pipeline:
                 error_code=JobErrorCode.WORKER_LOST,
                 error_message=f"the job was interrupted {job.deliveries - 1} times",
             )
+            if self.shadows is not None:  # a shadow lost this way is logged as failed
+                outcome = self.shadows.attach(job, outcome)
             self.calls.write(lambda: self.jobs.finish_job(job.id, owner, outcome))
             return outcome.status
         hold = (
@@ -205,8 +210,10 @@ class Pipeline:
                 assert self.long_documents is not None
                 self.long_documents.start(job, owner, result)
                 return "split"
-            outcome = result
+            outcome = result if self.shadows is None else self.shadows.attach(job, result)
             watch.recorded = self.calls.write(lambda: self.jobs.finish_job(job.id, owner, outcome))
+            if watch.recorded and self.shadows is not None:
+                self.shadows.publish(outcome)
             if job.parent_id is not None and self.long_documents is not None:
                 self.long_documents.after_child(job.parent_id)
             return result.status
@@ -287,7 +294,9 @@ class Pipeline:
         if recovered is not None:
             return choice.noted(recovered)
         turn: dedup.Turn = dedup.Alone()
-        if self.cache is not None and not job.params.get("no_cache"):
+        # Only a client's job uses the cache: a shadow's (or its judge's) answer is never served
+        # from it nor stored in it.
+        if self.cache is not None and not job.params.get("no_cache") and job.kind == PRIMARY:
             with hooks.stage("cache.lookup"):
                 hit, turn = dedup.look_up(self.cache, self.inflight, key, str(job.id))
             if hit is not None:
@@ -345,7 +354,7 @@ class Pipeline:
                 job, owner, rendered, findings, self.guardrails.output_for(template),
                 choice.links, prior,
             )  # fmt: skip
-        if not isinstance(outcome, store.Outcome) or self.cache is None:
+        if not isinstance(outcome, store.Outcome) or self.cache is None or job.kind != PRIMARY:
             return outcome
         if (
             outcome.status == JobStatus.SUCCEEDED

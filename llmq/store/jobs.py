@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 
 from llmq.store import crypto
 from llmq.store.base import autocommit
+from llmq.store.evals import EvalWrite, write_evals
 from llmq.store.models import TERMINAL_STATUSES, JobStatus
 
 
@@ -43,6 +44,8 @@ class ClaimedJob:
     # Seconds left in the batch's completion window (None: no window); no call starts after.
     expires_in_s: float | None = None
     parent_id: uuid.UUID | None = None  # a chunk or reduce job of a long document
+    # "primary" (a client's job), or "shadow" / "judge": evaluation work (llmq/execution/shadow.py)
+    kind: str = "primary"
 
 
 _CLAIM_SQL = text(
@@ -60,7 +63,7 @@ _CLAIM_SQL = text(
     "extract(epoch FROM now() - coalesce(started_at, now()))::float8 AS age_s, "
     "(SELECT extract(epoch FROM b.expires_at - now())::float8 FROM batches b "
     "WHERE b.id = jobs.batch_id) AS expires_in_s, "
-    "parent_id"
+    "parent_id, kind"
 )
 
 
@@ -171,6 +174,8 @@ class Outcome:
     error_message: str | None = None
     route: list[dict[str, Any]] | None = None
     guardrails: list[dict[str, Any]] | None = None
+    # Written in the finishing transaction: the job's eval_log row and a primary's shadow job.
+    evals: EvalWrite | None = None
 
 
 _FINISH_SQL = text(
@@ -195,7 +200,7 @@ _FINISH_SQL = text(
 def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) -> bool:
     """Write the terminal state and roll the attempts up into the job's totals, once."""
     assert outcome.status in TERMINAL_STATUSES
-    with autocommit(engine) as conn:
+    with autocommit(engine) if outcome.evals is None else engine.begin() as conn:
         result = conn.execute(
             _FINISH_SQL,
             {
@@ -212,6 +217,8 @@ def finish_job(engine: Engine, job_id: uuid.UUID, owner: str, outcome: Outcome) 
                 "guardrails": json.dumps(outcome.guardrails or []),
             },
         )
+        if result.rowcount == 1 and outcome.evals is not None:
+            write_evals(conn, job_id, outcome.evals)
         return result.rowcount == 1
 
 

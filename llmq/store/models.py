@@ -111,6 +111,8 @@ class Batch(Base):
     webhook_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Cost and budgets (0002): spending cap of the whole batch, checked before each provider call.
     max_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
+    # Shadow runs (0010_shadow_evals): this batch's own shadow spec (llmq/evals/spec.py).
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at"),
@@ -186,9 +188,14 @@ class Job(Base):
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL")
     )
+    # Shadow runs (0010_shadow_evals): a 'shadow' job re-runs the primary `shadow_of` with another
+    # template version or chain; it has no batch and is never shown to the client.
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'primary'"))
+    shadow_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
+        Index("ix_jobs_shadow_of", "shadow_of", postgresql_where=text("shadow_of IS NOT NULL")),
         # "Is anything of this batch still live?" (expiry, completion webhooks) in one probe.
         Index(
             "ix_jobs_batch_active",
@@ -376,3 +383,37 @@ class AuditLog(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shadow runs and the evaluation log (migration 0010_shadow_evals, revision 0015).
+
+
+class EvalLog(Base):
+    """One job of a compared pair (a primary and its shadow share `pair_id`, the primary's id):
+    its variant, sealed output, tokens, cost, provider latency and offline scores."""
+
+    __tablename__ = "eval_log"
+    __table_args__ = (
+        UniqueConstraint("job_id", name="uq_eval_log_job"),
+        Index("ix_eval_log_tenant_template", "tenant_id", "template", "created_at"),
+        Index("ix_eval_log_pair", "pair_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    pair_id: Mapped[uuid.UUID] = mapped_column(UUID)
+    role: Mapped[str] = mapped_column(String(16))  # primary | shadow
+    template: Mapped[str] = mapped_column(String(100))
+    template_version: Mapped[int] = mapped_column(Integer)
+    chain: Mapped[list[str]] = mapped_column(JSONB)
+    variant: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str | None] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    cost_usd: Mapped[Decimal | None] = mapped_column(COST)
+    latency_ms: Mapped[Decimal] = mapped_column(Numeric(12, 3), server_default=text("0"))
+    scores: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -28,7 +28,8 @@ def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str
                 text(
                     f"SELECT {JOB_COLUMNS}, EXISTS (SELECT 1 FROM jobs c "
                     "WHERE c.parent_id = jobs.id) AS has_children "
-                    "FROM jobs WHERE id = :id AND tenant_id = :t"
+                    # A shadow run is never shown to the client (llmq/execution/shadow.py).
+                    "FROM jobs WHERE id = :id AND tenant_id = :t AND kind = 'primary'"
                 ),
                 {"id": job_id, "t": tenant_id},
             )

@@ -42,6 +42,7 @@ _TABLES: dict[str, tuple[str, tuple[str, ...], str]] = {
         f"({_text_stale('input')} OR {_text_stale('result')} OR {_PARAMS_STALE})",
     ),
     "attempts": ("id", ("output",), _text_stale("output")),
+    "eval_log": ("id", ("output",), _text_stale("output")),
     "compat_files": (
         "id",
         ("content",),

@@ -108,6 +108,7 @@ def insert_batch(
     idempotency: Idempotency | None = None,
     api_key_id: uuid.UUID | None = None,
     max_cost_usd: Decimal | None = None,
+    shadow: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none.
 
@@ -119,11 +120,12 @@ def insert_batch(
         conn.execute(
             text(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
-                "item_count, completion_window_s, expires_at, webhook_url, max_cost_usd) VALUES "
+                "item_count, completion_window_s, expires_at, webhook_url, max_cost_usd, "
+                "shadow) VALUES "
                 "(:id, :tenant_id, :template, :priority, CAST(:chain AS jsonb), "
                 "CAST(:meta AS jsonb), :n, CAST(:window AS integer), "
                 "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url, "
-                ":max_cost)"
+                ":max_cost, CAST(:shadow AS jsonb))"
             ),
             {
                 "id": batch_id,
@@ -136,6 +138,7 @@ def insert_batch(
                 "window": completion_window_s,
                 "webhook_url": webhook_url,
                 "max_cost": max_cost_usd,
+                "shadow": None if shadow is None else json.dumps(shadow),
             },
         )
         shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain,

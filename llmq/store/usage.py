@@ -8,6 +8,7 @@ the per-template comparison reads the jobs (one row per request).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -58,8 +59,11 @@ def usage_rollup(
     start: datetime,
     end: datetime,
     group_by: GroupBy | None,
+    kinds: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Attempts of one tenant in [start, end), summed per group (one total row for None)."""
+    """Attempts of one tenant in [start, end), summed per group (one total row for None);
+    `kinds` keeps only the attempts of jobs of those kinds (primary, shadow, judge:
+    llmq/execution/shadow.py)."""
     group, label = _GROUP_EXPR[group_by] if group_by else ("NULL", "NULL")
     sql = (
         f"SELECT {group} AS grp, {label} AS label, count(*) AS attempts, "
@@ -71,10 +75,19 @@ def usage_rollup(
         "FROM attempts a JOIN jobs j ON j.id = a.job_id "
         "LEFT JOIN api_keys k ON k.id = j.api_key_id "
         "WHERE a.tenant_id = :t AND a.created_at >= :start AND a.created_at < :end "
+        "AND (CAST(:kinds AS text[]) IS NULL OR j.kind = ANY(CAST(:kinds AS text[]))) "
         + ("GROUP BY 1 ORDER BY 1 NULLS LAST" if group_by else "")
     )
     with engine.connect() as conn:
-        rows = conn.execute(text(sql), {"t": tenant_id, "start": start, "end": end}).mappings()
+        rows = conn.execute(
+            text(sql),
+            {
+                "t": tenant_id,
+                "start": start,
+                "end": end,
+                "kinds": None if kinds is None else list(kinds),
+            },
+        ).mappings()
         return [dict(r) for r in rows]
 
 
@@ -94,7 +107,7 @@ def usage_by_template(
                     "coalesce(sum(input_tokens), 0) AS input_tokens, "
                     "coalesce(sum(output_tokens), 0) AS output_tokens, "
                     "coalesce(sum(cost_usd), 0) AS cost_usd FROM jobs "
-                    "WHERE tenant_id = :t AND parent_id IS NULL "
+                    "WHERE tenant_id = :t AND parent_id IS NULL AND kind = 'primary' "
                     "AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since) "
                     "GROUP BY template, template_version ORDER BY template, template_version"
                 ),

@@ -8,13 +8,16 @@ import threading
 
 from sqlalchemy import Engine
 
+from llmq import store
 from llmq.cost.budgets import BudgetGuard
 from llmq.cost.pricing import load_price_table
+from llmq.evals.spec import ShadowSpec
 from llmq.execution.cache import ResultCache
 from llmq.execution.dedup import InFlight, wake_jobs
 from llmq.execution.leases import LeaseKeeper
 from llmq.execution.paid import PaidCalls
 from llmq.execution.pipeline import Pipeline, PipelineConfig
+from llmq.execution.shadow import Shadows
 from llmq.guardrails import load_plugins
 from llmq.longdocs.mapreduce import LongDocConfig, LongDocuments
 from llmq.providers.registry import build_providers
@@ -101,6 +104,17 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         else None,
         # Parked calls wait for the job's next delivery, at most its whole life.
         paid=PaidCalls(client, settings.job_deadline_s + settings.job_lease_s),
+        shadows=shadows(settings, engine),
+    )
+
+
+def shadows(settings: Settings, engine: Engine) -> Shadows:
+    return Shadows(
+        {name: ShadowSpec.parse(raw) for name, raw in settings.template_shadow.items()},
+        functools.partial(store.batch_shadow, engine),
+        publish_jobs,
+        functools.partial(store.undo_dispatch, engine),
+        functools.partial(store.judge_context, engine),
     )
 
 

@@ -42,6 +42,8 @@ class UsageOut(BaseModel):
     group_by: str
     rows: list[UsageRow]
     total: UsageTotals
+    # The part of `total` spent on shadow runs and their judges (docs/evals.md); budgets count it.
+    shadow: UsageTotals
 
 
 class BudgetOut(BaseModel):
@@ -105,12 +107,16 @@ def usage(
     rows = store.usage_rollup(engine, who.tenant_id, start, end, group_by)
     # The total is its own query over the same rows (a job seen in two groups counts once).
     (total,) = store.usage_rollup(engine, who.tenant_id, start, end, None)
+    (shadow,) = store.usage_rollup(
+        engine, who.tenant_id, start, end, None, kinds=("shadow", "judge")
+    )
     return UsageOut(
         from_=start,
         to=end,
         group_by=group_by,
         rows=[UsageRow(group=r.pop("grp"), **r) for r in rows],
         total=UsageTotals(**{k: v for k, v in total.items() if k not in ("grp", "label")}),
+        shadow=UsageTotals(**{k: v for k, v in shadow.items() if k not in ("grp", "label")}),
     )
 
 
