@@ -32,6 +32,7 @@ class Rows:
     completion_window_s: int | None = None
     webhook_url: str | None = None
     max_cost_usd: Decimal | None = None
+    lane: str = "sync"  # or "provider_batch" (llmq/execution/lane.py)
 
 
 class AdmissionRecords(Protocol):
@@ -61,6 +62,7 @@ class AdmissionRecords(Protocol):
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
         """A compatible API's batch (its record and its native batch); returns the record id."""
         ...
@@ -114,6 +116,7 @@ class PostgresRecords:
             idempotency=idempotency,
             api_key_id=rows.api_key_id,
             max_cost_usd=rows.max_cost_usd,
+            lane=rows.lane,
         )
 
     def insert_compat_batch(
@@ -124,10 +127,11 @@ class PostgresRecords:
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
         return store.create_compat_batch(
             self._engine, tenant_id=tenant_id, record=record, chain=chain, priority=priority,
-            items=items, rejected=rejected,
+            items=items, rejected=rejected, lane=lane,
         )  # fmt: skip
 
     def undo_dispatch(self, job_ids: Sequence[str]) -> None:

@@ -186,9 +186,20 @@ class Job(Base):
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL")
     )
+    # Provider Batch lane (0013): 'sync' or 'provider_batch', and the upload carrying the job.
+    lane: Mapped[str] = mapped_column(String(16), server_default=text("'sync'"))
+    provider_batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("provider_batches.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
+        Index(
+            "ix_jobs_lane_waiting",
+            "provider_batch_id",
+            "created_at",
+            postgresql_where=text("lane = 'provider_batch' AND status IN ('queued', 'running')"),
+        ),
         # "Is anything of this batch still live?" (expiry, completion webhooks) in one probe.
         Index(
             "ix_jobs_batch_active",
@@ -233,6 +244,8 @@ class Attempt(Base):
     # the next delivery finishes from it instead of calling the provider again.
     output: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # A provider Batch lane call: what it would have cost on the sync lane (NULL: a sync call).
+    sync_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -376,3 +389,37 @@ class AuditLog(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     prev_hash: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider Batch lane (migration 0010_provider_batches, revision 0013).
+
+
+class ProviderBatch(Base):
+    """One upload of lane jobs to a provider's Batch API. Written as an intent before the
+    upload, so a crash before the upstream id is recorded is found again, never paid twice."""
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (
+        Index(
+            "ix_provider_batches_open",
+            "next_poll_at",
+            postgresql_where=text("state IN ('intent', 'uploaded')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'intent'"))
+    upstream_id: Mapped[str | None] = mapped_column(String(200))
+    upstream_status: Mapped[str | None] = mapped_column(String(32))
+    job_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    polls: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

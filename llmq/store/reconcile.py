@@ -71,7 +71,7 @@ def take_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[
     rows = conn.execute(
         text(
             "UPDATE jobs SET dispatched_at = now() WHERE id IN (SELECT id FROM jobs "
-            "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL "
+            "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL AND lane = 'sync' "
             "AND (not_before IS NULL OR not_before <= now()) "
             "AND (status = 'retrying' OR created_at < now() - make_interval(secs => :grace)) "
             "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED) "

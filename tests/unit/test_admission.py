@@ -67,6 +67,7 @@ class MemoryRecords:
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
         self.batches.append(Rows(tenant_id, None, "chat", 1, priority, chain, list(items)))
         return uuid.uuid4()

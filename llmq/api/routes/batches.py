@@ -98,6 +98,7 @@ def submission(body: BatchIn) -> Submission:
         completion_window_s=parse_duration(window) if window else None,
         webhook_url=body.webhook_url,
         max_cost_usd=body.max_cost_usd,
+        lane=body.lane,
     )
 
 

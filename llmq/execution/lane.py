@@ -1,0 +1,321 @@
+"""The provider Batch lane: queued jobs of `lane = 'provider_batch'` go to the providers' own
+Batch APIs (half the price, answers within a day) instead of one synchronous call each.
+
+One `tick` does, in order:
+1. intents left by a crash between an upload and recording its upstream id: found upstream by
+   the intent (BatchClient.find) and recorded, or uploaded now; never a second upstream batch;
+2. uploads whose every job was cancelled: their upstream batch is cancelled;
+3. uploads due for a poll: polled; once ended, every item's answer is recorded at the batch
+   price, reviewed like a sync answer and the job finished, exactly once, through the same
+   claim / record_attempt / finish_job path as the sync lane; errored and expired items, and
+   every job of a failed batch, go to the sync lane (their normal retry and fallback);
+4. waiting jobs, grouped per provider:model: uploaded once a group is big or old enough, after
+   the same input guardrails and redaction as a sync call (Pipeline.lane_prepare).
+
+Plain Python over the record of truth: llmq/workers/lane.py runs it in a thread of every worker,
+one tick at a time across the fleet (a Postgres advisory lock); nothing blocks a task thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import Engine
+
+from llmq import store
+from llmq.cost.pricing import PriceTable
+from llmq.execution import lane_rules
+from llmq.execution.outcomes import CANCELLED
+from llmq.execution.pipeline import LaneItem, Pipeline
+from llmq.providers.base import Completion, Usage
+from llmq.providers.batch_api import (
+    MAX_BYTES,
+    MAX_ITEMS,
+    BatchClient,
+    BatchRequest,
+    ItemResult,
+)
+from llmq.settings import Settings
+from llmq.store.models import JobStatus
+
+log = logging.getLogger(__name__)
+
+# Waiting lane jobs read per tick; more wait for the next one.
+SCAN_LIMIT = 200_000
+BATCH_PROVIDERS = frozenset(MAX_ITEMS)
+# The attempts of a lane call name the upstream batch as their worker: a job re-collected after
+# a crash finds its answer recorded and is not recorded (or paid) twice.
+WORKER_PREFIX = "provider_batch:"
+
+
+@dataclass
+class TickReport:
+    uploaded: int = 0  # upstream batches created
+    recovered: int = 0  # intents found upstream after a crash
+    polled: int = 0
+    finished: int = 0  # jobs ended by the lane
+    # Jobs handed to the sync lane: the reconciler publishes them (llmq/workers/reconciler.py).
+    to_sync: list[str] = field(default_factory=list)
+    cancelled_upstream: int = 0
+
+
+class LaneRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        pipeline: Pipeline,
+        client_for: Callable[[str], BatchClient],
+        *,
+        after_submit: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.pipeline = pipeline
+        self.client_for = client_for
+        self.batch_prices: PriceTable = pipeline.prices.batch()
+        # Test hook: runs between the upload and recording its id (a crash there is recovered).
+        self._after_submit = after_submit
+        self._owner = f"lane-{uuid.uuid4().hex[:12]}"
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        for row in store.open_provider_batches(self.engine):
+            try:
+                if row.state == "intent":
+                    self._recover(row, report)
+                else:
+                    self._poll(row, report)
+            except Exception:  # one upstream's trouble must not stall the others
+                log.exception("provider batch %s (%s)", row.id, row.upstream_id)
+        for row in store.uploads_to_cancel(self.engine):
+            if store.mark_cancel_requested(self.engine, row.id) and row.upstream_id:
+                self.client_for(row.provider).cancel(row.upstream_id)
+                report.cancelled_upstream += 1
+        self._gather(report)
+        return report
+
+    # --- 4. gathering and uploading ---------------------------------------------------------
+
+    def _gather(self, report: TickReport) -> None:
+        waiting = store.waiting_lane_jobs(self.engine, SCAN_LIMIT)
+        groups, no_link = lane_rules.group_waiting(
+            [(j.id, j.chain, j.age_s) for j in waiting], BATCH_PROVIDERS
+        )
+        report.to_sync += store.to_sync_lane(self.engine, no_link)
+        for group in groups.values():
+            provider = group.link.split(":", 1)[0]
+            max_items = min(self.settings.batch_lane_max_items, MAX_ITEMS[provider])
+            if lane_rules.is_due(group, max_items, self.settings.batch_lane_max_age_s):
+                self._upload_jobs(group.job_ids, report)
+
+    def _upload_jobs(self, job_ids: Sequence[str], report: TickReport) -> None:
+        by_link = self._prepared(store.lane_jobs(self.engine, job_ids), report)
+        for link, items in by_link.items():
+            provider, model = link.split(":", 1)
+            client = self.client_for(provider)
+            max_items = min(self.settings.batch_lane_max_items, MAX_ITEMS[provider])
+            requests = [self._request(item, model) for item in items]
+            for chunk in lane_rules.cut(
+                requests, client.request_size, max_items, MAX_BYTES[provider]
+            ):
+                intent = uuid.uuid4()
+                tied = set(
+                    store.open_intent(
+                        self.engine, intent, provider, model, [r.custom_id for r in chunk]
+                    )
+                )
+                if tied:
+                    self._submit(client, intent, [r for r in chunk if r.custom_id in tied])
+                    report.uploaded += 1
+
+    def _prepared(
+        self, jobs: Iterable[store.ClaimedJob], report: TickReport
+    ) -> dict[str, list[LaneItem]]:
+        """Jobs guarded and rendered, per upstream link. A job the guard stops ends here (as a
+        sync job would); one the lane cannot carry goes to the sync lane."""
+        by_link: dict[str, list[LaneItem]] = {}
+        not_for_lane: list[str] = []
+        for job in jobs:
+            prepared = self.pipeline.lane_prepare(job)
+            if isinstance(prepared, store.Outcome):
+                claimed = self.pipeline.jobs.claim_job(
+                    str(job.id), self._owner, self.settings.job_lease_s
+                )
+                if claimed is not None and self.pipeline.jobs.finish_job(
+                    job.id, self._owner, prepared
+                ):
+                    report.finished += 1
+                continue
+            link = (
+                None
+                if prepared is None
+                else lane_rules.batch_link(prepared.choice.links, BATCH_PROVIDERS)
+            )
+            if prepared is None or link is None:
+                not_for_lane.append(str(job.id))
+                continue
+            by_link.setdefault(link, []).append(prepared)
+        report.to_sync += store.to_sync_lane(self.engine, not_for_lane)
+        return by_link
+
+    def _request(self, item: LaneItem, model: str) -> BatchRequest:
+        """The upload line of a job: the request a sync call would send (same rendering, same
+        JSON instructions), as messages."""
+        run = self.pipeline.lane_run(item, self._owner)
+        request = run.request(model)
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend(request.messages or [{"role": "user", "content": request.user}])
+        return BatchRequest(
+            custom_id=str(item.job.id),
+            model=model,
+            messages=messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+        )
+
+    def _submit(self, client: BatchClient, intent: uuid.UUID, requests: list[BatchRequest]) -> None:
+        # The intent row is committed before this call: a crash from here on is recovered.
+        upstream_id = client.submit(requests, intent_id=str(intent))
+        if self._after_submit is not None:
+            self._after_submit()
+        store.record_upload(self.engine, intent, upstream_id, self.settings.batch_lane_poll_s)
+        log.info("uploaded %d jobs as %s batch %s", len(requests), client.provider, upstream_id)
+
+    # --- 1. recovery -------------------------------------------------------------------------
+
+    def _recover(self, row: store.ProviderBatchRow, report: TickReport) -> None:
+        """An intent whose upload may or may not have happened (this tick holds the lane's
+        lock, so its writer is gone): find it upstream, else upload it now."""
+        job_ids = store.intent_job_ids(self.engine, row.id)
+        if not job_ids:
+            store.end_provider_batch(self.engine, row.id, "ended", "no job left to upload")
+            return
+        client = self.client_for(row.provider)
+        found = client.find(str(row.id), job_ids)
+        if found is not None:
+            store.record_upload(self.engine, row.id, found, self.settings.batch_lane_poll_s)
+            report.recovered += 1
+            log.info("recovered upload %s as %s batch %s", row.id, row.provider, found)
+            return
+        link = f"{row.provider}:{row.model}"
+        items = self._prepared(store.lane_jobs(self.engine, job_ids), report).get(link, [])
+        if not items:
+            store.end_provider_batch(self.engine, row.id, "ended", "no job left to upload")
+            return
+        self._submit(client, row.id, [self._request(item, row.model) for item in items])
+        report.uploaded += 1
+
+    # --- 3. polling and collecting -----------------------------------------------------------
+
+    def _poll(self, row: store.ProviderBatchRow, report: TickReport) -> None:
+        assert row.upstream_id is not None
+        client = self.client_for(row.provider)
+        upstream = client.retrieve(row.upstream_id)
+        report.polled += 1
+        if upstream.state in ("in_progress", "cancelling"):
+            delay = lane_rules.poll_delay(
+                row.polls, self.settings.batch_lane_poll_s, self.settings.batch_lane_poll_max_s
+            )
+            store.record_poll(self.engine, row.id, upstream.raw_status, delay)
+            return
+        store.record_poll(self.engine, row.id, upstream.raw_status, 0.0)
+        results: dict[str, ItemResult] = {}
+        if upstream.state != "failed":
+            results = {r.custom_id: r for r in client.results(row.upstream_id)}
+        reason = upstream.error or f"the {row.provider} batch {upstream.raw_status}"
+        for job_id in store.intent_job_ids(self.engine, row.id):
+            self._collect(row, job_id, results.get(job_id), reason, report)
+        if not store.intent_job_ids(self.engine, row.id):
+            state = "failed" if upstream.state == "failed" else "ended"
+            store.end_provider_batch(self.engine, row.id, state, upstream.error)
+
+    def _collect(
+        self,
+        row: store.ProviderBatchRow,
+        job_id: str,
+        result: ItemResult | None,
+        reason: str,
+        report: TickReport,
+    ) -> None:
+        """One job's upstream answer (None: none came back), recorded and the job ended or
+        handed to the sync lane. A job held by a live lease is left for a later tick."""
+        jobs, lease_s = self.pipeline.jobs, self.settings.job_lease_s
+        job = jobs.claim_job(job_id, self._owner, lease_s)
+        if job is None:
+            return
+        link = f"{row.provider}:{row.model}"
+        marker = f"{WORKER_PREFIX}{row.upstream_id}"
+        recorded = any(a.get("worker") == marker for a in jobs.prior_attempts(job.id))
+        if result is not None and result.outcome == "succeeded" and result.text is not None:
+            if not recorded:
+                jobs.record_attempt(
+                    job.id, self._owner, lease_s, self._attempt(row, result, marker, link)
+                )
+            outcome = self._reviewed(job, link, result)
+            if outcome is not None:
+                if jobs.finish_job(job.id, self._owner, outcome):
+                    report.finished += 1
+                return
+            route = [{"link": link, "result": "batch_answer_rejected", "upstream": row.upstream_id}]
+        else:
+            why = result.error if result is not None and result.error else reason
+            kind = result.outcome if result is not None else "missing"
+            if not recorded:
+                jobs.record_attempt(
+                    job.id, self._owner, lease_s,
+                    store.AttemptRecord(
+                        provider=row.provider, model=row.model, outcome=f"batch_{kind}",
+                        latency_ms=0.0, error_code=f"batch_{kind}", error_message=why[:500],
+                        cost_usd=Decimal(0), worker=marker,
+                    ),
+                )  # fmt: skip
+            route = [{"link": link, "result": f"batch_{kind}", "upstream": row.upstream_id}]
+        if job.cancel_requested:
+            if jobs.finish_job(job.id, self._owner, CANCELLED):
+                report.finished += 1
+            return
+        handed = store.hand_to_sync(self.engine, job.id, self._owner, route)
+        if handed:
+            report.to_sync.append(job_id)
+
+    def _attempt(
+        self, row: store.ProviderBatchRow, result: ItemResult, marker: str, link: str
+    ) -> store.AttemptRecord:
+        """The answer as an attempt: the usage the provider reported, at the batch price."""
+        sync = self.pipeline.prices.cost(link, result.input_tokens, result.output_tokens)
+        return store.AttemptRecord(
+            provider=row.provider, model=row.model, outcome="ok", latency_ms=0.0,
+            input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+            cost_usd=self.batch_prices.cost(link, result.input_tokens, result.output_tokens),
+            sync_cost_usd=sync, worker=marker, output=result.text,
+        )  # fmt: skip
+
+    def _reviewed(
+        self, job: store.ClaimedJob, link: str, result: ItemResult
+    ) -> store.Outcome | None:
+        """The answer through the same output guardrails and review as a sync answer; None
+        when the sync lane must take over (or the job cannot be prepared again)."""
+        prepared = self.pipeline.lane_prepare(job)
+        if not isinstance(prepared, LaneItem):
+            return prepared
+        assert result.text is not None
+        completion = Completion(
+            text=result.text,
+            usage=Usage(result.input_tokens, result.output_tokens),
+            finish_reason="stop",
+        )
+        run = self.pipeline.lane_run(prepared, self._owner)
+        outcome = self.pipeline.lane_review(run, link, completion, prepared)
+        if outcome is not None and outcome.status == JobStatus.SUCCEEDED:
+            upstream = {"lane": "provider_batch"}
+            route = [*(outcome.route or [])]
+            route[-1:] = [{**route[-1], **upstream}] if route else [upstream]
+            return store.Outcome(**{**outcome.__dict__, "route": route})
+        return outcome
