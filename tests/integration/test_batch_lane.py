@@ -1,0 +1,264 @@
+"""The provider Batch lane (llmq/execution/lane.py) end to end as plain Python: real Postgres and
+Redis (a database of its own), the fake provider's Batch endpoints through the official SDKs,
+the runner ticked in this process (a worker runs the same ticks in a thread), and the sync
+pipeline for the jobs the lane hands back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from llmq import store
+from llmq.execution.lane import LaneRunner
+from llmq.execution.pipeline import Pipeline
+from llmq.providers.batch_api import batch_client_for
+from llmq.settings import Settings
+from llmq.store.engine import get_engine
+from llmq.testing.fake_provider import FakeProviderServer
+from llmq.workers.runtime import build_pipeline
+
+from ..helpers import Services, make_isolated_env, wait_for
+
+LINK = "openai:gpt-4o-mini"
+# Small numbers so a test takes a second: uploads after 0.2 s, polls every 0.1-0.3 s.
+LANE_ENV = {
+    "LLMQ_BATCH_LANE_MAX_AGE_S": "0.2",
+    "LLMQ_BATCH_LANE_POLL_S": "0.1",
+    "LLMQ_BATCH_LANE_POLL_MAX_S": "0.3",
+}
+
+
+def _doc(i: int) -> str:
+    return (
+        f"Report {i}: the council met on day {i} and approved {i % 7 + 2} new bus lines. "
+        "Work starts in spring. Fares stay the same. The old depot will become a park."
+    )
+
+
+@pytest.fixture(scope="module")
+def lane_env(services: Services, stack_env: dict[str, str]) -> dict[str, str]:
+    return {**make_isolated_env(services, stack_env), **LANE_ENV}
+
+
+@pytest.fixture(scope="module")
+def settings(lane_env: dict[str, str]) -> Settings:
+    return Settings(
+        database_url=lane_env["DATABASE_URL"],
+        redis_url=lane_env["REDIS_URL"],
+        batch_lane_max_age_s=0.2,
+        batch_lane_poll_s=0.1,
+        batch_lane_poll_max_s=0.3,
+        cache_dedup=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(settings: Settings) -> Engine:
+    assert settings.database_url
+    return get_engine(settings.database_url)
+
+
+@pytest.fixture(scope="module")
+def pipeline(settings: Settings) -> Pipeline:
+    return build_pipeline(settings, name="test-sync")
+
+
+@pytest.fixture()
+def runner(engine: Engine, settings: Settings, pipeline: Pipeline) -> LaneRunner:
+    return LaneRunner(engine, settings, pipeline, lambda p: batch_client_for(p, settings))
+
+
+@pytest.fixture()
+def fake(fake_provider: FakeProviderServer) -> Iterator[FakeProviderServer]:
+    fake_provider.script_batches(turnaround_s=0.3)
+    yield fake_provider
+    fake_provider.script_batches(turnaround_s=0.0)
+
+
+@pytest.fixture()
+def tenant(engine: Engine) -> uuid.UUID:
+    principal = store.authenticate(
+        engine, store.create_api_key(engine, f"lane-{uuid.uuid4().hex[:8]}")
+    )
+    assert principal is not None
+    return principal.tenant_id
+
+
+def _batch(engine: Engine, tenant: uuid.UUID, n: int, lane: str, **params: Any) -> list[str]:
+    batch_id = store.insert_batch(
+        engine, tenant_id=tenant, template="summarize", template_version=1,
+        priority="default", chain=[LINK], meta={}, lane=lane,
+        items=[store.NewJob(input=_doc(i), custom_id=str(i), params=dict(params))
+               for i in range(n)],
+    )  # fmt: skip
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT id::text FROM jobs WHERE batch_id = :b ORDER BY seq"), {"b": batch_id}
+            ).scalars()
+        )
+
+
+def _jobs(engine: Engine, ids: list[str]) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id::text, status, lane, cost_usd, error_code, provider_batch_id, "
+                "(SELECT count(*) FROM attempts a WHERE a.job_id = jobs.id) AS attempts "
+                "FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY seq"
+            ),
+            {"ids": ids},
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def _created(fake: FakeProviderServer) -> int:
+    return int(fake.stats()["batches_created"]["openai"])
+
+
+def _ticking(runner: LaneRunner, probe: Callable[[], bool]) -> Callable[[], bool]:
+    """`probe` after one lane tick: what a worker's lane thread does between two looks."""
+
+    def ticked() -> bool:
+        runner.tick()
+        return probe()
+
+    return ticked
+
+
+def _until_ended(runner: LaneRunner, engine: Engine, ids: list[str], timeout: float = 20) -> None:
+    def ended() -> bool:
+        return all(j["status"] not in ("queued", "running") for j in _jobs(engine, ids))
+
+    wait_for(_ticking(runner, ended), timeout=timeout, what="lane jobs to end")
+
+
+def test_two_hundred_items_cost_half_on_the_lane_in_at_most_two_upstream_batches(
+    engine: Engine, runner: LaneRunner, pipeline: Pipeline, fake: FakeProviderServer,
+    tenant: uuid.UUID,
+) -> None:  # fmt: skip
+    sync_ids = _batch(engine, tenant, 200, "sync", no_cache=True)
+    for job_id in sync_ids:
+        pipeline.run(job_id)
+    created = _created(fake)
+    lane_ids = _batch(engine, tenant, 200, "provider_batch")
+
+    _until_ended(runner, engine, lane_ids)
+
+    sync_jobs, lane_jobs = _jobs(engine, sync_ids), _jobs(engine, lane_ids)
+    assert {j["status"] for j in sync_jobs} == {"succeeded"}
+    assert {j["status"] for j in lane_jobs} == {"succeeded"}
+    assert all(j["attempts"] == 1 for j in lane_jobs)
+    assert _created(fake) - created <= 2
+    sync_cost = sum(Decimal(j["cost_usd"]) for j in sync_jobs)
+    lane_cost = sum(Decimal(j["cost_usd"]) for j in lane_jobs)
+    assert sync_cost > 0
+    assert abs(lane_cost / sync_cost - Decimal("0.5")) <= Decimal("0.005")
+    # What the user sees: the lane, the upstream batch, and the saving in usage.
+    view = store.get_job(engine, tenant, uuid.UUID(lane_ids[0]))
+    assert view is not None
+    assert view["lane"] == "provider_batch" and view["upstream_batch_id"]
+    (total,) = store.usage_rollup(
+        engine, tenant, view["created_at"].replace(year=2000), view["created_at"].replace(year=2100),
+        None,
+    )  # fmt: skip
+    assert Decimal(total["saved_usd"]) == lane_cost  # the lane's half, saved
+    assert Decimal(total["cost_usd"]) == sync_cost + lane_cost
+
+
+def test_a_worker_killed_between_upload_and_recording_it_pays_once(
+    engine: Engine, runner: LaneRunner, lane_env: dict[str, str], fake: FakeProviderServer,
+    tenant: uuid.UUID,
+) -> None:  # fmt: skip
+    ids = _batch(engine, tenant, 20, "provider_batch")
+    created = _created(fake)
+    script = textwrap.dedent(
+        """
+        import os, time
+        from llmq.execution.lane import LaneRunner
+        from llmq.providers.batch_api import batch_client_for
+        from llmq.settings import get_settings
+        from llmq.store.engine import get_engine
+        from llmq.workers.runtime import build_pipeline
+
+        s = get_settings()
+        time.sleep(s.batch_lane_max_age_s)  # the jobs are old enough to upload
+        LaneRunner(get_engine(s.database_url), s, build_pipeline(s),
+                   lambda p: batch_client_for(p, s), after_submit=lambda: os._exit(9)).tick()
+        """
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **lane_env}, timeout=60,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert _created(fake) == created + 1  # uploaded, and the id never recorded:
+    assert store.lane_stats(engine).get("intent") == 1
+
+    _until_ended(runner, engine, ids)
+
+    assert _created(fake) == created + 1  # recovery found it: no second upstream batch
+    jobs = _jobs(engine, ids)
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert all(j["attempts"] == 1 for j in jobs)  # each answer recorded and paid once
+    assert "intent" not in store.lane_stats(engine)
+
+
+def test_errored_items_and_a_failed_batch_fall_back_to_the_sync_lane(
+    engine: Engine, runner: LaneRunner, pipeline: Pipeline, fake: FakeProviderServer,
+    tenant: uuid.UUID,
+) -> None:  # fmt: skip
+    ids = _batch(engine, tenant, 6, "provider_batch")
+    fake.script_batches(turnaround_s=0.2, errored_ids=ids[:2], expired_ids=ids[2:3])
+
+    _until_ended(runner, engine, ids[3:])
+    handed = _jobs(engine, ids[:3])
+    assert {j["status"] for j in handed} == {"retrying"}
+    assert {j["lane"] for j in handed} == {"sync"}
+    for job_id in ids[:3]:  # what the worker does once the reconciler publishes them
+        pipeline.run(job_id)
+    jobs = _jobs(engine, ids)
+    assert {j["status"] for j in jobs} == {"succeeded"}
+    assert [j["attempts"] for j in jobs] == [2, 2, 2, 1, 1, 1]
+
+    # A whole batch that fails upstream: every job goes to the sync lane.
+    failed = _batch(engine, tenant, 3, "provider_batch")
+    fake.script_batches(turnaround_s=0.2, fail_next=1)
+    wait_for(
+        _ticking(runner, lambda: {j["status"] for j in _jobs(engine, failed)} == {"retrying"}),
+        timeout=20, what="a failed upstream batch handed back",
+    )  # fmt: skip
+    for job_id in failed:
+        pipeline.run(job_id)
+    assert {j["status"] for j in _jobs(engine, failed)} == {"succeeded"}
+
+
+def test_cancelling_the_batch_cancels_upstream(
+    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    ids = _batch(engine, tenant, 5, "provider_batch")
+    fake.script_batches(turnaround_s=60)
+    cancelled_before = int(fake.stats()["batches_cancelled"]["openai"])
+    wait_for(
+        _ticking(runner, lambda: all(j["provider_batch_id"] for j in _jobs(engine, ids))),
+        timeout=20, what="the jobs uploaded",
+    )  # fmt: skip
+    with engine.connect() as conn:
+        batch_id = conn.execute(
+            text("SELECT batch_id FROM jobs WHERE id = :id"), {"id": ids[0]}
+        ).scalar_one()
+    assert store.cancel_jobs(engine, tenant, batch_id=batch_id) is not None
+
+    _until_ended(runner, engine, ids)
+
+    assert {j["status"] for j in _jobs(engine, ids)} == {"cancelled"}
+    assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
