@@ -36,6 +36,7 @@ from llmq.providers.batch_api import (
     MAX_BYTES,
     MAX_ITEMS,
     BatchClient,
+    BatchLookupPending,
     BatchRequest,
     ItemResult,
 )
@@ -198,7 +199,15 @@ class LaneRunner:
             store.end_provider_batch(self.engine, row.id, "ended", "no job left to upload")
             return
         client = self.client_for(row.provider)
-        found = client.find(str(row.id), job_ids)
+        known = store.known_upstream_ids(self.engine, row.provider)
+        try:
+            found = client.find(
+                str(row.id), store.intent_job_ids(self.engine, row.id, live=False),
+                known_ids=known,
+            )  # fmt: skip
+        except BatchLookupPending as exc:  # cannot tell yet: uploading again could pay twice
+            log.info("upload %s: %s", row.id, exc)
+            return
         if found is not None:
             store.record_upload(self.engine, row.id, found, self.settings.batch_lane_poll_s)
             report.recovered += 1
@@ -226,11 +235,12 @@ class LaneRunner:
             store.record_poll(self.engine, row.id, upstream.raw_status, delay)
             return
         store.record_poll(self.engine, row.id, upstream.raw_status, 0.0)
+        waiting = store.intent_job_ids(self.engine, row.id)
         results: dict[str, ItemResult] = {}
         if upstream.state != "failed":
-            results = {r.custom_id: r for r in client.results(row.upstream_id)}
+            results = {r.custom_id: r for r in client.results(row.upstream_id, custom_ids=waiting)}
         reason = upstream.error or f"the {row.provider} batch {upstream.raw_status}"
-        for job_id in store.intent_job_ids(self.engine, row.id):
+        for job_id in waiting:
             self._collect(row, job_id, results.get(job_id), reason, report)
         if not store.intent_job_ids(self.engine, row.id):
             state = "failed" if upstream.state == "failed" else "ended"
@@ -289,12 +299,15 @@ class LaneRunner:
         self, row: store.ProviderBatchRow, result: ItemResult, marker: str, link: str
     ) -> store.AttemptRecord:
         """The answer as an attempt: the usage the provider reported, at the batch price."""
-        sync = self.pipeline.prices.cost(link, result.input_tokens, result.output_tokens)
+        tokens = (result.input_tokens, result.output_tokens, result.cached_tokens)
         return store.AttemptRecord(
             provider=row.provider, model=row.model, outcome="ok", latency_ms=0.0,
             input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-            cost_usd=self.batch_prices.cost(link, result.input_tokens, result.output_tokens),
-            sync_cost_usd=sync, worker=marker, output=result.text,
+            cached_tokens=result.cached_tokens,
+            cost_usd=self.batch_prices.cost(link, *tokens),
+            sync_cost_usd=self.pipeline.prices.cost(link, *tokens), worker=marker,
+            # Kept for recovery only when complete, as a sync call's answer.
+            output=result.text if result.finish_reason == "stop" else None,
         )  # fmt: skip
 
     def _reviewed(
@@ -308,8 +321,8 @@ class LaneRunner:
         assert result.text is not None
         completion = Completion(
             text=result.text,
-            usage=Usage(result.input_tokens, result.output_tokens),
-            finish_reason="stop",
+            usage=Usage(result.input_tokens, result.output_tokens, result.cached_tokens),
+            finish_reason=result.finish_reason,
         )
         run = self.pipeline.lane_run(prepared, self._owner)
         outcome = self.pipeline.lane_review(run, link, completion, prepared)

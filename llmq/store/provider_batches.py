@@ -143,16 +143,31 @@ def open_provider_batches(engine: Engine) -> list[ProviderBatchRow]:
         return [ProviderBatchRow(**r) for r in rows]
 
 
-def intent_job_ids(engine: Engine, intent_id: uuid.UUID) -> list[str]:
-    """The jobs an upload carries that still need its answer, in a stable order."""
+def intent_job_ids(engine: Engine, intent_id: uuid.UUID, *, live: bool = True) -> list[str]:
+    """The jobs an upload carries that still need its answer (`live=False`: every job it was
+    made of, as upstream knows it), in a stable order."""
     with engine.connect() as conn:
         return list(
             conn.execute(
                 text(
-                    f"SELECT id::text FROM jobs WHERE provider_batch_id = :id AND {_LIVE} "
-                    "ORDER BY created_at, id"
+                    "SELECT id::text FROM jobs WHERE provider_batch_id = :id "
+                    f"{'AND ' + _LIVE if live else ''} ORDER BY created_at, id"
                 ),
                 {"id": intent_id},
+            ).scalars()
+        )
+
+
+def known_upstream_ids(engine: Engine, provider: str) -> set[str]:
+    """Upstream batches already recorded for an upload: never another intent's."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text(
+                    "SELECT upstream_id FROM provider_batches WHERE provider = :p "
+                    "AND upstream_id IS NOT NULL AND created_at > now() - interval '3 days'"
+                ),
+                {"p": provider},
             ).scalars()
         )
 

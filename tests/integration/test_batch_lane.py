@@ -167,10 +167,10 @@ def test_two_hundred_items_cost_half_on_the_lane_in_at_most_two_upstream_batches
     view = store.get_job(engine, tenant, uuid.UUID(lane_ids[0]))
     assert view is not None
     assert view["lane"] == "provider_batch" and view["upstream_batch_id"]
+    when = view["created_at"]
     (total,) = store.usage_rollup(
-        engine, tenant, view["created_at"].replace(year=2000), view["created_at"].replace(year=2100),
-        None,
-    )  # fmt: skip
+        engine, tenant, when.replace(year=2000), when.replace(year=2100), None
+    )
     assert Decimal(total["saved_usd"]) == lane_cost  # the lane's half, saved
     assert Decimal(total["cost_usd"]) == sync_cost + lane_cost
 
