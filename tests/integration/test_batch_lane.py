@@ -262,3 +262,28 @@ def test_cancelling_the_batch_cancels_upstream(
 
     assert {j["status"] for j in _jobs(engine, ids)} == {"cancelled"}
     assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
+
+
+def test_a_worker_runs_the_lane_and_the_sync_fallback_on_its_own(
+    engine: Engine, lane_env: dict[str, str], fake: FakeProviderServer, tenant: uuid.UUID,
+    tmp_path: Any,
+) -> None:  # fmt: skip
+    from llmq.localstack.processes import Stack
+
+    ids = _batch(engine, tenant, 10, "provider_batch")
+    fake.script_batches(turnaround_s=0.3, errored_ids=ids[:2])
+    stack = Stack(env={**lane_env, "LLMQ_BATCH_LANE_INTERVAL_S": "0.2"}, log_dir=tmp_path)
+    try:
+        stack.start_worker("lane", queues="llm.high,llm.default,llm.low", concurrency=4,
+                           pool="threads")  # fmt: skip
+        # The lane thread uploads and collects; the reconciler publishes the two errored jobs
+        # to the sync lane, where the worker's pipeline answers them.
+        wait_for(
+            lambda: {j["status"] for j in _jobs(engine, ids)} == {"succeeded"},
+            timeout=60, what="every lane job answered by the worker",
+        )  # fmt: skip
+    finally:
+        stack.stop()
+    jobs = _jobs(engine, ids)
+    assert [j["attempts"] for j in jobs] == [2, 2] + [1] * 8
+    assert [j["lane"] for j in jobs] == ["sync", "sync"] + ["provider_batch"] * 8
