@@ -38,7 +38,12 @@ _AT_LINE_1 = re.compile(r" at line 1 column (\d+)$")
 # Form fields of an upload that hold JSON rather than plain text.
 JSON_FORM_FIELDS = ("params", "metadata", "chain")
 FORM_FIELDS = (
-    *JSON_FORM_FIELDS, "template", "priority", "completion_window", "webhook_url", "lane",
+    *JSON_FORM_FIELDS,
+    "template",
+    "priority",
+    "completion_window",
+    "webhook_url",
+    "lane",
 )
 
 
