@@ -27,7 +27,9 @@ from decimal import Decimal
 from sqlalchemy import Engine
 
 from llmq import store
+from llmq.cost.budgets import BudgetGuard, Hold
 from llmq.cost.pricing import PriceTable
+from llmq.errors import JobErrorCode
 from llmq.execution import lane_rules
 from llmq.execution.outcomes import CANCELLED
 from llmq.execution.pipeline import LaneItem, Pipeline
@@ -51,6 +53,10 @@ BATCH_PROVIDERS = frozenset(MAX_ITEMS)
 # The attempts of a lane call name the upstream batch as their worker: a job re-collected after
 # a crash finds its answer recorded and is not recorded (or paid) twice.
 WORKER_PREFIX = "provider_batch:"
+# How long a budget reservation made at upload lasts: most upstream batches end within an hour.
+# A longer one ends early and costs only that the spend shows once the answer is recorded; one
+# a crash leaves unsettled expires by then.
+BUDGET_HOLD_S = 7200
 
 
 @dataclass
@@ -79,6 +85,19 @@ class LaneRunner:
         self.pipeline = pipeline
         self.client_for = client_for
         self.batch_prices: PriceTable = pipeline.prices.batch()
+        # The sync lane's budget guard, estimating at the batch price: the same limits and
+        # Redis keys, reserved at upload and settled when the answer comes back.
+        sync = pipeline.budgets
+        self.budgets = (
+            None
+            if sync is None
+            else BudgetGuard(
+                sync.engine, sync.redis, self.batch_prices, reconcile_s=sync.reconcile_s,
+                hold_ttl_s=BUDGET_HOLD_S, limits_cache_s=sync.limits_cache_s,
+                soft_fraction=sync.soft_fraction,
+            )
+        )  # fmt: skip
+        self._holds: dict[str, Hold] = {}
         # Test hook: runs between the upload and recording its id (a crash there is recovered).
         self._after_submit = after_submit
         self._owner = f"lane-{uuid.uuid4().hex[:12]}"
@@ -120,7 +139,9 @@ class LaneRunner:
             provider, model = link.split(":", 1)
             client = self.client_for(provider)
             max_items = min(self.settings.batch_lane_max_items, MAX_ITEMS[provider])
-            requests = [self._request(item, model) for item in items]
+            requests = [
+                self._request(item, model) for item in items if self._reserve(item, link, report)
+            ]
             for chunk in lane_rules.cut(
                 requests, client.request_size, max_items, MAX_BYTES[provider]
             ):
@@ -130,6 +151,9 @@ class LaneRunner:
                         self.engine, intent, provider, model, [r.custom_id for r in chunk]
                     )
                 )
+                for request in chunk:  # ended meanwhile (cancelled, over budget): not sent
+                    if request.custom_id not in tied:
+                        self._settle(request.custom_id, Decimal(0))
                 if tied:
                     self._submit(client, intent, [r for r in chunk if r.custom_id in tied])
                     report.uploaded += 1
@@ -144,13 +168,7 @@ class LaneRunner:
         for job in jobs:
             prepared = self.pipeline.lane_prepare(job)
             if isinstance(prepared, store.Outcome):
-                claimed = self.pipeline.jobs.claim_job(
-                    str(job.id), self._owner, self.settings.job_lease_s
-                )
-                if claimed is not None and self.pipeline.jobs.finish_job(
-                    job.id, self._owner, prepared
-                ):
-                    report.finished += 1
+                self._end(job, prepared, report)
                 continue
             link = (
                 None
@@ -163,6 +181,36 @@ class LaneRunner:
             by_link.setdefault(link, []).append(prepared)
         report.to_sync += store.to_sync_lane(self.engine, not_for_lane)
         return by_link
+
+    def _reserve(self, item: LaneItem, link: str, report: TickReport) -> bool:
+        """The job's estimate at the batch price held against its budgets, as the sync lane
+        holds each call's; a job the budgets cannot cover ends budget_exceeded, never sent."""
+        if self.budgets is None:
+            return True
+        run = self.pipeline.lane_run(item, self._owner)
+        job = item.job
+        hold = self.budgets.reserve(
+            job.tenant_id, job.batch_id, link, run.prompt_tokens, run.max_tokens
+        )
+        if hold.refused is None:
+            self._holds[str(job.id)] = hold
+            return True
+        run.route.append({"link": link, "skipped": "budget_exceeded"})
+        self._end(job, run.failed(JobErrorCode.BUDGET_EXCEEDED, hold.refused.message()), report)
+        return False
+
+    def _end(self, job: store.ClaimedJob, outcome: store.Outcome, report: TickReport) -> None:
+        """End a waiting lane job that never goes upstream, as a sync job ends: claimed, then
+        finished through the same conditional UPDATE (a job ended meanwhile stays as it is)."""
+        jobs = self.pipeline.jobs
+        claimed = jobs.claim_job(str(job.id), self._owner, self.settings.job_lease_s)
+        if claimed is not None and jobs.finish_job(job.id, self._owner, outcome):
+            report.finished += 1
+
+    def _settle(self, job_id: str, cost: Decimal | None) -> None:
+        hold = self._holds.pop(job_id, None)
+        if hold is not None and self.budgets is not None:
+            self.budgets.settle(hold, cost)
 
     def _request(self, item: LaneItem, model: str) -> BatchRequest:
         """The upload line of a job: the request a sync call would send (same rendering, same
@@ -265,9 +313,9 @@ class LaneRunner:
         recorded = any(a.get("worker") == marker for a in jobs.prior_attempts(job.id))
         if result is not None and result.outcome == "succeeded" and result.text is not None:
             if not recorded:
-                jobs.record_attempt(
-                    job.id, self._owner, lease_s, self._attempt(row, result, marker, link)
-                )
+                attempt = self._attempt(row, result, marker, link)
+                jobs.record_attempt(job.id, self._owner, lease_s, attempt)
+                self._settle(job_id, attempt.cost_usd)
             outcome = self._reviewed(job, link, result)
             if outcome is not None:
                 if jobs.finish_job(job.id, self._owner, outcome):
@@ -287,6 +335,7 @@ class LaneRunner:
                     ),
                 )  # fmt: skip
             route = [{"link": link, "result": f"batch_{kind}", "upstream": row.upstream_id}]
+            self._settle(job_id, Decimal(0))  # not billed: the reservation is released
         if job.cancel_requested:
             if jobs.finish_job(job.id, self._owner, CANCELLED):
                 report.finished += 1

@@ -118,7 +118,11 @@ def expire_overdue_jobs(conn: Connection) -> list[str]:
             "finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, "
             "dispatched_at = NULL, not_before = NULL "
             "FROM batches b WHERE jobs.batch_id = b.id AND b.expires_at <= now() "
-            "AND jobs.status IN ('queued', 'retrying') RETURNING b.id::text"
+            "AND jobs.status IN ('queued', 'retrying') "
+            # A provider Batch lane job already upstream is running there: its answer, paid
+            # for, is still recorded; if none comes back the sync lane ends it expired.
+            "AND NOT (jobs.lane = 'provider_batch' AND jobs.provider_batch_id IS NOT NULL) "
+            "RETURNING b.id::text"
         ),
         {"code": JobErrorCode.EXPIRED},
     )

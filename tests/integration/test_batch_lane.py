@@ -264,6 +264,31 @@ def test_cancelling_the_batch_cancels_upstream(
     assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
 
 
+def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
+    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, settings: Settings
+) -> None:
+    import redis
+
+    name = f"lane-budget-{uuid.uuid4().hex[:8]}"
+    principal = store.authenticate(engine, store.create_api_key(engine, name))
+    assert principal is not None
+    # Room for one job's estimate at the batch price (about $0.00016 here), not two.
+    store.set_budget(engine, name, Decimal("0.0002"), None)
+    ids = _batch(engine, principal.tenant_id, 4, "provider_batch")
+    created = _created(fake)
+
+    _until_ended(runner, engine, ids)
+
+    jobs = _jobs(engine, ids)
+    assert {j["status"] for j in jobs} == {"failed"}
+    assert {j["error_code"] for j in jobs} == {"budget_exceeded"}
+    assert _created(fake) == created  # nothing went upstream
+    # The one reservation made was released, not left to block the tenant's budget.
+    assert settings.redis_url
+    client = redis.Redis.from_url(settings.redis_url)
+    assert not [k for k in client.scan_iter(f"llmq:budget:{principal.tenant_id}:*:reserved")]
+
+
 def test_a_worker_runs_the_lane_and_the_sync_fallback_on_its_own(
     engine: Engine, lane_env: dict[str, str], fake: FakeProviderServer, tenant: uuid.UUID,
     tmp_path: Any,
