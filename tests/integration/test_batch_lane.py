@@ -93,10 +93,12 @@ def tenant(engine: Engine) -> uuid.UUID:
     return principal.tenant_id
 
 
-def _batch(engine: Engine, tenant: uuid.UUID, n: int, lane: str, **params: Any) -> list[str]:
+def _batch(
+    engine: Engine, tenant: uuid.UUID, n: int, lane: str, link: str = LINK, **params: Any
+) -> list[str]:
     batch_id = store.insert_batch(
         engine, tenant_id=tenant, template="summarize", template_version=1,
-        priority="default", chain=[LINK], meta={}, lane=lane,
+        priority="default", chain=[link], meta={}, lane=lane,
         items=[store.NewJob(input=_doc(i), custom_id=str(i), params=dict(params))
                for i in range(n)],
     )  # fmt: skip
@@ -121,8 +123,8 @@ def _jobs(engine: Engine, ids: list[str]) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
-def _created(fake: FakeProviderServer) -> int:
-    return int(fake.stats()["batches_created"]["openai"])
+def _created(fake: FakeProviderServer, provider: str = "openai") -> int:
+    return int(fake.stats()["batches_created"][provider])
 
 
 def _ticking(runner: LaneRunner, probe: Callable[[], bool]) -> Callable[[], bool]:
@@ -175,12 +177,15 @@ def test_two_hundred_items_cost_half_on_the_lane_in_at_most_two_upstream_batches
     assert Decimal(total["cost_usd"]) == sync_cost + lane_cost
 
 
+@pytest.mark.parametrize("link", [LINK, "anthropic:claude-haiku-4-5"])
 def test_a_worker_killed_between_upload_and_recording_it_pays_once(
     engine: Engine, runner: LaneRunner, lane_env: dict[str, str], fake: FakeProviderServer,
-    tenant: uuid.UUID,
+    tenant: uuid.UUID, link: str,
 ) -> None:  # fmt: skip
-    ids = _batch(engine, tenant, 20, "provider_batch")
-    created = _created(fake)
+    # OpenAI's batch is found by its metadata, Anthropic's by its custom ids once it ended.
+    provider = link.split(":")[0]
+    ids = _batch(engine, tenant, 20, "provider_batch", link)
+    created = _created(fake, provider)
     script = textwrap.dedent(
         """
         import os, time
@@ -201,15 +206,25 @@ def test_a_worker_killed_between_upload_and_recording_it_pays_once(
         capture_output=True, text=True,
     )  # fmt: skip
     assert killed.returncode == 9, killed.stderr[-2000:]
-    assert _created(fake) == created + 1  # uploaded, and the id never recorded:
+    assert _created(fake, provider) == created + 1  # uploaded, and the id never recorded:
     assert store.lane_stats(engine).get("intent") == 1
 
     _until_ended(runner, engine, ids)
 
-    assert _created(fake) == created + 1  # recovery found it: no second upstream batch
+    assert _created(fake, provider) == created + 1  # found upstream: no second batch
     jobs = _jobs(engine, ids)
     assert {j["status"] for j in jobs} == {"succeeded"}
     assert all(j["attempts"] == 1 for j in jobs)  # each answer recorded and paid once
+    # At the batch price: half of what the same tokens cost on the sync lane.
+    with engine.connect() as conn:
+        prices = conn.execute(
+            text(
+                "SELECT cost_usd, sync_cost_usd FROM attempts "
+                "WHERE job_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids},
+        ).all()
+    assert prices and all(cost * 2 == sync for cost, sync in prices)
     assert "intent" not in store.lane_stats(engine)
 
 
