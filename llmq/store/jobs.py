@@ -316,7 +316,8 @@ def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
                 "route = '[]', guardrails = '[]', deliveries = 0, started_at = NULL, "
                 "attempts_floor = attempts_made, finished_at = NULL, not_before = NULL, "
                 "cancel_requested_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
-                "dispatched_at = now() "
+                # Published now by the caller: a provider Batch lane job re-runs on the sync lane.
+                "dispatched_at = now(), lane = 'sync', provider_batch_id = NULL "
                 "WHERE id = :id AND status IN ('failed', 'expired', 'blocked', 'cancelled') "
                 "RETURNING id::text, priority"
             ),

@@ -280,8 +280,9 @@ def test_cancelling_the_batch_cancels_upstream(
 
 
 def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
-    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, settings: Settings
-) -> None:
+    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, settings: Settings,
+    pipeline: Pipeline,
+) -> None:  # fmt: skip
     import redis
 
     name = f"lane-budget-{uuid.uuid4().hex[:8]}"
@@ -302,6 +303,19 @@ def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
     assert settings.redis_url
     client = redis.Redis.from_url(settings.redis_url)
     assert not [k for k in client.scan_iter(f"llmq:budget:{principal.tenant_id}:*:reserved")]
+
+    # Retrying the batch once the budget allows it: the jobs go through the lane again.
+    store.set_budget(engine, name, None, None)
+    with engine.connect() as conn:
+        batch_id = conn.execute(
+            text("SELECT batch_id FROM jobs WHERE id = :id"), {"id": ids[0]}
+        ).scalar_one()
+    assert store.retry_batch_items(engine, principal.tenant_id, batch_id) == (4, "default")
+    # A worker started now (the guard caches a tenant's limits for LLMQ_BUDGET_CACHE_S).
+    later = LaneRunner(engine, settings, pipeline, lambda p: batch_client_for(p, settings))
+    _until_ended(later, engine, ids)
+    assert {j["status"] for j in _jobs(engine, ids)} == {"succeeded"}
+    assert _created(fake) == created + 1
 
 
 def test_a_worker_runs_the_lane_and_the_sync_fallback_on_its_own(
