@@ -47,8 +47,8 @@ from llmq.store.models import JobStatus
 
 log = logging.getLogger(__name__)
 
-# Waiting lane jobs read per tick; more wait for the next one.
-SCAN_LIMIT = 200_000
+# Waiting jobs without a batch link handed to the sync lane per tick; more wait for the next.
+SCAN_LIMIT = 50_000
 BATCH_PROVIDERS = frozenset(MAX_ITEMS)
 # The attempts of a lane call name the upstream batch as their worker: a job re-collected after
 # a crash finds its answer recorded and is not recorded (or paid) twice.
@@ -122,16 +122,20 @@ class LaneRunner:
     # --- 4. gathering and uploading ---------------------------------------------------------
 
     def _gather(self, report: TickReport) -> None:
-        waiting = store.waiting_lane_jobs(self.engine, SCAN_LIMIT)
+        waiting = store.waiting_lane_chains(self.engine)
         groups, no_link = lane_rules.group_waiting(
-            [(j.id, j.chain, j.age_s) for j in waiting], BATCH_PROVIDERS
+            [(w.chain, w.jobs, w.oldest_age_s) for w in waiting], BATCH_PROVIDERS
         )
-        report.to_sync += store.to_sync_lane(self.engine, no_link)
+        if no_link:
+            ids = store.waiting_lane_ids(self.engine, no_link, SCAN_LIMIT)
+            report.to_sync += store.to_sync_lane(self.engine, ids)
         for group in groups.values():
             provider = group.link.split(":", 1)[0]
             max_items = min(self.settings.batch_lane_max_items, MAX_ITEMS[provider])
             if lane_rules.is_due(group, max_items, self.settings.batch_lane_max_age_s):
-                self._upload_jobs(group.job_ids, report)
+                # One full upload per tick and link at most; the rest waits for the next.
+                ids = store.waiting_lane_ids(self.engine, group.chains, max_items)
+                self._upload_jobs(ids, report)
 
     def _upload_jobs(self, job_ids: Sequence[str], report: TickReport) -> None:
         by_link = self._prepared(store.lane_jobs(self.engine, job_ids), report)

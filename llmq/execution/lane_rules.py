@@ -23,33 +23,36 @@ def batch_link(chain: Sequence[str], batch_providers: Collection[str]) -> str | 
 
 @dataclass
 class Group:
-    """Waiting lane jobs that share an upstream provider:model."""
+    """Waiting lane jobs that share an upstream provider:model (from one or more chains)."""
 
     link: str
-    job_ids: list[str] = field(default_factory=list)
+    chains: list[list[str]] = field(default_factory=list)
+    jobs: int = 0
     oldest_age_s: float = 0.0
 
 
 def group_waiting(
-    jobs: Sequence[tuple[str, Sequence[str], float]], batch_providers: Collection[str]
-) -> tuple[dict[str, Group], list[str]]:
-    """(job id, chain, age in s) -> groups per link, and the ids with no batch link at all."""
+    chains: Sequence[tuple[Sequence[str], int, float]], batch_providers: Collection[str]
+) -> tuple[dict[str, Group], list[list[str]]]:
+    """(chain, waiting jobs, oldest age in s) -> groups per link, and the chains with no
+    batch link at all (their jobs run on the sync lane)."""
     groups: dict[str, Group] = {}
-    no_link: list[str] = []
-    for job_id, chain, age_s in jobs:
+    no_link: list[list[str]] = []
+    for chain, jobs, age_s in chains:
         link = batch_link(chain, batch_providers)
         if link is None:
-            no_link.append(job_id)
+            no_link.append(list(chain))
             continue
         group = groups.setdefault(link, Group(link))
-        group.job_ids.append(job_id)
+        group.chains.append(list(chain))
+        group.jobs += jobs
         group.oldest_age_s = max(group.oldest_age_s, age_s)
     return groups, no_link
 
 
 def is_due(group: Group, max_items: int, max_age_s: float) -> bool:
     """Upload when enough jobs wait for one full upload, or the oldest waited long enough."""
-    return len(group.job_ids) >= max_items or group.oldest_age_s >= max_age_s
+    return group.jobs >= max_items or group.oldest_age_s >= max_age_s
 
 
 def cut(

@@ -107,7 +107,7 @@ from llmq.store.keys import (
 )
 from llmq.store.provider_batches import (
     ProviderBatchRow,
-    WaitingJob,
+    WaitingChain,
     end_provider_batch,
     hand_to_sync,
     intent_job_ids,
@@ -123,7 +123,8 @@ from llmq.store.provider_batches import (
     to_sync_lane,
     uploads_to_cancel,
     upstream_of_jobs,
-    waiting_lane_jobs,
+    waiting_lane_chains,
+    waiting_lane_ids,
 )
 from llmq.store.reads import (
     BATCH_EXTRA_COLUMNS,
@@ -195,7 +196,7 @@ __all__ = [
     "ProviderBatchRow",
     "RecordedAttempt",
     "StoredResponse",
-    "WaitingJob",
+    "WaitingChain",
     "WaitingParent",
     "WebhookClaim",
     "add_children",
@@ -295,7 +296,8 @@ __all__ = [
     "usage_by_template",
     "usage_rollup",
     "verify_chain",
-    "waiting_lane_jobs",
+    "waiting_lane_chains",
+    "waiting_lane_ids",
     "waits_after_rate_limit",
     "wake_jobs",
 ]

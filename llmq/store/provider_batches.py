@@ -29,29 +29,43 @@ LANE_LOCK_KEY = 0x6C6C6D62  # "llmb": one lane tick at a time across every worke
 _LIVE = "lane = 'provider_batch' AND status IN ('queued', 'running')"
 
 
+_WAITING = f"{_LIVE} AND status = 'queued' AND provider_batch_id IS NULL"
+
+
 @dataclass(frozen=True)
-class WaitingJob:
-    """A lane job not yet in an upload: what grouping needs."""
+class WaitingChain:
+    """Lane jobs not in an upload yet that share a chain: how many, and the oldest's age."""
 
-    id: str
     chain: list[str]
-    priority: str
-    age_s: float
+    jobs: int
+    oldest_age_s: float
 
 
-def waiting_lane_jobs(engine: Engine, limit: int) -> list[WaitingJob]:
-    """Lane jobs not in an upload yet (cancelled ones have ended already), oldest first."""
+def waiting_lane_chains(engine: Engine) -> list[WaitingChain]:
+    """The waiting lane jobs summed per chain (cancelled ones have ended already): one row
+    per chain, whatever the number of jobs."""
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT id::text, chain, priority, "
-                "extract(epoch FROM now() - created_at)::float8 FROM jobs "
-                f"WHERE {_LIVE} AND status = 'queued' AND provider_batch_id IS NULL "
-                "ORDER BY created_at LIMIT :n"
-            ),
-            {"n": limit},
+                "SELECT chain, count(*), extract(epoch FROM now() - min(created_at))::float8 "
+                f"FROM jobs WHERE {_WAITING} GROUP BY chain"
+            )
         ).all()
-    return [WaitingJob(r[0], list(r[1]), r[2], float(r[3])) for r in rows]
+    return [WaitingChain(list(r[0]), int(r[1]), float(r[2])) for r in rows]
+
+
+def waiting_lane_ids(engine: Engine, chains: Sequence[Sequence[str]], limit: int) -> list[str]:
+    """Up to `limit` waiting lane jobs with one of these chains, oldest first."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    f"SELECT id::text FROM jobs WHERE {_WAITING} "
+                    "AND chain = ANY(CAST(:chains AS jsonb[])) ORDER BY created_at LIMIT :n"
+                ),
+                {"chains": [json.dumps(list(c)) for c in chains], "n": limit},
+            ).scalars()
+        )
 
 
 def lane_jobs(engine: Engine, job_ids: Sequence[str]) -> list[ClaimedJob]:

@@ -257,6 +257,20 @@ def test_errored_items_and_a_failed_batch_fall_back_to_the_sync_lane(
     assert {j["status"] for j in _jobs(engine, failed)} == {"succeeded"}
 
 
+def test_a_chain_without_a_batch_api_runs_on_the_sync_lane(
+    engine: Engine, runner: LaneRunner, pipeline: Pipeline, tenant: uuid.UUID
+) -> None:
+    ids = _batch(engine, tenant, 2, "provider_batch", "local:extractive")
+    wait_for(
+        _ticking(runner, lambda: {j["lane"] for j in _jobs(engine, ids)} == {"sync"}),
+        timeout=20, what="the jobs handed to the sync lane",
+    )  # fmt: skip
+    assert {j["status"] for j in _jobs(engine, ids)} == {"queued"}  # the reconciler publishes
+    for job_id in ids:
+        pipeline.run(job_id)
+    assert {j["status"] for j in _jobs(engine, ids)} == {"succeeded"}
+
+
 def test_cancelling_the_batch_cancels_upstream(
     engine: Engine, runner: LaneRunner, fake: FakeProviderServer, tenant: uuid.UUID
 ) -> None:

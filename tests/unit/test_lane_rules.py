@@ -17,21 +17,22 @@ def test_the_first_link_with_a_batch_api_goes_upstream() -> None:
 def test_waiting_jobs_are_grouped_per_provider_model() -> None:
     groups, no_link = lane_rules.group_waiting(
         [
-            ("a", ["openai:m"], 1.0),
-            ("b", ["local:x", "openai:m"], 5.0),
-            ("c", ["anthropic:k"], 2.0),
-            ("d", ["local:x"], 9.0),
+            (["openai:m"], 3, 1.0),
+            (["local:x", "openai:m"], 2, 5.0),
+            (["anthropic:k"], 1, 2.0),
+            (["local:x"], 4, 9.0),
         ],
         PROVIDERS,
     )
     assert sorted(groups) == ["anthropic:k", "openai:m"]
-    assert groups["openai:m"].job_ids == ["a", "b"]
+    assert groups["openai:m"].chains == [["openai:m"], ["local:x", "openai:m"]]
+    assert groups["openai:m"].jobs == 5
     assert groups["openai:m"].oldest_age_s == 5.0
-    assert no_link == ["d"]
+    assert no_link == [["local:x"]]
 
 
 def test_a_group_is_due_by_size_or_by_age() -> None:
-    group = lane_rules.Group("openai:m", ["a", "b"], oldest_age_s=1.0)
+    group = lane_rules.Group("openai:m", [["openai:m"]], jobs=2, oldest_age_s=1.0)
     assert not lane_rules.is_due(group, max_items=3, max_age_s=60)
     assert lane_rules.is_due(group, max_items=2, max_age_s=60)
     assert lane_rules.is_due(group, max_items=3, max_age_s=1.0)
