@@ -4,11 +4,18 @@ never by a sleep)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 
 from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.base import CompletionRequest, ProviderError
@@ -52,9 +59,9 @@ def _fresh(server: FakeProviderServer) -> None:
 
 def _settings(server: FakeProviderServer) -> Settings:
     return Settings(
-        openai_api_key="sk-fake",
+        openai_api_key=SecretStr("sk-fake"),
         openai_base_url=server.openai_base_url,
-        anthropic_api_key="sk-ant-fake",
+        anthropic_api_key=SecretStr("sk-ant-fake"),
         anthropic_base_url=server.anthropic_base_url,
         provider_read_timeout_s=5.0,
     )
@@ -157,8 +164,8 @@ def test_scripted_item_errors_and_expiry_come_back_per_item(
     results = _results(client, upstream_id, ids)
     assert [results[i].outcome for i in ids] == ["succeeded", "errored", "expired", "errored"]
     assert results[ids[0]].text and results[ids[0]].output_tokens > 0
-    assert results[ids[1]].error and "Scripted item error" in results[ids[1]].error
-    assert results[ids[3]].error and "invalid_request_error" in results[ids[3]].error
+    assert "Scripted item error" in str(results[ids[1]].error)
+    assert "invalid_request_error" in str(results[ids[3]].error)
     for custom_id in ids[1:]:
         assert (results[custom_id].text, results[custom_id].input_tokens) == (None, 0)
 
@@ -306,3 +313,30 @@ def test_only_openai_and_anthropic_have_a_batch_client(server: FakeProviderServe
         batch_client_for("local", _settings(server))
     with pytest.raises(BatchApiUnavailable, match="OPENAI_API_KEY"):
         batch_client_for("openai", Settings(openai_api_key=None))
+
+
+def test_the_command_line_fake_provider_takes_a_batch_turnaround(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from llmq.cli.main import main; main()"]
+    args = ["fake-provider", "--port", str(port), "--batch-turnaround-s", "7.5"]
+    log = (tmp_path / "fake.log").open("w")
+    process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        script = None
+        while script is None:
+            assert process.poll() is None, (tmp_path / "fake.log").read_text()
+            assert time.monotonic() < deadline, "the fake provider did not serve in 30 s"
+            try:
+                script = httpx.get(f"http://127.0.0.1:{port}/_fake/batches/script").json()
+            except httpx.TransportError:
+                # Waiting on the process doubles as the poll interval.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(0.1)
+        assert script["turnaround_s"] == 7.5
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
