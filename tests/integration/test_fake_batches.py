@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -52,7 +53,12 @@ def server() -> Iterator[FakeProviderServer]:
 def _fresh(server: FakeProviderServer) -> None:
     server.set_script(FakeScript())
     server.script_batches(
-        turnaround_s=100.0, errored_ids=[], expired_ids=[], fail_next=0, expire_next=0
+        turnaround_s=100.0,
+        errored_ids=[],
+        expired_ids=[],
+        fail_next=0,
+        expire_next=0,
+        cancel_s=0.0,
     )
     server.reset()
 
@@ -214,6 +220,7 @@ def test_an_expired_batch_reports_its_items_expired(
 def test_cancel_keeps_the_results_produced_before_it(
     server: FakeProviderServer, provider: str
 ) -> None:
+    server.script_batches(cancel_s=30.0)
     client = _client(server, provider)
     requests = _requests(f"cancel-{provider}", 4)
     ids = [r.custom_id for r in requests]
@@ -222,8 +229,13 @@ def test_cancel_keeps_the_results_produced_before_it(
 
     client.cancel(upstream_id)
     client.cancel(upstream_id)  # cancelling twice is harmless
+    assert client.retrieve(upstream_id).state == "cancelling"
+    with pytest.raises(ValueError, match="results exist once it ends"):
+        list(client.results(upstream_id))
+    server.advance_batches(30.0)
     batch = client.retrieve(upstream_id)
     assert batch.state == "cancelled"
+    client.cancel(upstream_id)  # and so is cancelling an ended batch
     results = _results(client, upstream_id, ids)
     assert [results[i].outcome for i in ids] == [
         "succeeded",
@@ -340,3 +352,26 @@ def test_the_command_line_fake_provider_takes_a_batch_turnaround(tmp_path: Path)
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def test_lists_are_newest_first_and_page_through_the_sdks(server: FakeProviderServer) -> None:
+    settings = _settings(server)
+    openai_client, anthropic_client = (_client(server, p) for p in PROVIDERS)
+    made = {
+        "openai": [
+            openai_client.submit(_requests(f"pg-o{i}", 1), intent_id=f"pg{i}") for i in range(5)
+        ],
+        "anthropic": [
+            anthropic_client.submit(_requests(f"pg-a{i}", 1), intent_id="pg") for i in range(5)
+        ],
+    }
+    sdk = openai.OpenAI(api_key="k", base_url=settings.openai_base_url, max_retries=0)
+    listed = [b.id for b in sdk.batches.list(limit=2)]
+    assert listed[:5] == made["openai"][::-1]
+    assert len(listed) == len(set(listed))
+    ant = anthropic.Anthropic(api_key="k", base_url=settings.anthropic_base_url, max_retries=0)
+    listed = [b.id for b in ant.messages.batches.list(limit=2)]
+    assert listed[:5] == made["anthropic"][::-1]
+    assert len(listed) == len(set(listed))
+    with pytest.raises(openai.BadRequestError):
+        sdk.batches.list(limit=101)
