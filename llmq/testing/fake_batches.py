@@ -701,6 +701,11 @@ async def _messages_batches_list(request: Request) -> Response:
 # --------------------------------------------------------------------------- control
 
 
+def _invalid(exc: ValidationError) -> Response:
+    # Without the input: a body that is not JSON at all is bytes, which JSON cannot carry.
+    return _json({"ok": False, "errors": exc.errors(include_url=False, include_input=False)}, 422)
+
+
 async def _get_script(request: Request) -> Response:
     return _json(_state(request).script.model_dump(mode="json"))
 
@@ -709,7 +714,7 @@ async def _post_script(request: Request) -> Response:
     try:
         changes = BatchScript.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return _invalid(exc)
     state = _state(request)
     state.update_script(changes)
     return _json({"ok": True, "script": state.script.model_dump(mode="json")})
@@ -724,7 +729,7 @@ async def _advance(request: Request) -> Response:
     try:
         advance = _Advance.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return _invalid(exc)
     state = _state(request)
     state.clock_offset_s += advance.seconds
     return _json({"ok": True, "clock_offset_s": state.clock_offset_s})

@@ -739,7 +739,9 @@ async def _put_script(request: Request) -> Response:
     try:
         script = FakeScript.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return JSONResponse(
+            {"ok": False, "errors": exc.errors(include_url=False, include_input=False)}, 422
+        )
     state.set_script(script)
     return JSONResponse({"ok": True})
 

@@ -317,6 +317,10 @@ def test_the_batch_script_endpoint_merges_and_validates(server: FakeProviderServ
     assert response.status_code == 422
     response = httpx.post(f"{server.url}/_fake/batches/script", json={"bogus": 1})
     assert response.status_code == 422
+    response = httpx.post(f"{server.url}/_fake/batches/script", content=b"not json")
+    assert response.status_code == 422
+    response = httpx.post(f"{server.url}/_fake/batches/advance", json={"seconds": -1})
+    assert response.status_code == 422
     assert httpx.get(f"{server.url}/_fake/batches/script").json()["fail_next"] == 2
 
 
@@ -375,3 +379,20 @@ def test_lists_are_newest_first_and_page_through_the_sdks(server: FakeProviderSe
     assert len(listed) == len(set(listed))
     with pytest.raises(openai.BadRequestError):
         sdk.batches.list(limit=101)
+
+
+def test_an_unreachable_provider_is_a_retryable_provider_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        openai_api_key=SecretStr("sk-fake"),
+        openai_base_url=f"http://127.0.0.1:{port}/v1",
+        anthropic_api_key=SecretStr("sk-ant-fake"),
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        provider_connect_timeout_s=2.0,
+    )
+    for provider in PROVIDERS:
+        with pytest.raises(ProviderError) as failed:
+            batch_client_for(provider, settings).submit(_requests("down", 1), intent_id="down")
+        assert (failed.value.code, failed.value.retryable) == ("connection_error", True)
