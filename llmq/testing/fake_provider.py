@@ -972,11 +972,15 @@ class FakeProviderServer:
         response = httpx.post(f"{self.url}/_fake/reset", timeout=self.control_timeout_s)
         response.raise_for_status()
 
-    def script_batches(self, **changes: Any) -> BatchScript:
-        """Change the upstream batch script (fields of :class:`BatchScript`); returns it whole."""
+    def script_batches(self, *, reset: bool = False, **changes: Any) -> BatchScript:
+        """Change the upstream batch script (fields of :class:`BatchScript`; with `reset`, the
+        fields not given go back to their defaults); returns the whole script."""
+        script = BatchScript.model_validate(changes)
         response = httpx.post(
             f"{self.url}/_fake/batches/script",
-            content=BatchScript.model_validate(changes).model_dump_json(include=set(changes)),
+            content=script.model_dump_json()
+            if reset
+            else script.model_dump_json(include=set(changes)),
             headers={"content-type": "application/json"},
             timeout=self.control_timeout_s,
         )

@@ -52,14 +52,7 @@ def server() -> Iterator[FakeProviderServer]:
 @pytest.fixture(autouse=True)
 def _fresh(server: FakeProviderServer) -> None:
     server.set_script(FakeScript())
-    server.script_batches(
-        turnaround_s=100.0,
-        errored_ids=[],
-        expired_ids=[],
-        fail_next=0,
-        expire_next=0,
-        cancel_s=0.0,
-    )
+    server.script_batches(reset=True, turnaround_s=100.0)
     server.reset()
 
 
@@ -322,6 +315,8 @@ def test_the_batch_script_endpoint_merges_and_validates(server: FakeProviderServ
     response = httpx.post(f"{server.url}/_fake/batches/advance", json={"seconds": -1})
     assert response.status_code == 422
     assert httpx.get(f"{server.url}/_fake/batches/script").json()["fail_next"] == 2
+    reset = server.script_batches(reset=True, expire_next=1)
+    assert (reset.fail_next, reset.expire_next, reset.turnaround_s) == (0, 1, 0.0)
 
 
 def test_only_openai_and_anthropic_have_a_batch_client(server: FakeProviderServer) -> None:
