@@ -107,19 +107,19 @@ class _Batch:
     def ended(self, now: float) -> bool:
         if self.cancelled_at is not None:
             return now >= self.cancelled_at + self.cancel_s
-        return self.fate == "fail" or now >= self.ends_at
+        # A batch that fails (scripted, or its input file invalid) fails at once.
+        return self.fate == "fail" or bool(self.errors) or now >= self.ends_at
 
     def outcome(self, item: _Item) -> Outcome:
         """The item's outcome once the batch has ended."""
         if self.fate == "fail":
             return "errored"
-        if self.fate == "expire":
-            return "expired"
-        if (
-            self.cancelled_at is not None
-            and self.created_at + item.done_after_s > self.cancelled_at
+        if self.cancelled_at is not None and not (
+            self.fate == "normal" and self.created_at + item.done_after_s <= self.cancelled_at
         ):
             return "cancelled"
+        if self.fate == "expire":
+            return "expired"
         return item.outcome
 
     def done_count(self, now: float) -> int:
