@@ -1025,7 +1025,8 @@ def serve(
         f"llmq FAKE LLM provider (test double, not a real model) on {url}\n"
         f"  OpenAI base_url:    {url}/v1\n"
         f"  Anthropic base_url: {url}\n"
-        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s)",
+        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s), "
+        f"Batch API turnaround {batch_turnaround_s or 0.0} s",
         file=sys.stderr,
         flush=True,
     )
