@@ -112,7 +112,8 @@ class BatchClient(Protocol):
         ...
 
     def submit(self, requests: Sequence[BatchRequest], *, intent_id: str) -> str:
-        """Create the upstream batch; return its id."""
+        """Create the upstream batch; return its id. Not idempotent: after a timeout or a lost
+        connection the batch may exist upstream, so call find() before submitting again."""
         ...
 
     def find(

@@ -12,11 +12,13 @@ faults of the sync script apply to items too: ``status`` rules error the item, `
 Time is scripted with :class:`BatchScript` (``POST /_fake/batches/script``, fields given replace
 the current ones): a batch ends ``turnaround_s`` after creation; its items finish evenly over
 that time (item ``i`` of ``n`` at ``(i + 1) / n * turnaround_s``), so a cancel keeps the items
-finished before it and reports the rest as cancelled. ``errored_ids`` / ``expired_ids`` make
-those custom ids error / expire in every batch created while they are scripted;
-``fail_next`` / ``expire_next`` make the next N created batches (of either API) fail as a whole
-/ expire with no item done. An OpenAI batch that fails ends ``failed`` with ``errors``; Anthropic
-has no failed batch state, so a failing Anthropic batch ends with every item ``errored``.
+finished before it and reports the rest as cancelled; a cancelled batch stays ``cancelling``
+(OpenAI) / ``canceling`` (Anthropic) for ``cancel_s`` before it ends. ``errored_ids`` /
+``expired_ids`` make those custom ids error / expire in every batch created while they are
+scripted; ``fail_next`` / ``expire_next`` make the next N created batches (of either API) fail
+as a whole / expire with no item done. An OpenAI batch that fails ends ``failed`` with
+``errors``; Anthropic has no failed batch state, so a failing Anthropic batch ends with every
+item ``errored``.
 
 ``POST /_fake/batches/advance`` ``{"seconds": s}`` moves the batches' clock forward, so a test
 reaches "half done" or "ended" without sleeping. Lists are newest first. ``/_fake/stats`` gains
@@ -66,6 +68,7 @@ class BatchScript(BaseModel):
     expired_ids: list[str] = Field(default_factory=list)
     fail_next: int = Field(default=0, ge=0)
     expire_next: int = Field(default=0, ge=0)
+    cancel_s: float = Field(default=0.0, ge=0)
 
 
 Outcome = Literal["succeeded", "errored", "expired", "cancelled"]
@@ -89,6 +92,7 @@ class _Batch:
     items: list[_Item]
     fate: Literal["normal", "fail", "expire"] = "normal"
     cancelled_at: float | None = None
+    cancel_s: float = 0.0  # how long it stays cancelling/canceling once cancelled
     # OpenAI only.
     input_file_id: str = ""
     metadata: dict[str, str] | None = None
@@ -101,19 +105,21 @@ class _Batch:
         return self.created_at + self.turnaround_s
 
     def ended(self, now: float) -> bool:
-        return self.fate == "fail" or self.cancelled_at is not None or now >= self.ends_at
+        if self.cancelled_at is not None:
+            return now >= self.cancelled_at + self.cancel_s
+        # A batch that fails (scripted, or its input file invalid) fails at once.
+        return self.fate == "fail" or bool(self.errors) or now >= self.ends_at
 
     def outcome(self, item: _Item) -> Outcome:
         """The item's outcome once the batch has ended."""
         if self.fate == "fail":
             return "errored"
-        if self.fate == "expire":
-            return "expired"
-        if (
-            self.cancelled_at is not None
-            and self.created_at + item.done_after_s > self.cancelled_at
+        if self.cancelled_at is not None and not (
+            self.fate == "normal" and self.created_at + item.done_after_s <= self.cancelled_at
         ):
             return "cancelled"
+        if self.fate == "expire":
+            return "expired"
         return item.outcome
 
     def done_count(self, now: float) -> int:
@@ -204,10 +210,10 @@ class FakeBatchState:
         return batch
 
     def cancel(self, batch: _Batch, now: float) -> bool:
-        """Cancel a running batch; False if it had already ended."""
-        if batch.ended(now):
+        """Cancel a running batch; False if it had already ended or been cancelled."""
+        if batch.cancelled_at is not None or batch.ended(now):
             return False
-        batch.cancelled_at = now
+        batch.cancelled_at, batch.cancel_s = now, self.script.cancel_s
         self.cancelled[batch.api] = self.cancelled.get(batch.api, 0) + 1
         return True
 
@@ -334,7 +340,7 @@ def _openai_status(batch: _Batch, now: float) -> str:
     if batch.fate == "fail" or batch.errors:
         return "failed"
     if batch.cancelled_at is not None:
-        return "cancelled"
+        return "cancelled" if batch.ended(now) else "cancelling"
     if now < batch.ends_at:
         return "in_progress"
     return "expired" if batch.fate == "expire" else "completed"
@@ -402,7 +408,7 @@ def _openai_batch(
     else:
         failed = sum(1 for item in batch.items[:done] if item.outcome != "succeeded")
         counts = {"total": len(batch.items), "completed": done - failed, "failed": failed}
-    end_stamp = int(batch.cancelled_at or batch.ends_at)
+    end_stamp = int(batch.cancelled_at + batch.cancel_s if batch.cancelled_at else batch.ends_at)
     errors = batch.errors or (
         [{"code": "batch_failed", "line": None, "message": _FAILED_MESSAGE, "param": None}]
         if batch.fate == "fail"
@@ -427,7 +433,7 @@ def _openai_batch(
         "failed_at": int(batch.created_at) if real_status == "failed" else None,
         "expired_at": end_stamp if real_status == "expired" else None,
         "cancelling_at": int(batch.cancelled_at) if batch.cancelled_at else None,
-        "cancelled_at": int(batch.cancelled_at) if batch.cancelled_at else None,
+        "cancelled_at": end_stamp if real_status == "cancelled" else None,
         "request_counts": counts,
         "metadata": batch.metadata,
     }
@@ -497,7 +503,7 @@ async def _batches_cancel(request: Request) -> Response:
     if state.cancel(batch, now):
         return _json(_openai_batch(state, batch, status="cancelling"))
     status = _openai_status(batch, now)
-    if status == "cancelled":
+    if status in ("cancelling", "cancelled"):
         return _json(_openai_batch(state, batch))
     return _openai_error(409, f"Cannot cancel a batch with status '{status}'.")
 
@@ -576,12 +582,15 @@ def _anthropic_batch(request: Request, batch: _Batch, status: str | None = None)
         for item in batch.items:
             outcome = batch.outcome(item)
             counts["canceled" if outcome == "cancelled" else outcome] += 1
-    ended_at = batch.cancelled_at or (batch.created_at if batch.fate == "fail" else batch.ends_at)
+    ended_at = batch.created_at if batch.fate == "fail" else batch.ends_at
+    if batch.cancelled_at is not None:
+        ended_at = batch.cancelled_at + batch.cancel_s
     base = str(request.base_url).rstrip("/")
     return {
         "id": batch.id,
         "type": "message_batch",
-        "processing_status": status or ("ended" if ended else "in_progress"),
+        "processing_status": status
+        or ("ended" if ended else "canceling" if batch.cancelled_at else "in_progress"),
         "request_counts": counts,
         "ended_at": _iso(ended_at) if ended else None,
         "created_at": _iso(batch.created_at),
@@ -692,6 +701,11 @@ async def _messages_batches_list(request: Request) -> Response:
 # --------------------------------------------------------------------------- control
 
 
+def _invalid(exc: ValidationError) -> Response:
+    # Without the input: a body that is not JSON at all is bytes, which JSON cannot carry.
+    return _json({"ok": False, "errors": exc.errors(include_url=False, include_input=False)}, 422)
+
+
 async def _get_script(request: Request) -> Response:
     return _json(_state(request).script.model_dump(mode="json"))
 
@@ -700,7 +714,7 @@ async def _post_script(request: Request) -> Response:
     try:
         changes = BatchScript.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return _invalid(exc)
     state = _state(request)
     state.update_script(changes)
     return _json({"ok": True, "script": state.script.model_dump(mode="json")})
@@ -715,7 +729,7 @@ async def _advance(request: Request) -> Response:
     try:
         advance = _Advance.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return _invalid(exc)
     state = _state(request)
     state.clock_offset_s += advance.seconds
     return _json({"ok": True, "clock_offset_s": state.clock_offset_s})

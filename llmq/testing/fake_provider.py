@@ -739,7 +739,9 @@ async def _put_script(request: Request) -> Response:
     try:
         script = FakeScript.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return JSONResponse(
+            {"ok": False, "errors": exc.errors(include_url=False, include_input=False)}, 422
+        )
     state.set_script(script)
     return JSONResponse({"ok": True})
 
@@ -970,11 +972,15 @@ class FakeProviderServer:
         response = httpx.post(f"{self.url}/_fake/reset", timeout=self.control_timeout_s)
         response.raise_for_status()
 
-    def script_batches(self, **changes: Any) -> BatchScript:
-        """Change the upstream batch script (fields of :class:`BatchScript`); returns it whole."""
+    def script_batches(self, *, reset: bool = False, **changes: Any) -> BatchScript:
+        """Change the upstream batch script (fields of :class:`BatchScript`; with `reset`, the
+        fields not given go back to their defaults); returns the whole script."""
+        script = BatchScript.model_validate(changes)
         response = httpx.post(
             f"{self.url}/_fake/batches/script",
-            content=BatchScript.model_validate(changes).model_dump_json(include=set(changes)),
+            content=script.model_dump_json()
+            if reset
+            else script.model_dump_json(include=set(changes)),
             headers={"content-type": "application/json"},
             timeout=self.control_timeout_s,
         )
@@ -1019,7 +1025,8 @@ def serve(
         f"llmq FAKE LLM provider (test double, not a real model) on {url}\n"
         f"  OpenAI base_url:    {url}/v1\n"
         f"  Anthropic base_url: {url}\n"
-        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s)",
+        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s), "
+        f"Batch API turnaround {batch_turnaround_s or 0.0} s",
         file=sys.stderr,
         flush=True,
     )

@@ -4,11 +4,19 @@ never by a sleep)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 
 from llmq.providers.anthropic_provider import AnthropicProvider
 from llmq.providers.base import CompletionRequest, ProviderError
@@ -44,17 +52,15 @@ def server() -> Iterator[FakeProviderServer]:
 @pytest.fixture(autouse=True)
 def _fresh(server: FakeProviderServer) -> None:
     server.set_script(FakeScript())
-    server.script_batches(
-        turnaround_s=100.0, errored_ids=[], expired_ids=[], fail_next=0, expire_next=0
-    )
+    server.script_batches(reset=True, turnaround_s=100.0)
     server.reset()
 
 
 def _settings(server: FakeProviderServer) -> Settings:
     return Settings(
-        openai_api_key="sk-fake",
+        openai_api_key=SecretStr("sk-fake"),
         openai_base_url=server.openai_base_url,
-        anthropic_api_key="sk-ant-fake",
+        anthropic_api_key=SecretStr("sk-ant-fake"),
         anthropic_base_url=server.anthropic_base_url,
         provider_read_timeout_s=5.0,
     )
@@ -157,8 +163,8 @@ def test_scripted_item_errors_and_expiry_come_back_per_item(
     results = _results(client, upstream_id, ids)
     assert [results[i].outcome for i in ids] == ["succeeded", "errored", "expired", "errored"]
     assert results[ids[0]].text and results[ids[0]].output_tokens > 0
-    assert results[ids[1]].error and "Scripted item error" in results[ids[1]].error
-    assert results[ids[3]].error and "invalid_request_error" in results[ids[3]].error
+    assert "Scripted item error" in str(results[ids[1]].error)
+    assert "invalid_request_error" in str(results[ids[3]].error)
     for custom_id in ids[1:]:
         assert (results[custom_id].text, results[custom_id].input_tokens) == (None, 0)
 
@@ -207,6 +213,7 @@ def test_an_expired_batch_reports_its_items_expired(
 def test_cancel_keeps_the_results_produced_before_it(
     server: FakeProviderServer, provider: str
 ) -> None:
+    server.script_batches(cancel_s=30.0)
     client = _client(server, provider)
     requests = _requests(f"cancel-{provider}", 4)
     ids = [r.custom_id for r in requests]
@@ -215,8 +222,13 @@ def test_cancel_keeps_the_results_produced_before_it(
 
     client.cancel(upstream_id)
     client.cancel(upstream_id)  # cancelling twice is harmless
+    assert client.retrieve(upstream_id).state == "cancelling"
+    with pytest.raises(ValueError, match="results exist once it ends"):
+        list(client.results(upstream_id))
+    server.advance_batches(30.0)
     batch = client.retrieve(upstream_id)
     assert batch.state == "cancelled"
+    client.cancel(upstream_id)  # and so is cancelling an ended batch
     results = _results(client, upstream_id, ids)
     assert [results[i].outcome for i in ids] == [
         "succeeded",
@@ -298,7 +310,13 @@ def test_the_batch_script_endpoint_merges_and_validates(server: FakeProviderServ
     assert response.status_code == 422
     response = httpx.post(f"{server.url}/_fake/batches/script", json={"bogus": 1})
     assert response.status_code == 422
+    response = httpx.post(f"{server.url}/_fake/batches/script", content=b"not json")
+    assert response.status_code == 422
+    response = httpx.post(f"{server.url}/_fake/batches/advance", json={"seconds": -1})
+    assert response.status_code == 422
     assert httpx.get(f"{server.url}/_fake/batches/script").json()["fail_next"] == 2
+    reset = server.script_batches(reset=True, expire_next=1)
+    assert (reset.fail_next, reset.expire_next, reset.turnaround_s) == (0, 1, 0.0)
 
 
 def test_only_openai_and_anthropic_have_a_batch_client(server: FakeProviderServer) -> None:
@@ -306,3 +324,70 @@ def test_only_openai_and_anthropic_have_a_batch_client(server: FakeProviderServe
         batch_client_for("local", _settings(server))
     with pytest.raises(BatchApiUnavailable, match="OPENAI_API_KEY"):
         batch_client_for("openai", Settings(openai_api_key=None))
+
+
+def test_the_command_line_fake_provider_takes_a_batch_turnaround(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from llmq.cli.main import main; main()"]
+    args = ["fake-provider", "--port", str(port), "--batch-turnaround-s", "7.5"]
+    log = (tmp_path / "fake.log").open("w")
+    process = subprocess.Popen([*command, *args], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        script = None
+        while script is None:
+            assert process.poll() is None, (tmp_path / "fake.log").read_text()
+            assert time.monotonic() < deadline, "the fake provider did not serve in 30 s"
+            try:
+                script = httpx.get(f"http://127.0.0.1:{port}/_fake/batches/script").json()
+            except httpx.TransportError:
+                # Waiting on the process doubles as the poll interval.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(0.1)
+        assert script["turnaround_s"] == 7.5
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def test_lists_are_newest_first_and_page_through_the_sdks(server: FakeProviderServer) -> None:
+    settings = _settings(server)
+    openai_client, anthropic_client = (_client(server, p) for p in PROVIDERS)
+    made = {
+        "openai": [
+            openai_client.submit(_requests(f"pg-o{i}", 1), intent_id=f"pg{i}") for i in range(5)
+        ],
+        "anthropic": [
+            anthropic_client.submit(_requests(f"pg-a{i}", 1), intent_id="pg") for i in range(5)
+        ],
+    }
+    sdk = openai.OpenAI(api_key="k", base_url=settings.openai_base_url, max_retries=0)
+    listed = [b.id for b in sdk.batches.list(limit=2)]
+    assert listed[:5] == made["openai"][::-1]
+    assert len(listed) == len(set(listed))
+    ant = anthropic.Anthropic(api_key="k", base_url=settings.anthropic_base_url, max_retries=0)
+    listed = [b.id for b in ant.messages.batches.list(limit=2)]
+    assert listed[:5] == made["anthropic"][::-1]
+    assert len(listed) == len(set(listed))
+    with pytest.raises(openai.BadRequestError):
+        sdk.batches.list(limit=101)
+
+
+def test_an_unreachable_provider_is_a_retryable_provider_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(
+        openai_api_key=SecretStr("sk-fake"),
+        openai_base_url=f"http://127.0.0.1:{port}/v1",
+        anthropic_api_key=SecretStr("sk-ant-fake"),
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        provider_connect_timeout_s=2.0,
+    )
+    for provider in PROVIDERS:
+        with pytest.raises(ProviderError) as failed:
+            batch_client_for(provider, settings).submit(_requests("down", 1), intent_id="down")
+        assert (failed.value.code, failed.value.retryable) == ("connection_error", True)
