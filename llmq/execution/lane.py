@@ -44,6 +44,7 @@ from llmq.providers.batch_api import (
 )
 from llmq.settings import Settings
 from llmq.store.models import JobStatus
+from llmq.telemetry import hooks
 
 log = logging.getLogger(__name__)
 
@@ -206,10 +207,16 @@ class LaneRunner:
     def _end(self, job: store.ClaimedJob, outcome: store.Outcome, report: TickReport) -> None:
         """End a waiting lane job that never goes upstream, as a sync job ends: claimed, then
         finished through the same conditional UPDATE (a job ended meanwhile stays as it is)."""
-        jobs = self.pipeline.jobs
-        claimed = jobs.claim_job(str(job.id), self._owner, self.settings.job_lease_s)
-        if claimed is not None and jobs.finish_job(job.id, self._owner, outcome):
+        claimed = self.pipeline.jobs.claim_job(str(job.id), self._owner, self.settings.job_lease_s)
+        if claimed is not None:
+            self._finish(claimed, outcome, report)
+
+    def _finish(self, job: store.ClaimedJob, outcome: store.Outcome, report: TickReport) -> None:
+        """The same conditional UPDATE as a sync job's end, and the same live event."""
+        if self.pipeline.jobs.finish_job(job.id, self._owner, outcome):
             report.finished += 1
+            if self.pipeline.events is not None:
+                self.pipeline.events.job_changed(job.id, job.batch_id, outcome.status)
 
     def _settle(self, job_id: str, cost: Decimal | None) -> None:
         hold = self._holds.pop(job_id, None)
@@ -318,12 +325,12 @@ class LaneRunner:
         if result is not None and result.outcome == "succeeded" and result.text is not None:
             if not recorded:
                 attempt = self._attempt(row, result, marker, link)
-                jobs.record_attempt(job.id, self._owner, lease_s, attempt)
+                if jobs.record_attempt(job.id, self._owner, lease_s, attempt) is not None:
+                    hooks.usage(job, link, attempt)
                 self._settle(job_id, attempt.cost_usd)
             outcome = self._reviewed(job, link, result)
             if outcome is not None:
-                if jobs.finish_job(job.id, self._owner, outcome):
-                    report.finished += 1
+                self._finish(job, outcome, report)
                 return
             route = [{"link": link, "result": "batch_answer_rejected", "upstream": row.upstream_id}]
         else:
@@ -341,8 +348,7 @@ class LaneRunner:
             route = [{"link": link, "result": f"batch_{kind}", "upstream": row.upstream_id}]
             self._settle(job_id, Decimal(0))  # not billed: the reservation is released
         if job.cancel_requested:
-            if jobs.finish_job(job.id, self._owner, CANCELLED):
-                report.finished += 1
+            self._finish(job, CANCELLED, report)
             return
         handed = store.hand_to_sync(self.engine, job.id, self._owner, route)
         if handed:
