@@ -33,10 +33,11 @@ from llmq.errors import JobErrorCode
 from llmq.execution import lane_rules
 from llmq.execution.outcomes import CANCELLED
 from llmq.execution.pipeline import LaneItem, Pipeline
-from llmq.providers.base import Completion, Usage
+from llmq.providers.base import Completion, ProviderError, Usage
 from llmq.providers.batch_api import (
     MAX_BYTES,
     MAX_ITEMS,
+    BatchApiUnavailable,
     BatchClient,
     BatchLookupPending,
     BatchRequest,
@@ -122,10 +123,22 @@ class LaneRunner:
 
     # --- 4. gathering and uploading ---------------------------------------------------------
 
+    def _usable(self) -> frozenset[str]:
+        """The providers whose Batch API this process can reach (a key is configured)."""
+        usable = set()
+        for provider in BATCH_PROVIDERS:
+            try:
+                self.client_for(provider)
+            except BatchApiUnavailable:
+                continue
+            usable.add(provider)
+        return frozenset(usable)
+
     def _gather(self, report: TickReport) -> None:
         waiting = store.waiting_lane_chains(self.engine)
+        usable = self._usable()
         groups, no_link = lane_rules.group_waiting(
-            [(w.chain, w.jobs, w.oldest_age_s) for w in waiting], BATCH_PROVIDERS
+            [(w.chain, w.jobs, w.oldest_age_s) for w in waiting], usable
         )
         if no_link:
             ids = store.waiting_lane_ids(self.engine, no_link, SCAN_LIMIT)
@@ -159,13 +172,13 @@ class LaneRunner:
                 for request in chunk:  # ended meanwhile (cancelled, over budget): not sent
                     if request.custom_id not in tied:
                         self._settle(request.custom_id, Decimal(0))
-                if tied:
-                    self._submit(client, intent, [r for r in chunk if r.custom_id in tied])
+                if tied and self._submit(client, intent, [r for r in chunk if r.custom_id in tied]):
                     report.uploaded += 1
 
     def _prepared(
         self, jobs: Iterable[store.ClaimedJob], report: TickReport
     ) -> dict[str, list[LaneItem]]:
+        usable = self._usable()
         """Jobs guarded and rendered, per upstream link. A job the guard stops ends here (as a
         sync job would); one the lane cannot carry goes to the sync lane."""
         by_link: dict[str, list[LaneItem]] = {}
@@ -176,9 +189,7 @@ class LaneRunner:
                 self._end(job, prepared, report)
                 continue
             link = (
-                None
-                if prepared is None
-                else lane_rules.batch_link(prepared.choice.links, BATCH_PROVIDERS)
+                None if prepared is None else lane_rules.batch_link(prepared.choice.links, usable)
             )
             if prepared is None or link is None:
                 not_for_lane.append(str(job.id))
@@ -240,13 +251,27 @@ class LaneRunner:
             temperature=request.temperature,
         )
 
-    def _submit(self, client: BatchClient, intent: uuid.UUID, requests: list[BatchRequest]) -> None:
+    def _submit(self, client: BatchClient, intent: uuid.UUID, requests: list[BatchRequest]) -> bool:
         # The intent row is committed before this call: a crash from here on is recovered.
-        upstream_id = client.submit(requests, intent_id=str(intent))
+        try:
+            upstream_id = client.submit(requests, intent_id=str(intent))
+        except ProviderError as exc:
+            if exc.retryable:  # it may have been created all the same: recovery finds out
+                log.warning("upload %s failed (%s); the next tick looks again", intent, exc.code)
+                return False
+            # Refused for good (a 4xx): the jobs run on the sync lane, where their chain's
+            # normal retry and fallback apply.
+            log.warning("upload %s refused: %s", intent, exc.message)
+            store.end_provider_batch(self.engine, intent, "failed", exc.message[:500])
+            for request in requests:
+                self._settle(request.custom_id, Decimal(0))
+            store.to_sync_lane(self.engine, [r.custom_id for r in requests])
+            return False
         if self._after_submit is not None:
             self._after_submit()
         store.record_upload(self.engine, intent, upstream_id, self.settings.batch_lane_poll_s)
         log.info("uploaded %d jobs as %s batch %s", len(requests), client.provider, upstream_id)
+        return True
 
     # --- 1. recovery -------------------------------------------------------------------------
 
@@ -277,8 +302,8 @@ class LaneRunner:
         if not items:
             store.end_provider_batch(self.engine, row.id, "ended", "no job left to upload")
             return
-        self._submit(client, row.id, [self._request(item, row.model) for item in items])
-        report.uploaded += 1
+        if self._submit(client, row.id, [self._request(item, row.model) for item in items]):
+            report.uploaded += 1
 
     # --- 3. polling and collecting -----------------------------------------------------------
 

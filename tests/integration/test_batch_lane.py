@@ -258,8 +258,9 @@ def test_errored_items_and_a_failed_batch_fall_back_to_the_sync_lane(
 
 
 def test_a_chain_without_a_batch_api_runs_on_the_sync_lane(
-    engine: Engine, runner: LaneRunner, pipeline: Pipeline, tenant: uuid.UUID
-) -> None:
+    engine: Engine, runner: LaneRunner, pipeline: Pipeline, tenant: uuid.UUID,
+    settings: Settings,
+) -> None:  # fmt: skip
     ids = _batch(engine, tenant, 2, "provider_batch", "local:extractive")
     wait_for(
         _ticking(runner, lambda: {j["lane"] for j in _jobs(engine, ids)} == {"sync"}),
@@ -269,6 +270,15 @@ def test_a_chain_without_a_batch_api_runs_on_the_sync_lane(
     for job_id in ids:
         pipeline.run(job_id)
     assert {j["status"] for j in _jobs(engine, ids)} == {"succeeded"}
+
+    # So does a chain whose Batch API provider this worker has no key for.
+    keyless = settings.model_copy(update={"anthropic_api_key": None})
+    no_key = LaneRunner(engine, keyless, pipeline, lambda p: batch_client_for(p, keyless))
+    ids = _batch(engine, tenant, 2, "provider_batch", "anthropic:claude-haiku-4-5")
+    wait_for(
+        _ticking(no_key, lambda: {j["lane"] for j in _jobs(engine, ids)} == {"sync"}),
+        timeout=20, what="the jobs handed to the sync lane",
+    )  # fmt: skip
 
 
 def test_cancelling_the_batch_cancels_upstream(
