@@ -342,6 +342,50 @@ def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
     assert _created(fake) == created + 1
 
 
+def test_llmq_compat_lane_runs_openai_sdk_batches_through_the_lane(
+    engine: Engine, runner: LaneRunner, settings: Settings, fake: FakeProviderServer
+) -> None:
+    import json
+
+    import openai
+
+    from llmq.api.app import create_app
+
+    from ..live_api import serve
+
+    key = store.create_api_key(engine, f"lane-compat-{uuid.uuid4().hex[:8]}")
+    created = _created(fake)
+    app = create_app(settings.model_copy(update={"compat_lane": "provider_batch"}))
+    with serve(app) as root:
+        client = openai.OpenAI(base_url=f"{root}/openai/v1", api_key=key, max_retries=0)
+        lines = [
+            {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "max_tokens": 64,
+                      "messages": [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": _doc(i)}]}}
+            for i in range(3)
+        ]  # fmt: skip
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        upload = client.files.create(file=("in.jsonl", data), purpose="batch")
+        batch = client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+        def completed() -> Any:
+            runner.tick()
+            found = client.batches.retrieve(batch.id)
+            return found if found.status == "completed" else None
+
+        done = wait_for(completed, timeout=30, what="the compatible batch to complete")
+        assert done.output_file_id
+        output = [
+            json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()
+        ]
+    assert sorted(o["custom_id"] for o in output) == ["c0", "c1", "c2"]
+    assert {o["response"]["status_code"] for o in output} == {200}
+    assert _created(fake) == created + 1  # one upstream batch carried them
+
+
 def test_a_worker_runs_the_lane_and_the_sync_fallback_on_its_own(
     engine: Engine, lane_env: dict[str, str], fake: FakeProviderServer, tenant: uuid.UUID,
     tmp_path: Any,
