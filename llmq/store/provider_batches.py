@@ -321,16 +321,11 @@ def lane_stats(engine: Engine) -> dict[str, int]:
 @contextmanager
 def lane_lock(engine: Engine) -> Iterator[bool]:
     """Hold the lane's lock for a tick (True), or learn another worker holds it (False). A
-    session lock on its own connection: uploads happen while it is held, and a worker killed
-    mid-tick loses its connection and with it the lock."""
-    with engine.connect() as conn:
-        got = bool(
-            conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LANE_LOCK_KEY}).scalar()
+    transaction-scoped lock (safe behind PgBouncer in transaction mode) on a transaction kept
+    open for the tick: a worker killed mid-tick loses its connection, and with it the lock."""
+    with engine.begin() as conn:
+        yield bool(
+            conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": LANE_LOCK_KEY}
+            ).scalar()
         )
-        conn.commit()
-        try:
-            yield got
-        finally:
-            if got:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LANE_LOCK_KEY})
-                conn.commit()
