@@ -116,8 +116,11 @@ class LaneRunner:
                 log.exception("provider batch %s (%s)", row.id, row.upstream_id)
         for row in store.uploads_to_cancel(self.engine):
             if store.mark_cancel_requested(self.engine, row.id) and row.upstream_id:
-                self.client_for(row.provider).cancel(row.upstream_id)
-                report.cancelled_upstream += 1
+                try:
+                    self.client_for(row.provider).cancel(row.upstream_id)
+                    report.cancelled_upstream += 1
+                except ProviderError as exc:  # e.g. it ended meanwhile: its results still come
+                    log.warning("cancelling %s failed: %s", row.upstream_id, exc.message)
         self._gather(report)
         return report
 
@@ -329,6 +332,10 @@ class LaneRunner:
         if not store.intent_job_ids(self.engine, row.id):
             state = "failed" if upstream.state == "failed" else "ended"
             store.end_provider_batch(self.engine, row.id, state, upstream.error)
+        else:  # some held by a lease (a lane runner that died mid-collect): look again later
+            store.record_poll(
+                self.engine, row.id, upstream.raw_status, self.settings.batch_lane_poll_s
+            )
 
     def _collect(
         self,

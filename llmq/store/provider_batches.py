@@ -251,7 +251,9 @@ def uploads_to_cancel(engine: Engine) -> list[ProviderBatchRow]:
                 f"SELECT {_COLUMNS} FROM provider_batches p WHERE state = 'uploaded' "
                 "AND cancel_requested_at IS NULL AND NOT EXISTS (SELECT 1 FROM jobs j "
                 "WHERE j.provider_batch_id = p.id AND j.lane = 'provider_batch' "
-                "AND j.status IN ('queued', 'running') AND j.cancel_requested_at IS NULL)"
+                "AND j.status IN ('queued', 'running') AND j.cancel_requested_at IS NULL) "
+                "AND EXISTS (SELECT 1 FROM jobs j WHERE j.provider_batch_id = p.id "
+                "AND j.lane = 'provider_batch' AND j.status IN ('queued', 'running'))"
             )
         ).mappings()
         return [ProviderBatchRow(**r) for r in rows]
