@@ -295,11 +295,16 @@ def test_cancelling_the_batch_cancels_upstream(
         batch_id = conn.execute(
             text("SELECT batch_id FROM jobs WHERE id = :id"), {"id": ids[0]}
         ).scalar_one()
+    # Upstream, items finish evenly over the turnaround: at 30 s of 60, two of five are done.
+    fake.advance_batches(30)
     assert store.cancel_jobs(engine, tenant, batch_id=batch_id) is not None
 
     _until_ended(runner, engine, ids)
 
-    assert {j["status"] for j in _jobs(engine, ids)} == {"cancelled"}
+    jobs = _jobs(engine, ids)
+    assert [j["status"] for j in jobs] == ["succeeded"] * 2 + ["cancelled"] * 3
+    assert all(Decimal(j["cost_usd"]) > 0 for j in jobs[:2])  # kept, and paid
+    assert all(Decimal(j["cost_usd"] or 0) == 0 for j in jobs[2:])
     assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
 
 
