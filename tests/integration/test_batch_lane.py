@@ -79,9 +79,9 @@ def runner(engine: Engine, settings: Settings, pipeline: Pipeline) -> LaneRunner
 
 @pytest.fixture()
 def fake(fake_provider: FakeProviderServer) -> Iterator[FakeProviderServer]:
-    fake_provider.script_batches(turnaround_s=0.3)
+    fake_provider.script_batches(reset=True, turnaround_s=0.3)
     yield fake_provider
-    fake_provider.script_batches(turnaround_s=0.0)
+    fake_provider.script_batches(reset=True)
 
 
 @pytest.fixture()
