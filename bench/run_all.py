@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "faults": ([], ["--jobs", "500"]),
     "profile": ([], ["--jobs", "1500", "--seconds", "6"]),
     "evals": ([], ["--rounds", "3", "--pairs", "2000"]),
+    "batch_lane": ([], ["--jobs", "200", "--turnaround-s", "5"]),
 }
 
 

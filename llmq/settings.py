@@ -198,6 +198,17 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     # An Idempotency-Key is remembered this long; then it may be used for a new submission.
     idempotency_ttl_s: float = 86_400.0
+    # Provider Batch lane (docs/batches.md): lane jobs are uploaded per provider:model once this
+    # many wait (capped by the provider's own limits) or the oldest waited this long.
+    batch_lane_max_items: int = 50_000
+    batch_lane_max_age_s: float = 300.0
+    # The lane's runner (a thread in every worker) looks this often; upstream batches are polled
+    # first after batch_lane_poll_s, then with doubling waits up to batch_lane_poll_max_s.
+    batch_lane_interval_s: float = 2.0
+    batch_lane_poll_s: float = 15.0
+    batch_lane_poll_max_s: float = 300.0
+    # The lane the OpenAI-/Anthropic-compatible batch endpoints use: sync | provider_batch.
+    compat_lane: Literal["sync", "provider_batch"] = "sync"
     # Long documents (llmq/longdocs/mapreduce.py): a summarizing job whose document has more tokens
     # than this (or than its chain's smallest context window leaves room for) is split into chunk
     # jobs and reduced. 0: split only what does not fit the context windows.

@@ -70,6 +70,7 @@ class Submission:
     webhook_url: str | None = None
     max_cost_usd: Decimal | None = None
     shadow: dict[str, Any] | None = None  # a batch's shadow spec (llmq/evals/spec.py)
+    lane: str = "sync"  # "provider_batch": the providers' Batch APIs (docs/batches.md)
 
 
 class AdmissionPipeline:
@@ -175,6 +176,7 @@ class AdmissionPipeline:
             webhook_url=submission.webhook_url,
             max_cost_usd=submission.max_cost_usd,
             shadow=shadow,
+            lane=submission.lane,
         )
 
     @staticmethod
@@ -206,9 +208,12 @@ class AdmissionPipeline:
     ) -> uuid.UUID:
         """A compatible API's batch on the default chain; its record id. A record that failed
         validation (`record.errors`) has no jobs and is not published."""
+        # LLMQ_COMPAT_LANE; high priority never waits for a provider's batch.
+        lane = "sync" if priority == "high" else self.settings.compat_lane
         record_id = self.records.insert_compat_batch(
-            who.tenant_id, record, list(self.settings.default_chain), priority, items, rejected
-        )
+            who.tenant_id, record, list(self.settings.default_chain), priority, items, rejected,
+            lane=lane,
+        )  # fmt: skip
         if record.errors is None:
             self._publish_batch(record_id, priority)
         return record_id

@@ -33,6 +33,7 @@ class Rows:
     webhook_url: str | None = None
     max_cost_usd: Decimal | None = None
     shadow: dict[str, Any] | None = None
+    lane: str = "sync"  # or "provider_batch" (llmq/execution/lane.py)
 
 
 class AdmissionRecords(Protocol):
@@ -62,6 +63,7 @@ class AdmissionRecords(Protocol):
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
         """A compatible API's batch (its record and its native batch); returns the record id."""
         ...
@@ -116,6 +118,7 @@ class PostgresRecords:
             api_key_id=rows.api_key_id,
             max_cost_usd=rows.max_cost_usd,
             shadow=rows.shadow,
+            lane=rows.lane,
         )
 
     def insert_compat_batch(
@@ -126,10 +129,11 @@ class PostgresRecords:
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
         return store.create_compat_batch(
             self._engine, tenant_id=tenant_id, record=record, chain=chain, priority=priority,
-            items=items, rejected=rejected,
+            items=items, rejected=rejected, lane=lane,
         )  # fmt: skip
 
     def undo_dispatch(self, job_ids: Sequence[str]) -> None:

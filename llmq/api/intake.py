@@ -37,7 +37,14 @@ MAX_LINE_ERRORS = 20
 _AT_LINE_1 = re.compile(r" at line 1 column (\d+)$")
 # Form fields of an upload that hold JSON rather than plain text.
 JSON_FORM_FIELDS = ("params", "metadata", "chain")
-FORM_FIELDS = (*JSON_FORM_FIELDS, "template", "priority", "completion_window", "webhook_url")
+FORM_FIELDS = (
+    *JSON_FORM_FIELDS,
+    "template",
+    "priority",
+    "completion_window",
+    "webhook_url",
+    "lane",
+)
 
 
 def _invalid(exc: ValidationError, prefix: str) -> RequestValidationError:

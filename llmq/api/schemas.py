@@ -257,8 +257,23 @@ class BatchIn(Strict):
         "covered, they end failed with budget_exceeded",
     )
     shadow: ShadowIn | None = None
+    lane: Literal["sync", "provider_batch"] = Field(
+        default="sync",
+        description="provider_batch: run through the providers' own Batch APIs at their batch "
+        "price (50% today), answers within 24 h; not for priority high",
+    )
 
     _chain = field_validator("chain")(_check_chain)
+
+    @model_validator(mode="after")
+    def _lane_priority(self) -> BatchIn:
+        # High priority is for answers now; a provider's batch takes minutes to hours.
+        if self.lane == "provider_batch" and self.priority == "high":
+            raise ValueError(
+                "lane provider_batch cannot be used with priority high: the providers' batches "
+                "take minutes to hours; use priority default or low, or lane sync"
+            )
+        return self
 
     @field_validator("completion_window")
     @classmethod
@@ -338,6 +353,10 @@ class JobOut(BaseModel):
     chunk_level: int | None = None
     chunk_index: int | None = None
     progress: dict[str, Any] | None = None
+    # Provider Batch lane: which lane, and while upstream the provider's batch id and status.
+    lane: str = "sync"
+    upstream_batch_id: str | None = None
+    upstream_status: str | None = None
 
 
 class WebhookState(BaseModel):

@@ -210,12 +210,15 @@ def fake_provider(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     latency_ms: Annotated[float | None, typer.Option(help="latency of every reply")] = None,
     script: Annotated[str | None, typer.Option(help="JSON fault script")] = None,
+    batch_turnaround_s: Annotated[
+        float | None, typer.Option(help="seconds an upstream Batch API batch takes to end")
+    ] = None,
 ) -> None:
     """Serve a FAKE OpenAI/Anthropic-compatible provider for load tests and fault drills."""
     from llmq.testing.fake_provider import load_script, serve
 
     typer.echo(f"fake provider on http://{host}:{port} (OpenAI base_url http://{host}:{port}/v1)")
-    serve(host, port, load_script(script, latency_ms))
+    serve(host, port, load_script(script, latency_ms), batch_turnaround_s)
 
 
 @app.command()

@@ -10,7 +10,7 @@ is counted (`llmq_missing_price_total`) and logged once where its attempt is rec
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
@@ -55,9 +55,15 @@ class PriceTable:
     version: str
     models: dict[str, ModelPrice]
     checked: str = ""
+    # The providers' Batch API rates (the provider_batch lane), a table of the same shape.
+    batch_models: dict[str, ModelPrice] = field(default_factory=dict)
 
     def get(self, link: str) -> ModelPrice | None:
         return self.models.get(link)
+
+    def batch(self) -> PriceTable:
+        """The prices of calls made through a provider's Batch API: its models, same arithmetic."""
+        return PriceTable(version=f"{self.version}/batch", models=self.batch_models)
 
     def cost(
         self, link: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0
@@ -122,7 +128,43 @@ def parse_price_table(document: dict[str, Any]) -> PriceTable:
         version=str(document.get("version", "unknown")),
         models=models,
         checked=str(document.get("checked", "")),
+        batch_models=_batch_models(document, models_raw, models),
     )
+
+
+def _batch_models(
+    document: dict[str, Any], models_raw: dict[str, Any], models: dict[str, ModelPrice]
+) -> dict[str, ModelPrice]:
+    """Batch API prices: a model's own `batch` rates, else its provider's `batch_discount`
+    (the fraction of the sync price, e.g. 0.5) applied to every rate. Unlisted: no batch price."""
+    factors = document.get("batch_discount") or {}
+    if not isinstance(factors, dict):
+        raise ValueError("pricing 'batch_discount' must map a provider to a fraction")
+    out: dict[str, ModelPrice] = {}
+    for link, price in models.items():
+        own = models_raw[link].get("batch")
+        factor = factors.get(link.split(":", 1)[0])
+        if own is not None:
+            rates = _rates(own, own["input"])
+            out[link] = ModelPrice(
+                rates.input, rates.output, rates.cached_input,
+                price.context_window, price.effective_date,
+            )  # fmt: skip
+        elif factor is not None:
+            f = Decimal(str(factor))
+            if not 0 < f <= 1:
+                raise ValueError(f"batch_discount {factor!r} must be in (0, 1]")
+
+            def scaled(r: Rates, f: Decimal = f) -> Rates:
+                return Rates(r.input * f, r.output * f, r.cached_input * f)
+
+            base = scaled(Rates(price.input, price.output, price.cached_input))
+            out[link] = ModelPrice(
+                base.input, base.output, base.cached_input, price.context_window,
+                price.effective_date, price.long_prompt_threshold,
+                scaled(price.long_prompt) if price.long_prompt else None,
+            )  # fmt: skip
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -136,5 +178,6 @@ def load_price_table(override: Path | None = None) -> PriceTable:
             version=f"{table.version}+{extra.version}",
             models={**table.models, **extra.models},
             checked=table.checked,
+            batch_models={**table.batch_models, **extra.batch_models},
         )
     return table

@@ -39,7 +39,7 @@ from llmq.execution.outcomes import (
 from llmq.execution.paid import PaidCalls
 from llmq.execution.shadow import PRIMARY, Shadows
 from llmq.guardrails import ChainResult, Guardrail, run_chain
-from llmq.guardrails.job_guard import guard_job
+from llmq.guardrails.job_guard import GuardedJob, guard_job
 from llmq.guardrails.selection import GuardrailSelection
 from llmq.longdocs.mapreduce import LongDocuments, Split
 from llmq.providers.base import Completion, CompletionRequest, Provider, ProviderError
@@ -232,30 +232,10 @@ class Pipeline:
                 error_message=str(exc),
             )
 
-        try:
-            with hooks.stage("guardrails.input"):
-                # Every text that reaches the provider (input, variables, ...), before the cache
-                # key is computed: neither the cache nor an attempt ever sees a raw value.
-                guarded = guard_job(
-                    self.guardrails.input_for(template), template, job.input, job.params
-                )
-        except Exception:
-            log.exception("input guardrail crashed on job %s", job.id)
-            return store.Outcome(
-                status=JobStatus.FAILED,
-                error_code=JobErrorCode.GUARDRAIL_ERROR,
-                error_message="an input guardrail failed; the job was stopped (fail closed)",
-            )
+        guarded = self._guard_input(job, template)
+        if isinstance(guarded, store.Outcome):
+            return guarded
         findings = guarded.findings
-        if guarded.blocked_by:
-            hooks.blocked("input", guarded.blocked_by)
-            where = f" in {guarded.blocked_field}" if guarded.blocked_field else ""
-            return store.Outcome(
-                status=JobStatus.BLOCKED,
-                error_code=JobErrorCode.INPUT_BLOCKED,
-                error_message=f"input blocked by guardrail rule {guarded.blocked_by}{where}",
-                guardrails=findings,
-            )
         # From here on the job is its guarded self (the stored row is left as it is).
         job = replace(job, input=guarded.input, params=guarded.params)
         if self.long_documents is not None:  # too long for one job: map-reduce (mapreduce.py)
@@ -311,6 +291,33 @@ class Pipeline:
                 job, owner, rendered, findings, template, key, choice, prior
             )
         return choice.noted(answer.value)
+
+    def _guard_input(self, job: store.ClaimedJob, template: Template) -> GuardedJob | store.Outcome:
+        """The job's texts through the input chain, or the outcome that stops it."""
+        try:
+            with hooks.stage("guardrails.input"):
+                # Every text that reaches the provider (input, variables, ...), before the cache
+                # key is computed: neither the cache nor an attempt ever sees a raw value.
+                guarded = guard_job(
+                    self.guardrails.input_for(template), template, job.input, job.params
+                )
+        except Exception:
+            log.exception("input guardrail crashed on job %s", job.id)
+            return store.Outcome(
+                status=JobStatus.FAILED,
+                error_code=JobErrorCode.GUARDRAIL_ERROR,
+                error_message="an input guardrail failed; the job was stopped (fail closed)",
+            )
+        if guarded.blocked_by:
+            hooks.blocked("input", guarded.blocked_by)
+            where = f" in {guarded.blocked_field}" if guarded.blocked_field else ""
+            return store.Outcome(
+                status=JobStatus.BLOCKED,
+                error_code=JobErrorCode.INPUT_BLOCKED,
+                error_message=f"input blocked by guardrail rule {guarded.blocked_by}{where}",
+                guardrails=guarded.findings,
+            )
+        return guarded
 
     def _recovered(
         self,
@@ -387,16 +394,7 @@ class Pipeline:
     ) -> store.Outcome | Deferred:
         """The fallback loop: each link in order until one answers, the job must stop, or it
         waits; when every link gave up, why the chain failed."""
-        spec = output_review.OutputSpec.from_params(job.params)
-        max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
-        run = ChainRun(
-            job, owner, rendered, findings, output_guards, spec,
-            review=output_review.OutputReview(spec, self.config.truncation_retry_max_tokens),
-            max_tokens=max_tokens,
-            prompt_tokens=estimate_tokens(rendered.user) + estimate_tokens(rendered.system or ""),
-            deadline=time.monotonic() + self.config.deadline_s - job.age_s,
-            window_ends=None if job.expires_in_s is None else time.monotonic() + job.expires_in_s,
-        )  # fmt: skip
+        run = self._chain_run(job, owner, rendered, findings, output_guards)
         # A job resumed after a long backoff continues where it stopped, attempts included.
         failures_before: Counter[str] = Counter(
             f"{a['provider']}:{a['model']}" for a in prior if a["outcome"] != "ok"
@@ -409,6 +407,25 @@ class Pipeline:
             if step.failure is not None:
                 failures.append(step.failure)
         return self._chain_failed(run, failures)
+
+    def _chain_run(
+        self,
+        job: store.ClaimedJob,
+        owner: str,
+        rendered: Rendered,
+        findings: list[dict[str, Any]],
+        output_guards: list[Guardrail],
+    ) -> ChainRun:
+        spec = output_review.OutputSpec.from_params(job.params)
+        max_tokens = int(job.params.get("max_tokens") or self.config.max_output_tokens)
+        return ChainRun(
+            job, owner, rendered, findings, output_guards, spec,
+            review=output_review.OutputReview(spec, self.config.truncation_retry_max_tokens),
+            max_tokens=max_tokens,
+            prompt_tokens=estimate_tokens(rendered.user) + estimate_tokens(rendered.system or ""),
+            deadline=time.monotonic() + self.config.deadline_s - job.age_s,
+            window_ends=None if job.expires_in_s is None else time.monotonic() + job.expires_in_s,
+        )  # fmt: skip
 
     def _try_link(
         self, run: ChainRun, link_text: str, tries: int
@@ -588,3 +605,62 @@ class Pipeline:
         except Exception:
             log.exception("output guardrail crashed")
             return ChainResult(text, blocked_by="unsafe_output.guardrail_error")
+
+    # -----------------------------------------------------------------------------------------
+    # The provider Batch lane (llmq/execution/lane.py): the same input guard, rendering and
+    # output review as a sync call, around an upstream batch instead of a call.
+
+    def lane_prepare(self, job: store.ClaimedJob) -> store.Outcome | LaneItem | None:
+        """The job guarded and rendered for an upload, or the outcome that ends it now (blocked,
+        bad template, expired); None when it is not for the lane (a long document to split)."""
+        if job.expires_in_s is not None and job.expires_in_s <= 0:
+            return expired_outcome()
+        try:
+            template = get_template(job.template, job.template_version)
+        except TemplateError as exc:
+            return store.Outcome(
+                status=JobStatus.FAILED, error_code=JobErrorCode.BAD_TEMPLATE,
+                error_message=str(exc),
+            )  # fmt: skip
+        guarded = self._guard_input(job, template)
+        if isinstance(guarded, store.Outcome):
+            return guarded
+        job = replace(job, input=guarded.input, params=guarded.params)
+        if self.long_documents is not None and (
+            self.long_documents.plan(job, template, job.input, guarded.findings) is not None
+        ):
+            return None
+        try:
+            rendered = template.render(job.input, job.params)
+        except TemplateError as exc:
+            return store.Outcome(
+                status=JobStatus.FAILED, error_code=JobErrorCode.BAD_TEMPLATE,
+                error_message=str(exc), guardrails=guarded.findings,
+            )  # fmt: skip
+        choice = routing.choose_chain(job.chain, job.params, estimate_tokens(job.input))
+        return LaneItem(job, template, rendered, guarded.findings, choice)
+
+    def lane_run(self, item: LaneItem, owner: str) -> ChainRun:
+        """The chain walk a lane answer is reviewed in (the request it was asked with)."""
+        guards = self.guardrails.output_for(item.template)
+        return self._chain_run(item.job, owner, item.rendered, list(item.findings), guards)
+
+    def lane_review(
+        self, run: ChainRun, link_text: str, completion: Completion, item: LaneItem
+    ) -> store.Outcome | None:
+        """An upstream answer reviewed exactly as a sync answer; None when the sync lane must
+        take over (an empty, cut-off or malformed answer the sync lane would ask again)."""
+        link = parse_link(link_text)
+        reviewed = self._review(run, link, completion, run.request(link.model))
+        return item.choice.noted(reviewed) if isinstance(reviewed, store.Outcome) else None
+
+
+@dataclass(frozen=True)
+class LaneItem:
+    """A lane job, guarded and rendered: what an upload carries for it."""
+
+    job: store.ClaimedJob  # its guarded self
+    template: Template
+    rendered: Rendered
+    findings: list[dict[str, Any]]
+    choice: routing.ChainChoice

@@ -27,7 +27,9 @@ def retry_batch_items(
                 "route = '[]', guardrails = '[]', deliveries = 0, "
                 "attempts_floor = attempts_made, not_before = NULL, dispatched_at = NULL, "
                 "started_at = NULL, finished_at = NULL, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE batch_id = :id AND status IN ('failed', 'expired')"
+                # A provider Batch lane job waits for a new upload (the reconciler leaves it).
+                "lease_expires_at = NULL, provider_batch_id = NULL "
+                "WHERE batch_id = :id AND status IN ('failed', 'expired')"
             ),
             {"id": batch_id},
         ).rowcount

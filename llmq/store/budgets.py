@@ -94,7 +94,10 @@ def fail_waiting_jobs(engine: Engine, batch_id: uuid.UUID, message: str) -> int:
             text(
                 "UPDATE jobs SET status = 'failed', error_code = 'budget_exceeded', "
                 "error_message = :m, finished_at = now(), cost_usd = 0, lease_owner = NULL, "
-                "lease_expires_at = NULL WHERE batch_id = :b AND status IN ('queued', 'retrying')"
+                "lease_expires_at = NULL WHERE batch_id = :b AND status IN ('queued', 'retrying') "
+                # Provider Batch lane jobs already upstream are started (and reserved): their
+                # answers are paid for and still recorded when they come back.
+                "AND NOT (lane = 'provider_batch' AND provider_batch_id IS NOT NULL)"
             ),
             {"b": batch_id, "m": message},
         ).rowcount

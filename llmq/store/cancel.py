@@ -21,6 +21,10 @@ ROLLUP_SET = (
     "ELSE coalesce(sum(a.cost_usd), 0) END FROM attempts a WHERE a.job_id = jobs.id)"
 )
 
+# A provider Batch lane job already in an upload: like a running job, it is flagged; the lane
+# cancels the upstream batch, keeps (and pays) the answers already produced, cancels the rest.
+_UPSTREAM = "(lane = 'provider_batch' AND provider_batch_id IS NOT NULL)"
+
 
 @dataclass(frozen=True)
 class Cancellation:
@@ -64,7 +68,7 @@ def cancel_jobs(
                 "error_message = 'cancelled by the client', finished_at = now(), "
                 f"not_before = NULL, cancel_requested_at = now(), {ROLLUP_SET} "
                 f"WHERE {column} = :{scope} AND tenant_id = :t "
-                "AND status IN ('queued', 'retrying', 'waiting') "
+                f"AND status IN ('queued', 'retrying', 'waiting') AND NOT {_UPSTREAM} "
                 "RETURNING id, EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)"
             ),
             {**params, "code": JobErrorCode.CANCELLED},
@@ -92,7 +96,8 @@ def cancel_jobs(
         stopping = conn.execute(
             text(
                 "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()) "
-                f"WHERE {column} = :{scope} AND tenant_id = :t AND status = 'running'"
+                f"WHERE {column} = :{scope} AND tenant_id = :t "
+                f"AND (status = 'running' OR (status = 'queued' AND {_UPSTREAM}))"
             ),
             params,
         ).rowcount

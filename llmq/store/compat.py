@@ -106,6 +106,7 @@ def create_compat_batch(
     priority: str,
     items: Sequence[NewJob],
     rejected: dict[int, tuple[str, str]] | None = None,
+    lane: str = "sync",
 ) -> uuid.UUID:
     """The compat record and its native batch in one transaction. Items listed in `rejected`
     (position -> (error code, message)) are stored already failed, so they are never run but
@@ -134,7 +135,7 @@ def create_compat_batch(
 
     return insert_batch(
         engine, tenant_id=tenant_id, template="chat", template_version=1, priority=priority,
-        chain=chain, meta=record.meta or {}, items=items, also=also,
+        chain=chain, meta=record.meta or {}, items=items, also=also, lane=lane,
     )  # fmt: skip
 
 

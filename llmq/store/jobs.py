@@ -101,6 +101,8 @@ class AttemptRecord:
     cost_usd: Decimal | None = None
     worker: str | None = None
     output: str | None = None
+    # A provider Batch lane call: its cost on the sync lane (GET /v1/usage's saved_usd).
+    sync_cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,10 @@ _RECORD_ATTEMPT_SQL = text(
     "RETURNING tenant_id, attempts_made, cancel_requested_at), "
     "ins AS (INSERT INTO attempts (job_id, tenant_id, attempt_no, provider, model, "
     "outcome, http_status, error_code, error_message, latency_ms, input_tokens, "
-    "output_tokens, cached_tokens, cost_usd, worker, output) "
+    "output_tokens, cached_tokens, cost_usd, worker, output, sync_cost_usd) "
     "SELECT :id, j.tenant_id, j.attempts_made, :provider, :model, :outcome, "
     ":http_status, :error_code, :error_message, :latency_ms, :input_tokens, "
-    ":output_tokens, :cached_tokens, :cost_usd, :worker, :output FROM j "
+    ":output_tokens, :cached_tokens, :cost_usd, :worker, :output, :sync_cost_usd FROM j "
     "RETURNING attempt_no) "
     "SELECT ins.attempt_no, j.cancel_requested_at IS NOT NULL FROM ins, j"
 )
@@ -152,7 +154,7 @@ def prior_attempts(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT attempt_no, provider, model, outcome, output FROM attempts "
+                "SELECT attempt_no, provider, model, outcome, output, worker FROM attempts "
                 "WHERE job_id = :id "
                 # Attempts before a batch retry belong to the earlier run.
                 "AND attempt_no > (SELECT attempts_floor FROM jobs WHERE id = :id) "
@@ -321,7 +323,8 @@ def retry_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, str] | None:
                 "route = '[]', guardrails = '[]', deliveries = 0, started_at = NULL, "
                 "attempts_floor = attempts_made, finished_at = NULL, not_before = NULL, "
                 "cancel_requested_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
-                "dispatched_at = now() "
+                # Published now by the caller: a provider Batch lane job re-runs on the sync lane.
+                "dispatched_at = now(), lane = 'sync', provider_batch_id = NULL "
                 "WHERE id = :id AND status IN ('failed', 'expired', 'blocked', 'cancelled') "
                 "RETURNING id::text, priority"
             ),

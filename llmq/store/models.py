@@ -111,7 +111,7 @@ class Batch(Base):
     webhook_next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Cost and budgets (0002): spending cap of the whole batch, checked before each provider call.
     max_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
-    # Shadow runs (0010_shadow_evals): this batch's own shadow spec (llmq/evals/spec.py).
+    # Shadow runs (0011_shadow_evals): this batch's own shadow spec (llmq/evals/spec.py).
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
@@ -188,13 +188,24 @@ class Job(Base):
     api_key_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL")
     )
-    # Shadow runs (0010_shadow_evals): a 'shadow' job re-runs the primary `shadow_of` with another
+    # Shadow runs (0011_shadow_evals): a 'shadow' job re-runs the primary `shadow_of` with another
     # template version or chain; it has no batch and is never shown to the client.
     kind: Mapped[str] = mapped_column(String(16), server_default=text("'primary'"))
     shadow_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # Provider Batch lane (0013): 'sync' or 'provider_batch', and the upload carrying the job.
+    lane: Mapped[str] = mapped_column(String(16), server_default=text("'sync'"))
+    provider_batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("provider_batches.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         Index("ix_jobs_batch_seq", "batch_id", "seq"),
+        Index(
+            "ix_jobs_lane_waiting",
+            "provider_batch_id",
+            "created_at",
+            postgresql_where=text("lane = 'provider_batch' AND status IN ('queued', 'running')"),
+        ),
         Index("ix_jobs_shadow_of", "shadow_of", postgresql_where=text("shadow_of IS NOT NULL")),
         # "Is anything of this batch still live?" (expiry, completion webhooks) in one probe.
         Index(
@@ -240,6 +251,8 @@ class Attempt(Base):
     # the next delivery finishes from it instead of calling the provider again.
     output: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # A provider Batch lane call: what it would have cost on the sync lane (NULL: a sync call).
+    sync_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -386,7 +399,7 @@ class AuditLog(Base):
 
 
 # ---------------------------------------------------------------------------------------------
-# Shadow runs and the evaluation log (migration 0010_shadow_evals, revision 0015).
+# Shadow runs and the evaluation log (migration 0011_shadow_evals, revision 0015).
 
 
 class EvalLog(Base):
@@ -417,3 +430,37 @@ class EvalLog(Base):
     latency_ms: Mapped[Decimal] = mapped_column(Numeric(12, 3), server_default=text("0"))
     scores: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider Batch lane (migration 0010_provider_batches, revision 0013).
+
+
+class ProviderBatch(Base):
+    """One upload of lane jobs to a provider's Batch API. Written as an intent before the
+    upload, so a crash before the upstream id is recorded is found again, never paid twice."""
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (
+        Index(
+            "ix_provider_batches_open",
+            "next_poll_at",
+            postgresql_where=text("state IN ('intent', 'uploaded')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    model: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), server_default=text("'intent'"))
+    upstream_id: Mapped[str | None] = mapped_column(String(200))
+    upstream_status: Mapped[str | None] = mapped_column(String(32))
+    job_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    polls: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    uploaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    polled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

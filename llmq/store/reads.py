@@ -27,7 +27,12 @@ def get_job(engine: Engine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> dict[str
             conn.execute(
                 text(
                     f"SELECT {JOB_COLUMNS}, EXISTS (SELECT 1 FROM jobs c "
-                    "WHERE c.parent_id = jobs.id) AS has_children "
+                    "WHERE c.parent_id = jobs.id) AS has_children, lane, "
+                    # The provider Batch lane's upload that carried the job, if any.
+                    "(SELECT p.upstream_id FROM provider_batches p "
+                    "WHERE p.id = jobs.provider_batch_id) AS upstream_batch_id, "
+                    "(SELECT coalesce(p.upstream_status, p.state) FROM provider_batches p "
+                    "WHERE p.id = jobs.provider_batch_id) AS upstream_status "
                     # A shadow run is never shown to the client (llmq/execution/shadow.py).
                     "FROM jobs WHERE id = :id AND tenant_id = :t AND kind = 'primary'"
                 ),

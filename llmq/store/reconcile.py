@@ -73,7 +73,7 @@ def take_due_for_dispatch(conn: Connection, grace_s: float, limit: int) -> list[
             # MATERIALIZED: as a plain IN-subquery the planner may re-run the SKIP LOCKED scan
             # and mark more than :limit rows.
             "WITH due AS MATERIALIZED (SELECT id FROM jobs "
-            "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL "
+            "WHERE status IN ('queued', 'retrying') AND dispatched_at IS NULL AND lane = 'sync' "
             "AND (not_before IS NULL OR not_before <= now()) "
             "AND (status = 'retrying' OR created_at < now() - make_interval(secs => :grace)) "
             "ORDER BY created_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
@@ -121,7 +121,11 @@ def expire_overdue_jobs(conn: Connection) -> list[str]:
             "finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, "
             "dispatched_at = NULL, not_before = NULL "
             "FROM batches b WHERE jobs.batch_id = b.id AND b.expires_at <= now() "
-            "AND jobs.status IN ('queued', 'retrying') RETURNING b.id::text"
+            "AND jobs.status IN ('queued', 'retrying') "
+            # A provider Batch lane job already upstream is running there: its answer, paid
+            # for, is still recorded; if none comes back the sync lane ends it expired.
+            "AND NOT (jobs.lane = 'provider_batch' AND jobs.provider_batch_id IS NOT NULL) "
+            "RETURNING b.id::text"
         ),
         {"code": JobErrorCode.EXPIRED},
     )

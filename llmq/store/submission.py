@@ -43,7 +43,7 @@ def _copy_text(value: object) -> str:
 # Per-row columns first, then the columns every job of a batch shares (escaped once).
 _JOB_COPY_COLUMNS = (
     "id", "seq", "custom_id", "input", "params", "metadata", "guardrails", "template_version",
-    "tenant_id", "batch_id", "status", "priority", "template", "chain", "api_key_id",
+    "tenant_id", "batch_id", "status", "priority", "template", "chain", "api_key_id", "lane",
 )  # fmt: skip
 
 
@@ -109,6 +109,7 @@ def insert_batch(
     api_key_id: uuid.UUID | None = None,
     max_cost_usd: Decimal | None = None,
     shadow: dict[str, Any] | None = None,
+    lane: str = "sync",
 ) -> uuid.UUID:
     """Insert a batch and all its jobs in one transaction: all rows or none.
 
@@ -142,7 +143,7 @@ def insert_batch(
             },
         )
         shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain,
-                  str(api_key_id) if api_key_id else None)  # fmt: skip
+                  str(api_key_id) if api_key_id else None, lane)  # fmt: skip
         _copy_jobs(conn, shared, items, template_version)
         if also is not None:
             also(conn, batch_id)
@@ -207,6 +208,7 @@ def take_batch_chunk_for_dispatch(
                 # MATERIALIZED: see reconcile.take_due_for_dispatch.
                 "WITH due AS MATERIALIZED (SELECT id FROM jobs "
                 "WHERE batch_id = :b AND status = 'queued' AND dispatched_at IS NULL "
+                "AND lane = 'sync' "
                 "ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED) "
                 "UPDATE jobs SET dispatched_at = now() FROM due WHERE jobs.id = due.id "
                 "RETURNING jobs.id::text, jobs.priority, jobs.seq"

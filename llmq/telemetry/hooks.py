@@ -106,24 +106,10 @@ def stage(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any
 def attempt(claimed: ClaimedJob, link: str, record: AttemptRecord, number: int | None) -> None:
     """One provider call was made and recorded (attempt `number`; None if the lease was lost)."""
     provider, model = record.provider, record.model
-    tenant = str(claimed.tenant_id)
     metrics.PROVIDER_DURATION.labels(provider, model, record.outcome).observe(
         record.latency_ms / 1000
     )
-    for kind, count in (
-        ("input", record.input_tokens),
-        ("output", record.output_tokens),
-        ("cached", record.cached_tokens),
-    ):
-        if count:
-            metrics.TOKENS.labels(provider, model, tenant, kind).inc(count)
-    if record.cost_usd is None:
-        metrics.MISSING_PRICE.labels(provider, model).inc()
-        if link not in _unpriced_logged:
-            _unpriced_logged.add(link)
-            log.warning("no price for %s: its cost is recorded as unknown", link)
-    elif record.cost_usd:
-        metrics.COST.labels(provider, model, tenant).inc(float(record.cost_usd))
+    usage(claimed, link, record)
     watch = _watch.get()
     if watch is not None:
         watch.attempts += 1
@@ -152,6 +138,27 @@ def attempt(claimed: ClaimedJob, link: str, record: AttemptRecord, number: int |
             "cost_usd": record.cost_usd,
         },
     )
+
+
+def usage(claimed: ClaimedJob, link: str, record: AttemptRecord) -> None:
+    """A recorded attempt's tokens and cost, counted (the provider Batch lane's items count
+    only here: a batch's turnaround is not a call's latency)."""
+    provider, model = record.provider, record.model
+    tenant = str(claimed.tenant_id)
+    for kind, count in (
+        ("input", record.input_tokens),
+        ("output", record.output_tokens),
+        ("cached", record.cached_tokens),
+    ):
+        if count:
+            metrics.TOKENS.labels(provider, model, tenant, kind).inc(count)
+    if record.cost_usd is None:
+        metrics.MISSING_PRICE.labels(provider, model).inc()
+        if link not in _unpriced_logged:
+            _unpriced_logged.add(link)
+            log.warning("no price for %s: its cost is recorded as unknown", link)
+    elif record.cost_usd:
+        metrics.COST.labels(provider, model, tenant).inc(float(record.cost_usd))
 
 
 def retry(link: str, reason: str) -> None:

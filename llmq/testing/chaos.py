@@ -56,11 +56,13 @@ class Rig:
     stack: Stack
     tenant_id: uuid.UUID
 
-    def submit(self, n: int, chain: list[str] | None = None, text_: str = DOC) -> uuid.UUID:
+    def submit(
+        self, n: int, chain: list[str] | None = None, text_: str = DOC, lane: str = "sync"
+    ) -> uuid.UUID:
         """Insert a batch and publish its fan-out on this rig's broker."""
         batch_id = store.insert_batch(
             self.engine, tenant_id=self.tenant_id, template="summarize", template_version=1,
-            priority="default", chain=chain or ["openai:gpt-4o-mini"], meta={},
+            priority="default", chain=chain or ["openai:gpt-4o-mini"], meta={}, lane=lane,
             items=[store.NewJob(input=f"Report {i}: {text_}", custom_id=str(i))
                    for i in range(n)],
         )  # fmt: skip
@@ -314,6 +316,34 @@ def poison_job(r: Rig) -> Audit:
     return audit
 
 
+def lane_outages(r: Rig, jobs: int = 60) -> Audit:
+    """Provider Batch lane: while the jobs are upstream, Redis is flushed, Postgres restarted
+    and the worker killed -9; a new worker collects. One upstream batch, every job once."""
+    import redis
+
+    r.fake.script_batches(turnaround_s=4)
+    created = int(r.fake.stats()["batches_created"]["openai"])
+    batch_id = r.submit(jobs, lane="provider_batch")
+    victim = r.worker("lane1")
+
+    def upstream() -> bool:
+        stats = store.lane_stats(r.engine)
+        return stats.get("uploaded", 0) >= 1 and "intent" not in stats
+
+    wait_until(upstream, 60, "the lane's upload")
+    redis.Redis.from_url(r.env["REDIS_URL"]).flushall()
+    _restart(r.services.postgres)()
+    victim.proc.kill()
+    victim.proc.wait(timeout=10)
+    r.worker("lane2")
+    r.wait_ended(batch_id)
+    audit = r.audit(batch_id)
+    audit.observed["upstream_batches_created"] = (
+        int(r.fake.stats()["batches_created"]["openai"]) - created
+    )
+    return audit
+
+
 def _is(probe: Callable[[], Any], expected: Any) -> Callable[[], bool]:
     return lambda: bool(probe() == expected)
 
@@ -327,6 +357,7 @@ SCENARIOS: dict[str, Callable[[Rig], Audit]] = {
     "error-storm": error_storm,
     "poison-job": poison_job,
     "refused-connections": refused_connections,
+    "lane-outages": lane_outages,
 }
 # Settings a scenario needs in its workers (fewer deliveries keep poison-job short).
 SCENARIO_ENV: dict[str, dict[str, str]] = {
@@ -336,4 +367,11 @@ SCENARIO_ENV: dict[str, dict[str, str]] = {
     # jobs handed over (llmq/execution/paid.py), not only retried through it; a lease longer than
     # the outage, so a job that waited for one shows as a redelivery.
     "refused-connections": {"LLMQ_DB_RETRY_S": "5", "LLMQ_JOB_LEASE_S": "30"},
+    # Uploads within a second and brisk polls, so the lane's round trip takes seconds.
+    "lane-outages": {
+        "LLMQ_BATCH_LANE_MAX_AGE_S": "0.5",
+        "LLMQ_BATCH_LANE_INTERVAL_S": "0.2",
+        "LLMQ_BATCH_LANE_POLL_S": "0.5",
+        "LLMQ_BATCH_LANE_POLL_MAX_S": "1",
+    },
 }

@@ -27,6 +27,9 @@ endpoints live under ``/_fake/``:
   would have been sent: a test checks that a redacted value never left llmq)
 * ``POST /_fake/reset`` -> clear the stats
 
+The Batch APIs (OpenAI ``files``/``batches``, Anthropic ``messages/batches``) and their script
+(``POST /_fake/batches/script``) live in :mod:`llmq.testing.fake_batches`.
+
 Streaming (``stream: true``) is not supported; such requests get a 400.
 """
 
@@ -59,6 +62,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from llmq.errors import LlmqError
+from llmq.testing.fake_batches import BatchScript, FakeBatchState
+from llmq.testing.fake_batches import routes as batch_routes
 
 __all__ = [
     "REFUSAL_TEXT",
@@ -172,6 +177,7 @@ class FakeProviderState:
         self.bodies_by_model: dict[str, deque[Any]] = {}
         self.in_flight = 0
         self.max_in_flight = 0  # requests answered at the same time, at most
+        self.batches = FakeBatchState(self.answer_batch_item)
 
     def set_script(self, script: FakeScript) -> None:
         self.script = script
@@ -186,6 +192,7 @@ class FakeProviderState:
         self.timestamps_by_model.clear()
         self.bodies_by_model.clear()
         self.max_in_flight = self.in_flight
+        self.batches.reset_stats()
 
     def record_request(self, api: ApiName, model: str, body: Any = None) -> None:
         self.requests += 1
@@ -218,7 +225,46 @@ class FakeProviderState:
             "timestamps": list(heapq.merge(*self.timestamps_by_model.values())),
             "timestamps_by_model": {m: list(ts) for m, ts in self.timestamps_by_model.items()},
             "max_in_flight": self.max_in_flight,
+            **self.batches.stats(),
         }
+
+    def answer_batch_item(self, api: ApiName, body: Any) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) the sync endpoint would give `body`, for an upstream batch item.
+
+        Latency, hang and malformed rules do not apply to a batch item; the body is kept for
+        ``/_fake/requests`` but not counted as a sync request.
+        """
+        model = body.get("model") if isinstance(body, dict) else None
+        model_name = model if isinstance(model, str) and model else "<none>"
+        self.bodies_by_model.setdefault(model_name, deque(maxlen=REQUEST_BODY_CAP)).append(body)
+        request_id = f"req_fake{uuid.uuid4().hex[:24]}"
+        try:
+            if not isinstance(body, dict):
+                raise _BadRequest("We could not parse the JSON body of your request.")
+            parsed = _parse_openai(body) if api == "openai" else _parse_anthropic(body)
+        except _BadRequest as exc:
+            if api == "openai":
+                payload = _openai_error(400, model_name, 0)
+                payload["error"].update(message=exc.message, param=exc.param)
+            else:
+                payload = _anthropic_error(400, request_id, 0)
+                payload["error"]["message"] = exc.message
+            return 400, payload
+        rule = self.choose_rule(api, parsed.model, parsed.last_user_text)
+        if rule is not None and rule.fault == "status":
+            if api == "openai":
+                return rule.status, _openai_error(
+                    rule.status, parsed.model, parsed.prompt_tokens, rule
+                )
+            return rule.status, _anthropic_error(
+                rule.status, request_id, parsed.prompt_tokens, rule
+            )
+        refusal = rule is not None and rule.fault == "refusal"
+        reply = rule if rule is not None and rule.fault == "reply" else None
+        cached = int(parsed.prompt_tokens * self.script.cached_fraction)
+        if api == "openai":
+            return 200, _openai_completion(parsed, refusal, reply, cached)
+        return 200, _anthropic_message(parsed, refusal, reply, cached)
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -693,7 +739,9 @@ async def _put_script(request: Request) -> Response:
     try:
         script = FakeScript.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"ok": False, "errors": exc.errors(include_url=False)}, 422)
+        return JSONResponse(
+            {"ok": False, "errors": exc.errors(include_url=False, include_input=False)}, 422
+        )
     state.set_script(script)
     return JSONResponse({"ok": True})
 
@@ -728,6 +776,7 @@ def create_app(state: FakeProviderState | None = None) -> ASGIApp:
             Route("/_fake/stats", _get_stats, methods=["GET"]),
             Route("/_fake/requests", _get_requests, methods=["GET"]),
             Route("/_fake/reset", _reset, methods=["POST"]),
+            *batch_routes(),
         ]
     )
     app.state.fake = state or FakeProviderState()
@@ -923,6 +972,30 @@ class FakeProviderServer:
         response = httpx.post(f"{self.url}/_fake/reset", timeout=self.control_timeout_s)
         response.raise_for_status()
 
+    def script_batches(self, *, reset: bool = False, **changes: Any) -> BatchScript:
+        """Change the upstream batch script (fields of :class:`BatchScript`; with `reset`, the
+        fields not given go back to their defaults); returns the whole script."""
+        script = BatchScript.model_validate(changes)
+        response = httpx.post(
+            f"{self.url}/_fake/batches/script",
+            content=script.model_dump_json()
+            if reset
+            else script.model_dump_json(include=set(changes)),
+            headers={"content-type": "application/json"},
+            timeout=self.control_timeout_s,
+        )
+        response.raise_for_status()
+        return BatchScript.model_validate(response.json()["script"])
+
+    def advance_batches(self, seconds: float) -> None:
+        """Move the upstream batches' clock forward (their turnaround passes without a sleep)."""
+        response = httpx.post(
+            f"{self.url}/_fake/batches/advance",
+            json={"seconds": seconds},
+            timeout=self.control_timeout_s,
+        )
+        response.raise_for_status()
+
 
 def load_script(path: str | None, latency_ms: float | None = None) -> FakeScript:
     """Read a :class:`FakeScript` from a JSON file (or a bare JSON list of rules).
@@ -941,7 +1014,9 @@ def load_script(path: str | None, latency_ms: float | None = None) -> FakeScript
     return script
 
 
-def serve(host: str, port: int, script: FakeScript) -> None:
+def serve(
+    host: str, port: int, script: FakeScript, batch_turnaround_s: float | None = None
+) -> None:
     """Run the fake provider in the foreground until interrupted (Ctrl+C / SIGTERM)."""
     sock = _bind_socket(host, port)
     bound = int(sock.getsockname()[1])
@@ -950,9 +1025,13 @@ def serve(host: str, port: int, script: FakeScript) -> None:
         f"llmq FAKE LLM provider (test double, not a real model) on {url}\n"
         f"  OpenAI base_url:    {url}/v1\n"
         f"  Anthropic base_url: {url}\n"
-        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s)",
+        f"  base latency {script.latency_ms} ms, {len(script.rules)} fault rule(s), "
+        f"Batch API turnaround {batch_turnaround_s or 0.0} s",
         file=sys.stderr,
         flush=True,
     )
-    server = uvicorn.Server(_uvicorn_config(create_app(FakeProviderState(script)), 5))
+    state = FakeProviderState(script)
+    if batch_turnaround_s is not None:
+        state.batches.update_script(BatchScript(turnaround_s=batch_turnaround_s))
+    server = uvicorn.Server(_uvicorn_config(create_app(state), 5))
     server.run(sockets=[sock])

@@ -14,11 +14,13 @@ from llmq.store.engine import get_engine, set_slots
 
 from . import runtime, telemetry
 from .heartbeat import Heartbeat
+from .lane import LaneThread
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 _reconciler: Reconciler | None = None
 _heartbeat: Heartbeat | None = None
+_lane: LaneThread | None = None
 
 
 def slots_per_process(concurrency: int, pool_module: str) -> int:
@@ -39,7 +41,7 @@ def _on_setup(instance: Any = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    global _reconciler, _heartbeat
+    global _reconciler, _heartbeat, _lane
     settings = get_settings()
     if sender is not None:
         runtime.worker_name = sender.hostname
@@ -48,6 +50,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
             get_engine(settings.database_url), redis_client(settings), settings
         )
         _reconciler.start()
+        _lane = LaneThread(get_engine(settings.database_url), settings)
+        _lane.start()
     if settings.redis_url:
         consumer = getattr(sender, "task_consumer", None)
         queues = sorted(q.name for q in getattr(consumer, "queues", []))
@@ -63,6 +67,8 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     if _reconciler is not None:
         _reconciler.stop()
+    if _lane is not None:
+        _lane.stop()
     if _heartbeat is not None:
         _heartbeat.stop()
     runtime.close_pipeline()

@@ -88,3 +88,12 @@ def test_postgres_refusing_connections_mid_batch_loses_no_paid_answer(rig: chaos
     assert audit.lease_waits == 0, audit  # no job waited for its lease to expire
     assert audit.observed["cache_hits"] == 0, audit  # no paid job re-finished as a cache hit
     assert audit.exactly_once(300), audit
+
+
+@pytest.mark.scenario("lane-outages")
+def test_provider_batch_lane_survives_redis_postgres_and_its_worker_dying(
+    rig: chaos.Rig,
+) -> None:
+    audit = chaos.lane_outages(rig)
+    assert audit.exactly_once(60), audit
+    assert audit.observed["upstream_batches_created"] == 1  # never a second upstream batch

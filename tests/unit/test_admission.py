@@ -67,8 +67,11 @@ class MemoryRecords:
         priority: str,
         items: Sequence[store.NewJob],
         rejected: dict[int, tuple[str, str]] | None,
+        lane: str = "sync",
     ) -> uuid.UUID:
-        self.batches.append(Rows(tenant_id, None, "chat", 1, priority, chain, list(items)))
+        self.batches.append(
+            Rows(tenant_id, None, "chat", 1, priority, chain, list(items), lane=lane)
+        )
         return uuid.uuid4()
 
     def undo_dispatch(self, job_ids: Sequence[str]) -> None:
@@ -348,3 +351,18 @@ def test_a_compat_batch_that_failed_validation_is_recorded_but_not_published() -
     assert a.broker.batches == []
     ok = a.pipeline.admit_compat_batch(WHO, store.CompatBatchRecord(api="anthropic"), "low", [])
     assert a.broker.batches == [(str(ok), "low")]
+
+
+def test_the_lane_is_written_and_llmq_compat_lane_picks_the_compatible_apis_lane() -> None:
+    a = admission(Settings(compat_lane="provider_batch"))
+    a.pipeline.admit_batch(job(lane="provider_batch"), WHO)
+    assert a.records.batches[-1].lane == "provider_batch"
+    a.pipeline.admit_batch(job(), WHO)
+    assert a.records.batches[-1].lane == "sync"
+    record = store.CompatBatchRecord(api="openai")
+    a.pipeline.admit_compat_batch(WHO, record, "default", [])
+    assert a.records.batches[-1].lane == "provider_batch"
+    # High priority is for answers now: never through a provider's batch.
+    a.pipeline.admit_compat_batch(WHO, record, "high", [])
+    assert a.records.batches[-1].lane == "sync"
+    assert admission().pipeline.settings.compat_lane == "sync"  # the default

@@ -99,6 +99,7 @@ def submission(body: BatchIn) -> Submission:
         webhook_url=body.webhook_url,
         max_cost_usd=body.max_cost_usd,
         shadow=body.shadow.model_dump() if body.shadow else None,
+        lane=body.lane,
     )
 
 

@@ -29,6 +29,9 @@ class UsageTotals(BaseModel):
     cached_tokens: int
     cost_usd: Usd
     unpriced_attempts: int
+    # Provider Batch lane calls: what the same tokens would have cost on the sync lane, less
+    # what they cost (0 when nothing went through the lane).
+    saved_usd: Usd = Decimal(0)
 
 
 class UsageRow(UsageTotals):
