@@ -226,11 +226,17 @@ class LaneRunner:
             self._finish(claimed, outcome, report)
 
     def _finish(self, job: store.ClaimedJob, outcome: store.Outcome, report: TickReport) -> None:
-        """The same conditional UPDATE as a sync job's end, and the same live event."""
+        """The same conditional UPDATE as a sync job's end, the same live event, and the same
+        shadow run and evaluation row (written in the finishing transaction)."""
+        shadows = self.pipeline.shadows
+        if shadows is not None:
+            outcome = shadows.attach(job, outcome)
         if self.pipeline.jobs.finish_job(job.id, self._owner, outcome):
             report.finished += 1
             if self.pipeline.events is not None:
                 self.pipeline.events.job_changed(job.id, job.batch_id, outcome.status)
+            if shadows is not None:
+                shadows.publish(outcome)
 
     def _settle(self, job_id: str, cost: Decimal | None) -> None:
         hold = self._holds.pop(job_id, None)

@@ -302,9 +302,11 @@ def test_cancelling_the_batch_cancels_upstream(
     _until_ended(runner, engine, ids)
 
     jobs = _jobs(engine, ids)
-    assert [j["status"] for j in jobs] == ["succeeded"] * 2 + ["cancelled"] * 3
-    assert all(Decimal(j["cost_usd"]) > 0 for j in jobs[:2])  # kept, and paid
-    assert all(Decimal(j["cost_usd"] or 0) == 0 for j in jobs[2:])
+    # Which two finished first is the upload's order, not the batch's.
+    done = [j for j in jobs if j["status"] == "succeeded"]
+    assert sorted(j["status"] for j in jobs) == ["cancelled"] * 3 + ["succeeded"] * 2
+    assert all(Decimal(j["cost_usd"]) > 0 for j in done)  # kept, and paid
+    assert all(Decimal(j["cost_usd"] or 0) == 0 for j in jobs if j not in done)
     assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
 
 
