@@ -210,12 +210,18 @@ def fake_provider(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     latency_ms: Annotated[float | None, typer.Option(help="latency of every reply")] = None,
     script: Annotated[str | None, typer.Option(help="JSON fault script")] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests per minute per model", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute per model", min=1)] = None,
+    limit_window_s: Annotated[
+        float, typer.Option(help="sliding window the limits are enforced over", min=0.1)
+    ] = 60.0,
 ) -> None:
     """Serve a FAKE OpenAI/Anthropic-compatible provider for load tests and fault drills."""
+    from llmq.testing.fake_limits import with_limits
     from llmq.testing.fake_provider import load_script, serve
 
     typer.echo(f"fake provider on http://{host}:{port} (OpenAI base_url http://{host}:{port}/v1)")
-    serve(host, port, load_script(script, latency_ms))
+    serve(host, port, with_limits(load_script(script, latency_ms), rpm, tpm, limit_window_s))
 
 
 @app.command()

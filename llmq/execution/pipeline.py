@@ -427,6 +427,12 @@ class Pipeline:
                 completion, error = self.calls.call(
                     run.job, run.owner, provider, link_text, request, hold
                 )
+            if self.limiter is not None:  # the response's rate-limit headers teach the limiter
+                self.limiter.learn(
+                    link_text,
+                    completion.rate if completion else error.rate if error else None,
+                    rate_limited=error is not None and error.status == 429,
+                )
             if completion is not None:
                 reviewed = self._review(run, link, completion, request)
                 if isinstance(reviewed, CompletionRequest):  # asked again, once per kind
@@ -478,9 +484,16 @@ class Pipeline:
                 )
             if self.limiter is None:
                 return None
-            wait = self.limiter.acquire(link_text, run.prompt_tokens + run.max_tokens)
-            if wait <= 0:
+            # A slot a short sleep away is reserved (learned limits are paced: adaptive.py).
+            admission = self.limiter.admit(
+                link_text, run.prompt_tokens + run.max_tokens, policy.inline_max_s
+            )
+            if admission.admitted:
+                if admission.wait_s > 0:
+                    hooks.rate_limited(link_text, handed_back=False)
+                    self._sleep(admission.wait_s)
                 return None
+            wait = admission.wait_s
             # No capacity under the shared limit: wait briefly, or give the slot back and let
             # the job come back when there is room (never eat a 429).
             hooks.rate_limited(link_text, handed_back=policy.should_defer(wait))

@@ -59,6 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from llmq.errors import LlmqError
+from llmq.testing.fake_limits import FakeLimiter, RateLimits
 
 __all__ = [
     "REFUSAL_TEXT",
@@ -147,6 +148,8 @@ class FakeScript(BaseModel):
     cached_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of each prompt reported as read from the prompt cache (OpenAI
     ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
+    limits: RateLimits | None = None
+    """Requests/tokens per minute per model, with rate-limit headers (fake_limits.py)."""
 
 
 # --------------------------------------------------------------------------- state
@@ -162,6 +165,7 @@ class FakeProviderState:
         self.script = FakeScript()
         self.rng = random.Random(0)
         self.rule_matches: list[int] = []
+        self.limiter = FakeLimiter(None)
         self.set_script(script or FakeScript())
         self.requests = 0
         self.by_api: dict[str, int] = {}
@@ -177,6 +181,7 @@ class FakeProviderState:
         self.script = script
         self.rng = random.Random(script.seed)
         self.rule_matches = [0] * len(script.rules)
+        self.limiter = FakeLimiter(script.limits)
 
     def reset_stats(self) -> None:
         self.requests = 0
@@ -186,6 +191,7 @@ class FakeProviderState:
         self.timestamps_by_model.clear()
         self.bodies_by_model.clear()
         self.max_in_flight = self.in_flight
+        self.limiter.reset()
 
     def record_request(self, api: ApiName, model: str, body: Any = None) -> None:
         self.requests += 1
@@ -218,6 +224,7 @@ class FakeProviderState:
             "timestamps": list(heapq.merge(*self.timestamps_by_model.values())),
             "timestamps_by_model": {m: list(ts) for m, ts in self.timestamps_by_model.items()},
             "max_in_flight": self.max_in_flight,
+            "limits": self.limiter.stats(),
         }
 
 
@@ -626,6 +633,14 @@ async def _handle(request: Request, api: ApiName) -> Response:
             payload = _anthropic_error(400, request_id, 0)
             payload["error"]["message"] = exc.message
         return error(400, payload)
+
+    # Rate limits first, as a provider's gateway does: a request over them is answered at once.
+    verdict = state.limiter.check(parsed.model, parsed.prompt_tokens + (parsed.max_tokens or 0))
+    headers.update(verdict.headers)
+    if verdict.rejected:
+        if api == "openai":
+            return error(429, _openai_error(429, parsed.model, parsed.prompt_tokens))
+        return error(429, _anthropic_error(429, request_id, parsed.prompt_tokens))
 
     script = state.script
     rule = state.choose_rule(api, parsed.model, parsed.last_user_text)

@@ -18,6 +18,7 @@ from llmq.execution.pipeline import Pipeline, PipelineConfig
 from llmq.guardrails import load_plugins
 from llmq.longdocs.mapreduce import LongDocConfig, LongDocuments
 from llmq.providers.registry import build_providers
+from llmq.resilience.adaptive import provider_accounts
 from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.resilience.ratelimit import Limit, RateLimiter
 from llmq.resilience.redis_clients import redis_client
@@ -79,6 +80,9 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             client,
             {link: Limit(**limit) for link, limit in settings.rate_limits.items()},
             settings.rate_window_s,
+            adaptive=settings.adaptive_rate_limits,
+            margin=settings.rate_limit_margin,
+            accounts=provider_accounts(settings),
         ),
         leases=LeaseKeeper(jobs, settings.job_lease_s),
         worker_name=name or worker_name,
