@@ -497,6 +497,7 @@ def queues(
     """Messages waiting per queue (the autoscaling signal), and the live workers."""
     import redis
 
+    from llmq.resilience.adaptive import learned_views
     from llmq.workers.heartbeat import live_workers
     from llmq.workers.queues import queue_depths
 
@@ -504,15 +505,19 @@ def queues(
     try:
         depths = queue_depths(client)
         workers = live_workers(client)
+        limits = learned_views(client)
     except redis.RedisError as exc:
         raise _fail(f"Redis is unreachable: {type(exc).__name__}") from exc
     if as_json:
-        typer.echo(json.dumps({"queues": depths, "workers": workers}))
+        rate_limits = [view.as_dict() for view in limits]
+        typer.echo(json.dumps({"queues": depths, "workers": workers, "rate_limits": rate_limits}))
         return
     for queue, depth in depths.items():
         typer.echo(f"{queue:<12} {depth}")
     names = ", ".join(str(w["name"]) for w in workers) or "none"
     typer.echo(f"workers      {len(workers)} live: {names}")
+    for view in limits:
+        typer.echo(f"rate limit   {view.describe()}")
 
 
 @jobs_app.command("retry")

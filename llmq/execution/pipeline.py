@@ -428,11 +428,7 @@ class Pipeline:
                     run.job, run.owner, provider, link_text, request, hold
                 )
             if self.limiter is not None:  # the response's rate-limit headers teach the limiter
-                self.limiter.learn(
-                    link_text,
-                    completion.rate if completion else error.rate if error else None,
-                    rate_limited=error is not None and error.status == 429,
-                )
+                self.limiter.learn(link_text, completion, error)
             if completion is not None:
                 reviewed = self._review(run, link, completion, request)
                 if isinstance(reviewed, CompletionRequest):  # asked again, once per kind

@@ -140,9 +140,8 @@ class LearnedLimits:
 
     def observe(self, view: str, snapshot: RateSnapshot, rate_limited: bool, now: float) -> None:
         """Record one response (raises redis.RedisError: the caller decides how to fail)."""
+        # An answer without headers is recorded too: the link is known, unpaced, and not probed.
         block = block_seconds(snapshot, rate_limited, self._window_s)
-        if snapshot.is_empty() and block <= 0:
-            return
         self._learn(
             keys=[hash_key(view), INDEX_KEY],
             args=[now, self._window_s, view, VIEW_TTL_S, block,
@@ -162,6 +161,36 @@ class LearnedView:
     blocked_for_s: float
     age_s: float
 
+    def headroom(self) -> float | None:
+        """The smallest share of a limit still remaining when last seen."""
+        shares = [
+            remaining / limit
+            for limit, remaining in (
+                (self.requests_limit, self.requests_remaining),
+                (self.tokens_limit, self.tokens_remaining),
+            )
+            if limit and remaining is not None
+        ]
+        return min(shares) if shares else None
+
+    def describe(self) -> str:
+        """One line for `llmq queues`."""
+        parts = [
+            f"{kind} {remaining}/{limit} left"
+            for kind, limit, remaining in (
+                ("requests", self.requests_limit, self.requests_remaining),
+                ("tokens", self.tokens_limit, self.tokens_remaining),
+            )
+            if limit
+        ]
+        headroom = self.headroom()
+        if headroom is not None:
+            parts.append(f"headroom {headroom:.0%}")
+        if self.blocked_for_s > 0:
+            parts.append(f"blocked {self.blocked_for_s:.1f} s (429)")
+        parts.append(f"seen {self.age_s:.0f} s ago")
+        return f"{self.link}: " + ", ".join(parts)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "link": self.link,
@@ -170,6 +199,7 @@ class LearnedView:
             "requests_remaining": self.requests_remaining,
             "tokens_limit": self.tokens_limit,
             "tokens_remaining": self.tokens_remaining,
+            "headroom": None if self.headroom() is None else round(self.headroom() or 0.0, 4),
             "blocked_for_s": round(self.blocked_for_s, 3),
             "age_s": round(self.age_s, 3),
         }

@@ -22,15 +22,20 @@ from dataclasses import dataclass
 
 import redis
 
-from llmq.providers.rate_headers import RateSnapshot
+from llmq.providers.base import Completion, ProviderError, RateSnapshot
 from llmq.resilience.adaptive import LearnedLimits, hash_key, view_name
 from llmq.resilience.outage import OutageMemo
 
 log = logging.getLogger(__name__)
 
-# KEYS: requests zset, tokens zset, learned view hash (adaptive.py). ARGV: now, window,
-# max_requests (0 = none), max_tokens (0 = none), tokens, member id, horizon (the longest wait
-# that reserves a slot), margin, adaptive ('1' = pace to the learned view).
+# A link with no learned view yet lets one call through per PROBE_S (the first answer's headers
+# end the probing); the others look again after PROBE_WAIT_S.
+PROBE_S = 2.0
+PROBE_WAIT_S = 0.25
+
+# KEYS: requests zset, tokens zset, learned view hash (adaptive.py), its probe lock.
+# ARGV: now, window, max_requests (0 = none), max_tokens (0 = none), tokens, member id,
+# horizon (the longest wait that reserves a slot), margin, adaptive ('1' = pace to the view).
 # Returns {admitted (0/1), seconds to wait}: admitted with a wait is a reserved slot to sleep
 # until; not admitted, the caller comes back after the wait.
 _ACQUIRE = """
@@ -74,7 +79,12 @@ end
 local req_step, tok_step = nil, nil
 if adaptive then
   local v = redis.call('HMGET', KEYS[3], 'requests_limit', 'tokens_limit', 'blocked_until',
-                       'tat_requests', 'tat_tokens')
+                       'tat_requests', 'tat_tokens', 'updated')
+  -- Nothing known of this link yet: one call at a time until an answer tells the limits, so
+  -- a cold start does not send every worker's burst into an unknown limit.
+  if not v[6] and not redis.call('SET', KEYS[4], '1', 'NX', 'PX', PROBE_MS) then
+    return {0, tostring(PROBE_WAIT_S)}
+  end
   local blocked = tonumber(v[3])
   if blocked and blocked > at then at = blocked end
   local function paced(learned, ceiling)
@@ -106,7 +116,7 @@ end
 if req_step then redis.call('HSET', KEYS[3], 'tat_requests', at + req_step) end
 if tok_step then redis.call('HSET', KEYS[3], 'tat_tokens', at + tok_step) end
 return {1, tostring(wait)}
-"""
+""".replace("PROBE_MS", str(round(PROBE_S * 1000))).replace("PROBE_WAIT_S", str(PROBE_WAIT_S))
 
 
 @dataclass(frozen=True)
@@ -181,14 +191,20 @@ class RateLimiter:
         admission = self._admit(link, limit, tokens, 0.0, adaptive=False)
         return 0.0 if admission.admitted else admission.wait_s
 
-    def learn(self, link: str, snapshot: RateSnapshot | None, rate_limited: bool) -> None:
-        """Fold one response's rate-limit headers (and whether it was a 429) into the view."""
+    def learn(self, link: str, completion: Completion | None, error: ProviderError | None) -> None:
+        """Fold one call's rate-limit headers (and whether it was a 429) into the view. An
+        answer without headers counts too (the link is known and unpaced); a call that got no
+        response at all (timeout, connection error) says nothing."""
+        if completion is not None:
+            snapshot, rate_limited = completion.rate or RateSnapshot(), False
+        elif error is not None and error.rate is not None:
+            snapshot, rate_limited = error.rate, error.status == 429
+        else:
+            return
         if self._learned is None or not self._store.available():
             return
         try:
-            self._learned.observe(
-                self.view(link), snapshot or RateSnapshot(), rate_limited, self._clock()
-            )
+            self._learned.observe(self.view(link), snapshot, rate_limited, self._clock())
         except redis.RedisError as exc:
             self._store.failed()
             log.warning(
@@ -203,9 +219,10 @@ class RateLimiter:
         if not self._store.available():
             self.unavailable += 1
             return Admission(True, 0.0)
+        view = hash_key(self.view(link))
         try:
             admitted, wait = self._acquire(
-                keys=[f"llmq:rl:{link}:req", f"llmq:rl:{link}:tok", hash_key(self.view(link))],
+                keys=[f"llmq:rl:{link}:req", f"llmq:rl:{link}:tok", view, f"{view}:probe"],
                 args=[self._clock(), self._window_s, limit.requests, limit.tokens, tokens,
                       uuid.uuid4().hex, horizon_s, self._margin, "1" if adaptive else "0"],
             )  # fmt: skip
