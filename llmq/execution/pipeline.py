@@ -76,6 +76,7 @@ class PipelineConfig:
     truncation_retry_max_tokens: int = 4096
     cache_scope: CacheScope = "tenant"  # LLMQ_CACHE_SCOPE
     db_retry_s: float = 30.0  # LLMQ_DB_RETRY_S
+    rate_wait_max_s: float = 10.0  # LLMQ_RATE_WAIT_MAX_S
 
 
 class LeaseHandedOver(LlmqError):
@@ -480,9 +481,11 @@ class Pipeline:
                 )
             if self.limiter is None:
                 return None
-            # A slot a short sleep away is reserved (learned limits are paced: adaptive.py).
+            # A slot a short sleep away is reserved (learned limits are paced: adaptive.py),
+            # never one past the job's deadline.
+            horizon = min(self.config.rate_wait_max_s, run.deadline - time.monotonic())
             admission = self.limiter.admit(
-                link_text, run.prompt_tokens + run.max_tokens, policy.inline_max_s
+                link_text, run.prompt_tokens + run.max_tokens, max(0.0, horizon)
             )
             if admission.admitted:
                 if admission.wait_s > 0:

@@ -57,6 +57,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
         cache_scope=settings.cache_scope,
         db_retry_s=settings.db_retry_s,
+        rate_wait_max_s=settings.rate_wait_max_s,
     )
 
 
