@@ -27,6 +27,9 @@ endpoints live under ``/_fake/``:
   would have been sent: a test checks that a redacted value never left llmq)
 * ``POST /_fake/reset`` -> clear the stats
 
+Rate limits per model (``FakeScript.limits``, ``llmq fake-provider --rpm N --tpm M``) are
+enforced with a sliding window and announced in both providers' headers (fake_limits.py).
+
 Streaming (``stream: true``) is not supported; such requests get a 400.
 """
 

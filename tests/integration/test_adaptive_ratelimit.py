@@ -22,6 +22,7 @@ from llmq.testing.fake_limits import RateLimits
 from llmq.testing.fake_provider import FakeProviderServer, FakeScript
 
 from ..helpers import make_isolated_env, metric_value, submit_batch, wait_for
+from .test_cli import _llmq
 
 
 class Clock:
@@ -122,6 +123,7 @@ def test_workers_learn_the_limit_from_headers_and_avoid_the_429s(
             with TestClient(create_app(settings)) as client:
                 ready = client.get("/readyz").json()
                 metrics = client.get("/metrics").text
+            shown = _llmq("queues", env=learned_env).stdout.splitlines()
         finally:
             stack.stop()
         by_model = fake.stats()["limits"]["by_model"]
@@ -135,3 +137,5 @@ def test_workers_learn_the_limit_from_headers_and_avoid_the_429s(
     assert metric_value(metrics, "llmq_rate_limit_learned", link=link, kind="requests") == (
         per_window
     )
+    (line,) = [row for row in shown if link in row]
+    assert line.startswith(f"rate limit   {link}: requests ") and f"/{per_window} left" in line
