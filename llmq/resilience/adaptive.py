@@ -218,7 +218,7 @@ def _count(raw: Any) -> int | None:
 
 
 def learned_views(client: redis.Redis, now: float | None = None) -> list[LearnedView]:
-    """Every live learned view, by link (raises redis.RedisError)."""
+    """Every live view with a limit or a block, by link (raises redis.RedisError)."""
     now = time.time() if now is None else now
     names = sorted(member.decode() for member in client.smembers(INDEX_KEY))
     if not names:
@@ -234,18 +234,19 @@ def learned_views(client: redis.Redis, now: float | None = None) -> list[Learned
             continue
         data = {k.decode(): v.decode() for k, v in fields.items()}
         link, _, account = name.partition("@")
-        views.append(
-            LearnedView(
-                link=link,
-                account=account or None,
-                requests_limit=_count(data.get("requests_limit")),
-                requests_remaining=_count(data.get("requests_remaining")),
-                tokens_limit=_count(data.get("tokens_limit")),
-                tokens_remaining=_count(data.get("tokens_remaining")),
-                blocked_for_s=max(0.0, (_num(data.get("blocked_until")) or 0.0) - now),
-                age_s=max(0.0, now - (_num(data.get("updated")) or now)),
-            )
+        view = LearnedView(
+            link=link,
+            account=account or None,
+            requests_limit=_count(data.get("requests_limit")),
+            requests_remaining=_count(data.get("requests_remaining")),
+            tokens_limit=_count(data.get("tokens_limit")),
+            tokens_remaining=_count(data.get("tokens_remaining")),
+            blocked_for_s=max(0.0, (_num(data.get("blocked_until")) or 0.0) - now),
+            age_s=max(0.0, now - (_num(data.get("updated")) or now)),
         )
+        # A link whose answers carry no limits (a local model) has nothing to show.
+        if view.requests_limit or view.tokens_limit or view.blocked_for_s:
+            views.append(view)
     if gone:
         client.srem(INDEX_KEY, *gone)
     return views
