@@ -85,7 +85,8 @@ class FakeProvider:
 
 
 @contextmanager
-def fake_provider(latency_ms: float) -> Iterator[FakeProvider]:
+def fake_provider(latency_ms: float, extra: Sequence[str] = ()) -> Iterator[FakeProvider]:
+    """`extra`: more `llmq fake-provider` options (e.g. --rpm/--tpm)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -97,6 +98,7 @@ def fake_provider(latency_ms: float) -> Iterator[FakeProvider]:
             str(port),
             "--latency-ms",
             str(latency_ms),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -34,6 +34,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "profile": ([], ["--jobs", "1500", "--seconds", "6"]),
     "evals": ([], ["--rounds", "3", "--pairs", "2000"]),
     "batch_lane": ([], ["--jobs", "200", "--turnaround-s", "5"]),
+    "saturation": ([], ["--quick"]),
+    "slow_provider": ([], ["--quick"]),
 }
 
 

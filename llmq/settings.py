@@ -130,6 +130,13 @@ class Settings(BaseSettings):
     # Shared provider limits per window: {"openai:gpt-4o-mini": {"requests": 500, "tokens": 2e5}}
     rate_limits: dict[str, dict[str, int]] = {}
     rate_window_s: float = 60.0
+    # Learn each provider:model's limits from its rate-limit headers and pace calls to just under
+    # them (rate_limits stays a ceiling); the margin is the share of the limit left unused.
+    adaptive_rate_limits: bool = True
+    rate_limit_margin: float = Field(default=0.03, ge=0.0, lt=1.0)
+    # The longest a worker sleeps on a reserved slot under a rate limit; longer, the job is
+    # handed back to the queue (and comes back when there is room).
+    rate_wait_max_s: float = Field(default=10.0, ge=0.0)
 
     # Guardrails, by name (llmq/guardrails/__init__.py).
     input_guardrails: CsvList = ["prompt_injection", "pii", "banned_terms"]

@@ -213,12 +213,19 @@ def fake_provider(
     batch_turnaround_s: Annotated[
         float | None, typer.Option(help="seconds an upstream Batch API batch takes to end")
     ] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests per minute per model", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute per model", min=1)] = None,
+    limit_window_s: Annotated[
+        float, typer.Option(help="sliding window the limits are enforced over", min=0.1)
+    ] = 60.0,
 ) -> None:
     """Serve a FAKE OpenAI/Anthropic-compatible provider for load tests and fault drills."""
+    from llmq.testing.fake_limits import with_limits
     from llmq.testing.fake_provider import load_script, serve
 
     typer.echo(f"fake provider on http://{host}:{port} (OpenAI base_url http://{host}:{port}/v1)")
-    serve(host, port, load_script(script, latency_ms), batch_turnaround_s)
+    limited = with_limits(load_script(script, latency_ms), rpm, tpm, limit_window_s)
+    serve(host, port, limited, batch_turnaround_s)
 
 
 @app.command()
@@ -494,6 +501,7 @@ def queues(
     """Messages waiting per queue (the autoscaling signal), and the live workers."""
     import redis
 
+    from llmq.resilience.adaptive import learned_views
     from llmq.workers.heartbeat import live_workers
     from llmq.workers.queues import queue_depths
 
@@ -501,15 +509,19 @@ def queues(
     try:
         depths = queue_depths(client)
         workers = live_workers(client)
+        limits = learned_views(client)
     except redis.RedisError as exc:
         raise _fail(f"Redis is unreachable: {type(exc).__name__}") from exc
     if as_json:
-        typer.echo(json.dumps({"queues": depths, "workers": workers}))
+        rate_limits = [view.as_dict() for view in limits]
+        typer.echo(json.dumps({"queues": depths, "workers": workers, "rate_limits": rate_limits}))
         return
     for queue, depth in depths.items():
         typer.echo(f"{queue:<12} {depth}")
     names = ", ".join(str(w["name"]) for w in workers) or "none"
     typer.echo(f"workers      {len(workers)} live: {names}")
+    for view in limits:
+        typer.echo(f"rate limit   {view.describe()}")
 
 
 @jobs_app.command("retry")

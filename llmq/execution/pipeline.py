@@ -77,6 +77,7 @@ class PipelineConfig:
     truncation_retry_max_tokens: int = 4096
     cache_scope: CacheScope = "tenant"  # LLMQ_CACHE_SCOPE
     db_retry_s: float = 30.0  # LLMQ_DB_RETRY_S
+    rate_wait_max_s: float = 10.0  # LLMQ_RATE_WAIT_MAX_S
 
 
 class LeaseHandedOver(LlmqError):
@@ -453,6 +454,8 @@ class Pipeline:
                 completion, error = self.calls.call(
                     run.job, run.owner, provider, link_text, request, hold
                 )
+            if self.limiter is not None:  # the response's rate-limit headers teach the limiter
+                self.limiter.learn(link_text, completion, error)
             if completion is not None:
                 reviewed = self._review(run, link, completion, request)
                 if isinstance(reviewed, CompletionRequest):  # asked again, once per kind
@@ -504,9 +507,18 @@ class Pipeline:
                 )
             if self.limiter is None:
                 return None
-            wait = self.limiter.acquire(link_text, run.prompt_tokens + run.max_tokens)
-            if wait <= 0:
+            # A slot a short sleep away is reserved (learned limits are paced: adaptive.py),
+            # never one past the job's deadline.
+            horizon = min(self.config.rate_wait_max_s, run.deadline - time.monotonic())
+            admission = self.limiter.admit(
+                link_text, run.prompt_tokens + run.max_tokens, max(0.0, horizon)
+            )
+            if admission.admitted:
+                if admission.wait_s > 0:
+                    hooks.rate_limited(link_text, handed_back=False)
+                    self._sleep(admission.wait_s)
                 return None
+            wait = admission.wait_s
             # No capacity under the shared limit: wait briefly, or give the slot back and let
             # the job come back when there is room (never eat a 429).
             hooks.rate_limited(link_text, handed_back=policy.should_defer(wait))

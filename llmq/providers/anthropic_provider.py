@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anthropic
@@ -15,6 +16,7 @@ from .base import (
     code_for_status,
     parse_retry_after,
 )
+from .rate_headers import parse_rate_headers
 
 
 class AnthropicProvider:
@@ -54,7 +56,8 @@ class AnthropicProvider:
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         try:
-            message = self._client.messages.create(**kwargs)
+            raw = self._client.messages.with_raw_response.create(**kwargs)
+            message = raw.parse()
         except anthropic.APITimeoutError as exc:
             raise ProviderError("timeout", "request timed out", retryable=True) from exc
         except anthropic.APIConnectionError as exc:
@@ -70,6 +73,7 @@ class AnthropicProvider:
                 "malformed_response", "response body was not valid JSON", retryable=True
             ) from exc
         text = "".join(block.text for block in message.content if block.type == "text")
+        rate = parse_rate_headers(raw.headers, time.time())
         usage = Usage(
             input_tokens=message.usage.input_tokens
             + (message.usage.cache_read_input_tokens or 0)
@@ -78,11 +82,12 @@ class AnthropicProvider:
             cached_tokens=message.usage.cache_read_input_tokens or 0,
         )
         if message.stop_reason == "refusal":
-            return Completion(text=text, usage=usage, finish_reason="refusal")
+            return Completion(text=text, usage=usage, finish_reason="refusal", rate=rate)
         return Completion(
             text=text,
             usage=usage,
             finish_reason="length" if message.stop_reason == "max_tokens" else "stop",
+            rate=rate,
         )
 
 
@@ -96,4 +101,5 @@ def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
         retryable=status in RETRYABLE_STATUSES,
         status=status,
         retry_after_s=parse_retry_after(exc.response.headers),
+        rate=parse_rate_headers(exc.response.headers, time.time()),
     )

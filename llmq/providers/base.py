@@ -36,11 +36,28 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class RateSnapshot:
+    """What one response's rate-limit headers said (rate_headers.py); None = not sent."""
+
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset_s: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_s: float | None = None
+    retry_after_s: float | None = None
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in vars(self).values())
+
+
+@dataclass(frozen=True)
 class Completion:
     text: str
     usage: Usage
     finish_reason: str  # "stop", "length" or "refusal"
     http_status: int | None = 200
+    rate: RateSnapshot | None = None  # the response's rate-limit headers (adaptive limits)
 
 
 class ProviderError(LlmqError):
@@ -55,6 +72,7 @@ class ProviderError(LlmqError):
         status: int | None = None,
         retry_after_s: float | None = None,
         usage: Usage | None = None,
+        rate: RateSnapshot | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -63,6 +81,7 @@ class ProviderError(LlmqError):
         self.status = status
         self.retry_after_s = retry_after_s
         self.usage = usage
+        self.rate = rate
 
 
 class Provider(Protocol):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, cast
 
 import openai
+from openai._legacy_response import LegacyAPIResponse
 from openai.types.chat import ChatCompletion
 
 from .base import (
@@ -16,6 +18,11 @@ from .base import (
     code_for_status,
     parse_retry_after,
 )
+from .rate_headers import parse_rate_headers
+
+# The SDK's own switch behind `with_raw_response`: the call returns the raw response (its
+# rate-limit headers) with `.parse()` for the typed body.
+_RAW: openai.RequestOptions = {"headers": {"X-Stainless-Raw-Response": "true"}}
 
 # Models that reject `max_tokens` and want `max_completion_tokens`.
 _COMPLETION_TOKENS_PREFIXES = ("o1", "o3", "o4", "gpt-5")
@@ -54,7 +61,13 @@ class OpenAIProvider:
             # chat.completions.create, without create's walk of every one of its ~40 typed
             # params, a third of the SDK's CPU per call. The body is plain JSON that the walk
             # would return unchanged (tests/unit/test_providers_pure.py checks it).
-            response = self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+            raw = cast(
+                LegacyAPIResponse[ChatCompletion],
+                self._client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion, options=_RAW
+                ),
+            )
+            response = raw.parse()
         except openai.APITimeoutError as exc:
             raise ProviderError("timeout", "request timed out", retryable=True) from exc
         except openai.APIConnectionError as exc:
@@ -72,6 +85,7 @@ class OpenAIProvider:
         if not response.choices:
             raise ProviderError("malformed_response", "response had no choices", retryable=True)
         choice = response.choices[0]
+        rate = parse_rate_headers(raw.headers, time.time())
         usage = Usage()
         if response.usage is not None:
             details = response.usage.prompt_tokens_details
@@ -81,11 +95,14 @@ class OpenAIProvider:
                 cached_tokens=(details.cached_tokens or 0) if details else 0,
             )
         if choice.message.refusal:
-            return Completion(text=choice.message.refusal, usage=usage, finish_reason="refusal")
+            return Completion(
+                text=choice.message.refusal, usage=usage, finish_reason="refusal", rate=rate
+            )
         return Completion(
             text=choice.message.content or "",
             usage=usage,
             finish_reason="length" if choice.finish_reason == "length" else "stop",
+            rate=rate,
         )
 
 
@@ -118,4 +135,5 @@ def _status_error(exc: openai.APIStatusError) -> ProviderError:
         retryable=status in RETRYABLE_STATUSES,
         status=status,
         retry_after_s=parse_retry_after(exc.response.headers),
+        rate=parse_rate_headers(exc.response.headers, time.time()),
     )

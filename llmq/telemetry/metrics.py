@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import store
+from llmq.resilience.adaptive import learned_views
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,27 @@ class StateCollector(Collector):
                 current = self._breaker.state(link)
                 for state in ("closed", "open", "half_open"):
                     circuits.add_metric([link, state], 1 if current == state else 0)
-            out += [depth, circuits]
+            learned = GaugeMetricFamily(
+                "llmq_rate_limit_learned",
+                "Per-window limit each provider:model announced in its rate-limit headers.",
+                labels=["link", "account", "kind"],
+            )
+            remaining = GaugeMetricFamily(
+                "llmq_rate_limit_remaining",
+                "What the provider said was left of that limit, at its last answer.",
+                labels=["link", "account", "kind"],
+            )
+            for view in learned_views(self._client):
+                for kind, limit, left in (
+                    ("requests", view.requests_limit, view.requests_remaining),
+                    ("tokens", view.tokens_limit, view.tokens_remaining),
+                ):
+                    labels = [view.link, view.account or "", kind]
+                    if limit is not None:
+                        learned.add_metric(labels, limit)
+                    if left is not None:
+                        remaining.add_metric(labels, left)
+            out += [depth, circuits, learned, remaining]
             up.add_metric(["redis"], 1)
         except redis.RedisError as exc:
             log.warning("metrics: Redis figures unavailable: %s", type(exc).__name__)

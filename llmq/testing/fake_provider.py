@@ -29,6 +29,8 @@ endpoints live under ``/_fake/``:
 
 The Batch APIs (OpenAI ``files``/``batches``, Anthropic ``messages/batches``) and their script
 (``POST /_fake/batches/script``) live in :mod:`llmq.testing.fake_batches`.
+Rate limits per model (``FakeScript.limits``, ``llmq fake-provider --rpm N --tpm M``) are
+enforced with a sliding window and announced in both providers' headers (fake_limits.py).
 
 Streaming (``stream: true``) is not supported; such requests get a 400.
 """
@@ -64,6 +66,7 @@ from starlette.types import ASGIApp
 from llmq.errors import LlmqError
 from llmq.testing.fake_batches import BatchScript, FakeBatchState
 from llmq.testing.fake_batches import routes as batch_routes
+from llmq.testing.fake_limits import FakeLimiter, RateLimits
 
 __all__ = [
     "REFUSAL_TEXT",
@@ -152,6 +155,8 @@ class FakeScript(BaseModel):
     cached_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of each prompt reported as read from the prompt cache (OpenAI
     ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``)."""
+    limits: RateLimits | None = None
+    """Requests/tokens per minute per model, with rate-limit headers (fake_limits.py)."""
 
 
 # --------------------------------------------------------------------------- state
@@ -167,6 +172,7 @@ class FakeProviderState:
         self.script = FakeScript()
         self.rng = random.Random(0)
         self.rule_matches: list[int] = []
+        self.limiter = FakeLimiter(None)
         self.set_script(script or FakeScript())
         self.requests = 0
         self.by_api: dict[str, int] = {}
@@ -183,6 +189,7 @@ class FakeProviderState:
         self.script = script
         self.rng = random.Random(script.seed)
         self.rule_matches = [0] * len(script.rules)
+        self.limiter = FakeLimiter(script.limits)
 
     def reset_stats(self) -> None:
         self.requests = 0
@@ -193,6 +200,7 @@ class FakeProviderState:
         self.bodies_by_model.clear()
         self.max_in_flight = self.in_flight
         self.batches.reset_stats()
+        self.limiter.reset()
 
     def record_request(self, api: ApiName, model: str, body: Any = None) -> None:
         self.requests += 1
@@ -226,6 +234,7 @@ class FakeProviderState:
             "timestamps_by_model": {m: list(ts) for m, ts in self.timestamps_by_model.items()},
             "max_in_flight": self.max_in_flight,
             **self.batches.stats(),
+            "limits": self.limiter.stats(),
         }
 
     def answer_batch_item(self, api: ApiName, body: Any) -> tuple[int, dict[str, Any]]:
@@ -672,6 +681,14 @@ async def _handle(request: Request, api: ApiName) -> Response:
             payload = _anthropic_error(400, request_id, 0)
             payload["error"]["message"] = exc.message
         return error(400, payload)
+
+    # Rate limits first, as a provider's gateway does: a request over them is answered at once.
+    verdict = state.limiter.check(parsed.model, parsed.prompt_tokens + (parsed.max_tokens or 0))
+    headers.update(verdict.headers)
+    if verdict.rejected:
+        if api == "openai":
+            return error(429, _openai_error(429, parsed.model, parsed.prompt_tokens))
+        return error(429, _anthropic_error(429, request_id, parsed.prompt_tokens))
 
     script = state.script
     rule = state.choose_rule(api, parsed.model, parsed.last_user_text)

@@ -21,6 +21,7 @@ from llmq.execution.shadow import Shadows
 from llmq.guardrails import load_plugins
 from llmq.longdocs.mapreduce import LongDocConfig, LongDocuments
 from llmq.providers.registry import build_providers
+from llmq.resilience.adaptive import provider_accounts
 from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.resilience.ratelimit import Limit, RateLimiter
 from llmq.resilience.redis_clients import redis_client
@@ -59,6 +60,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         truncation_retry_max_tokens=settings.truncation_retry_max_tokens,
         cache_scope=settings.cache_scope,
         db_retry_s=settings.db_retry_s,
+        rate_wait_max_s=settings.rate_wait_max_s,
     )
 
 
@@ -82,6 +84,9 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
             client,
             {link: Limit(**limit) for link, limit in settings.rate_limits.items()},
             settings.rate_window_s,
+            adaptive=settings.adaptive_rate_limits,
+            margin=settings.rate_limit_margin,
+            accounts=provider_accounts(settings),
         ),
         leases=LeaseKeeper(jobs, settings.job_lease_s),
         worker_name=name or worker_name,

@@ -51,6 +51,7 @@ def test_queues_shows_depths_and_live_workers(isolated_env: dict[str, str]) -> N
     assert json.loads(shown.stdout) == {
         "queues": {"llm.high": 0, "llm.default": 0, "llm.low": 3},
         "workers": [],
+        "rate_limits": [],
     }
     table = _llmq("queues", env=isolated_env).stdout.splitlines()
     assert table[2].split() == ["llm.low", "3"] and "0 live" in table[3]

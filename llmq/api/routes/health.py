@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import store
+from llmq.resilience.adaptive import learned_views
 from llmq.resilience.circuit import CircuitBreaker, circuit_policy
 from llmq.workers.heartbeat import live_workers
 from llmq.workers.queues import queue_depths
@@ -41,6 +42,8 @@ def readyz(request: Request) -> JSONResponse:
         checks["circuits"] = {
             link: breaker.state(link) for link in request.app.state.settings.default_chain
         }
+        # Learned from the providers' headers: what each provider:model allows and has left.
+        checks["rate_limits"] = [view.as_dict() for view in learned_views(client)]
         # Jobs would wait forever with no worker to run them: not ready without one.
         checks["workers"] = [w["name"] for w in live_workers(client)]
         if not checks["workers"]:
