@@ -37,6 +37,7 @@ from llmq.execution.outcomes import (
     output_findings,
 )
 from llmq.execution.paid import PaidCalls
+from llmq.execution.semantic_cache import SemanticCache
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.job_guard import guard_job
 from llmq.guardrails.selection import GuardrailSelection
@@ -109,6 +110,7 @@ class Pipeline:
         budgets: BudgetGuard | None = None,
         inflight: dedup.InFlight | None = None,
         paid: PaidCalls | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         self.jobs = jobs
         self.providers = providers
@@ -123,6 +125,7 @@ class Pipeline:
         self.budgets = budgets
         self.inflight = inflight
         self.events = events
+        self.semantic = semantic
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
             config.output_guardrails,
@@ -298,9 +301,17 @@ class Pipeline:
                 wait = [dict(dedup.WAITING)]
                 return choice.noted(Deferred(turn.delay_s, wait, JobStatus.QUEUED, then))
         with dedup.leading(self.inflight, turn, key, str(job.id)) as answer:
-            answer.value = self._answer(
-                job, owner, rendered, findings, template, key, choice, prior
+            # Semantic cache (semantic_cache.py): after the exact cache, before the chain.
+            probe = (
+                self.semantic.probe(job, owner, template, choice.links, self.calls)
+                if self.semantic is not None
+                else None
             )
+            answer.value = (probe.outcome(findings) if probe is not None else None) or (
+                self._answer(job, owner, rendered, findings, template, key, choice, prior)
+            )
+            if probe is not None and self.semantic is not None:
+                self.semantic.remember(probe, job, answer.value)
         return choice.noted(answer.value)
 
     def _recovered(

@@ -59,6 +59,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from llmq.errors import LlmqError
+from llmq.testing import fake_embeddings
 
 __all__ = [
     "REFUSAL_TEXT",
@@ -71,7 +72,7 @@ __all__ = [
     "serve",
 ]
 
-ApiName = Literal["openai", "anthropic"]
+ApiName = Literal["openai", "anthropic", "embeddings"]
 
 REFUSAL_TEXT = "I can't help with that."
 """The text of a scripted refusal."""
@@ -100,7 +101,7 @@ class FaultRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    api: Literal["openai", "anthropic", "*"] = "*"
+    api: Literal["openai", "anthropic", "embeddings", "*"] = "*"
     model: str = "*"
     """fnmatch pattern matched against the request's ``model``."""
     fault: Literal["status", "hang", "malformed", "refusal", "latency", "reply"]
@@ -722,6 +723,7 @@ def create_app(state: FakeProviderState | None = None) -> ASGIApp:
             Route("/v1/chat/completions", _openai_chat, methods=["POST"]),
             Route("/chat/completions", _openai_chat, methods=["POST"]),
             Route("/v1/messages", _anthropic_messages, methods=["POST"]),
+            *fake_embeddings.routes(),  # /v1/embeddings (llmq/testing/fake_embeddings.py)
             Route("/_fake/health", _health, methods=["GET"]),
             Route("/_fake/script", _get_script, methods=["GET"]),
             Route("/_fake/script", _put_script, methods=["PUT"]),
