@@ -22,6 +22,8 @@ GLOBAL_SCOPE = "global"
 # Candidates the HNSW graph walk keeps: the equality filters are applied to what it returns, so
 # it must see past other partitions' neighbours (pgvector's default is 40).
 EF_SEARCH = 100
+# A partition of at most this many entries is scanned exactly (a few ms: every vector read).
+EXACT_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,26 @@ def nearest(
     """The closest live entry of the partition at cosine similarity >= min_similarity, with its
     answer; `tenant_id` (None only under the global scope) must also own the source job."""
     params = {**_partition_params(partition), "q": vector_literal(vector)}
-    # The graph walk first; when every candidate it returned was of another partition, an
-    # exact scan of this partition (through its btree index: `+ 0` keeps the planner off HNSW).
-    walks = (
-        "embedding <=> CAST(:q AS vector)",
-        "(embedding <=> CAST(:q AS vector)) + 0",
-    )
+    # HNSW filters after its walk: a partition that is a small share of the table may have
+    # none (or not its nearest) among the walk's candidates. So a small partition is scanned
+    # exactly through its btree index (`+ 0`: HNSW cannot serve that order); a larger one is
+    # walked (enable_sort off: else a planner that misjudges the partition's size sorts it
+    # all), and scanned exactly only if none of the walk's candidates was in it.
+    graph = ("off", "embedding <=> CAST(:q AS vector)")
+    exact = ("on", "(embedding <=> CAST(:q AS vector)) + 0")
     with engine.begin() as conn:
+        size = conn.execute(
+            text(
+                f"SELECT count(*) FROM (SELECT 1 FROM semantic_cache WHERE {_IN_PARTITION} "
+                f"LIMIT {EXACT_MAX + 1}) p"
+            ),
+            params,
+        ).scalar()
+        if not size:
+            return None
         conn.execute(text(f"SET LOCAL hnsw.ef_search = {EF_SEARCH}"))
-        for order in walks:
+        for sort, order in (exact,) if size <= EXACT_MAX else (graph, exact):
+            conn.execute(text(f"SET LOCAL enable_sort = {sort}"))
             row = (
                 conn.execute(
                     text(
@@ -164,18 +177,29 @@ def nearest(
     return None
 
 
+HNSW_INDEX = (
+    "CREATE INDEX ix_semantic_cache_embedding ON semantic_cache "
+    "USING hnsw (embedding vector_cosine_ops)"
+)
+
+
 def bulk_insert(
     engine: Engine,
     rows: Iterable[tuple[Partition, Sequence[float] | str, uuid.UUID]],
     ttl_s: float,
+    reindex: bool = False,
 ) -> int:
-    """COPY many entries at once (benchmarks, warm-up); a vector may be given as its literal."""
+    """COPY many entries at once (benchmarks, warm-up); a vector may be given as its literal.
+    `reindex`: drop the HNSW index first and build it after (pgvector's advice for bulk loads:
+    one build is far faster than an insert into the graph per row); lookups wait meanwhile."""
     count = 0
     columns = (
         "scope, template, template_version, chain, params_hash, embedding_model, embedding, "
         "source_job_id, expires_at"
     )
     with engine.begin() as conn:
+        if reindex:
+            conn.execute(text("DROP INDEX IF EXISTS ix_semantic_cache_embedding"))
         expires = conn.execute(
             text("SELECT now() + make_interval(secs => :ttl)"), {"ttl": ttl_s}
         ).scalar()
@@ -192,6 +216,9 @@ def bulk_insert(
                     )
                 )  # fmt: skip
                 count += 1
+        if reindex:
+            conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+            conn.execute(text(HNSW_INDEX))
     return count
 
 
