@@ -8,8 +8,9 @@ chat calls it saves.
    fake provider's hashed bag of words (llmq/testing/fake_embeddings.py, the vectors tests see)
    and COPYed straight into the table through the store (llmq/store/semantic_cache.py), spread
    over 4 tenants, until each size is reached (one COPY, then one HNSW build). At each size,
-   `nearest` (the pipeline's lookup: HNSW, or an exact scan of a small partition) is timed for near-duplicates of stored questions (words
-   shuffled, one word added: cosine >= 0.9 by construction) and for fresh unrelated questions;
+   `nearest` (the pipeline's lookup: HNSW, or an exact scan of a small partition) is timed
+   for near-duplicates of stored questions (words shuffled, one word added: cosine >= 0.9 by
+   construction) and for fresh unrelated questions;
    recall = near-duplicates found at threshold 0.9, false hits = unrelated questions answered.
    A small tenant (200 entries) is scanned exactly (the HNSW walk filters after the fact).
 2. Calls saved. A batch of questions of which 30% are rewordings of earlier ones (same content
