@@ -259,3 +259,35 @@ def test_a_database_without_the_table_runs_jobs_with_the_cache_off(
         ]
     finally:
         engine.dispose()
+
+
+def test_cli_status_and_clear(services: Services, stack_env: dict[str, str], fake: Any) -> None:
+    from .test_cli import _llmq
+
+    env = {**make_isolated_env(services, stack_env), "LLMQ_SEMANTIC_CACHE": "true"}
+    engine = create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        name = f"sem-cli-{uuid.uuid4().hex[:6]}"
+        principal = store.authenticate(engine, store.create_api_key(engine, name))
+        assert principal is not None
+        pipeline = _pipeline(engine, fake)
+        for question in ("Why is the sky blue?", "How do bees make honey?"):
+            _run(pipeline, engine, principal.tenant_id, question)
+
+        shown = _llmq("semantic-cache", "status", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "semantic cache: on" in shown.stdout
+        assert "entries: 2 (0 expired), scopes: 1" in shown.stdout
+
+        cleared = _llmq("semantic-cache", "clear", "--tenant", name, env=env)
+        assert cleared.returncode == 0, cleared.stderr
+        assert cleared.stdout.strip() == "deleted 2 entries"
+        assert not _run(pipeline, engine, principal.tenant_id, "Why is the sky blue?")["cache_hit"]
+
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE semantic_cache"))
+        off = _llmq("semantic-cache", "status", env=env)
+        assert off.returncode == 0, off.stderr
+        assert "semantic cache: off (the semantic_cache table is missing" in off.stdout
+    finally:
+        engine.dispose()
