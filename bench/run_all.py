@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "priority": ([], ["--low-jobs", "1000", "--probes", "3"]),
     "faults": ([], ["--jobs", "500"]),
     "profile": ([], ["--jobs", "1500", "--seconds", "6"]),
+    "semantic_cache": ([], ["--quick"]),
 }
 
 

@@ -198,6 +198,8 @@ def bulk_insert(
         "source_job_id, expires_at"
     )
     with engine.begin() as conn:
+        # A bulk load (and an index build over it) takes minutes, not a statement's limit.
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
         if reindex:
             conn.execute(text("DROP INDEX IF EXISTS ix_semantic_cache_embedding"))
         expires = conn.execute(
