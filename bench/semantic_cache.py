@@ -25,6 +25,7 @@ Prints a table and writes bench/results/semantic_cache.json.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -292,6 +293,8 @@ def main() -> None:
         "semantic_cache",
         {
             "command": "python bench/semantic_cache.py " + " ".join(sys.argv[1:]),
+            # Other work on the machine shows in every latency: say how busy it was.
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "dimensions": entries.DIMENSIONS,
             "lookup_threshold": LOOKUP_THRESHOLD,
             "lookups": table,
