@@ -4,7 +4,8 @@ Vectors are deterministic hashed bags of words, L2-normalised: each word (lower-
 function words left out) adds +-1 to one of `dimensions` buckets chosen by a hash of the word.
 Two texts' cosine similarity is then about the share of the words they have in common, so a
 reworded question with the same words is close, an unrelated one is near 0, and tests of the
-semantic cache mean something. Calls are counted in `/_fake/stats` (`by_api["embeddings"]`).
+semantic cache mean something. Calls are counted in `/_fake/stats` (`by_api["embeddings"]`);
+a script's `status` rules with `api: "embeddings"` fail them (the other faults are chat-only).
 """
 
 from __future__ import annotations

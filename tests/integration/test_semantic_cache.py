@@ -291,3 +291,15 @@ def test_cli_status_and_clear(services: Services, stack_env: dict[str, str], fak
         assert "semantic cache: off (the semantic_cache table is missing" in off.stdout
     finally:
         engine.dispose()
+
+
+def test_a_failed_embedding_is_recorded_and_the_chain_answers(engine: Engine, fake: Any) -> None:
+    pipeline, tenant = _pipeline(engine, fake), _tenant(engine)
+    fake.set_script(FakeScript(rules=[FaultRule(api="embeddings", fault="status", status=503)]))
+    job = _run(pipeline, engine, tenant, "What is the boiling point of water at sea level?")
+    assert job["status"] == "succeeded" and not job["cache_hit"]
+    assert [(a["model"], a["outcome"], a["http_status"]) for a in job["attempts"]] == [
+        ("text-embedding-3-small", "server_error", 503),
+        ("gpt-4o-mini", "ok", 200),
+    ]
+    assert _chat_calls(fake) == 1
