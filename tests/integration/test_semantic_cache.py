@@ -303,3 +303,17 @@ def test_a_failed_embedding_is_recorded_and_the_chain_answers(engine: Engine, fa
         ("gpt-4o-mini", "ok", 200),
     ]
     assert _chat_calls(fake) == 1
+
+
+def test_the_worker_pipeline_has_it_only_when_enabled(engine: Engine, fake: Any) -> None:
+    from llmq.settings import Settings
+    from llmq.workers.runtime import build_pipeline
+
+    assert build_pipeline(Settings(), name="sem-off").semantic is None
+    pipeline = build_pipeline(Settings(semantic_cache=True), name="sem-on")
+    assert pipeline.semantic is not None
+    tenant = _tenant(engine)
+    first = _run(pipeline, engine, tenant, "Why do cats purr when happy?")
+    second = _run(pipeline, engine, tenant, "When happy, why do cats purr?")
+    step = _semantic_step(second)
+    assert second["cache_hit"] and step is not None and step["source_job_id"] == str(first["id"])
