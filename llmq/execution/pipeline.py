@@ -55,9 +55,9 @@ from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_tem
 
 log = logging.getLogger(__name__)
 
-# Params that do not change the question: no_cache asks for a fresh answer, and the short-input
-# route is already in the key as the chain it chose.
-NOT_IN_KEY = frozenset({"no_cache", routing.PARAM})
+# Params that do not change the question: no_cache asks for a fresh answer, the short-input
+# route is already in the key as the chain it chose, semantic_cache is a lookup threshold.
+NOT_IN_KEY = frozenset({"no_cache", routing.PARAM, "semantic_cache"})
 
 # A link skipped because its circuit is open: when that is every link's reason, the job waits.
 CIRCUIT_OPEN = "circuit_open"
