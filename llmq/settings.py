@@ -233,6 +233,7 @@ class Settings(BaseSettings):
     semantic_cache_base_url: str | None = None
     semantic_cache_api_key: SecretStr | None = None
     # Per template name: a threshold, or false. Summarizing templates are off unless named here.
+    # Names and the embedding link are checked at start, by llmq.config_check.check_references.
     semantic_cache_templates: dict[str, float | bool] = {}
 
     @field_validator("semantic_cache_templates")

@@ -95,3 +95,18 @@ def test_fake_vectors_are_unit_length_deterministic_and_close_for_the_same_words
 
 def test_vector_literal_is_pgvector_text_form() -> None:
     assert vector_literal([0.0, 0.5, -0.25]) == "[0,0.5,-0.25]"
+
+
+def test_config_check_names_unknown_templates_and_bad_embedding_links() -> None:
+    from llmq.config_check import reference_problems
+    from llmq.settings import Settings
+
+    assert reference_problems(Settings(semantic_cache_templates={"prompt": 0.9})) == []
+    (problem,) = reference_problems(Settings(semantic_cache_templates={"translate": 0.9}))
+    assert problem.startswith("semantic_cache_templates['translate']: unknown template")
+    (problem,) = reference_problems(Settings(semantic_cache_embedding="anthropic:embed"))
+    assert problem.startswith("semantic_cache_embedding: only openai")
+    (problem,) = reference_problems(Settings(semantic_cache_embedding="nope"))
+    assert problem.startswith("semantic_cache_embedding: chain link 'nope'")
+    with pytest.raises(ValidationError):
+        Settings(semantic_cache_templates={"prompt": 1.5})
