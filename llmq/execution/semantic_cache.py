@@ -37,6 +37,7 @@ from llmq.settings import CacheScope
 from llmq.store import crypto
 from llmq.store import semantic_cache as entries
 from llmq.store.models import JobStatus
+from llmq.telemetry import hooks
 from llmq.telemetry.metrics import SEMANTIC_CACHE_LOOKUPS
 from llmq.templates import Template
 
@@ -166,7 +167,8 @@ class SemanticCache:
             or self.off_reason() is not None
         ):
             return None
-        vector = self._embed(job, owner, calls)
+        with hooks.stage("cache.semantic.embed"):
+            vector = self._embed(job, owner, calls)
         if vector is None:
             return None
         probe = Probe(
@@ -184,10 +186,11 @@ class SemanticCache:
         if job.params.get("no_cache"):
             return probe  # a fresh answer asked for: not looked up, still remembered
         try:
-            probe.hit = entries.nearest(
-                self.engine, probe.partition, vector, min_similarity,
-                None if self.scope == "global" else job.tenant_id,
-            )  # fmt: skip
+            with hooks.stage("cache.semantic.lookup"):
+                probe.hit = entries.nearest(
+                    self.engine, probe.partition, vector, min_similarity,
+                    None if self.scope == "global" else job.tenant_id,
+                )  # fmt: skip
         except store.UNAVAILABLE:
             raise
         except Exception:
