@@ -25,8 +25,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from llmq import store
+from llmq.cost.budgets import Hold
 from llmq.cost.pricing import PriceTable
 from llmq.cost.tokens import estimate_tokens
+from llmq.errors import JobErrorCode
 from llmq.execution import output_review, routing
 from llmq.execution.cache import CachedResult
 from llmq.execution.calls import ProviderCalls
@@ -95,8 +97,16 @@ class Probe:
     vector: list[float]
     min_similarity: float
     hit: entries.Match | None = None
+    # The budget left cannot cover the embedding call: the job ends as the chain would end it.
+    refused: str | None = None
 
     def outcome(self, findings: list[dict[str, Any]]) -> store.Outcome | None:
+        if self.refused is not None:
+            return store.Outcome(
+                status=JobStatus.FAILED, error_code=JobErrorCode.BUDGET_EXCEEDED,
+                error_message=self.refused, guardrails=findings,
+                route=[{"link": self.partition.embedding_model, "skipped": "budget_exceeded"}],
+            )  # fmt: skip
         if self.hit is None:
             return None
         route = [
@@ -167,22 +177,27 @@ class SemanticCache:
             or self.off_reason() is not None
         ):
             return None
+        partition = entries.Partition(
+            scope=scope_of(self.scope, job.tenant_id),
+            template=template.name,
+            template_version=template.version,
+            chain=",".join(chain),
+            params_hash=params_hash(job.params),
+            embedding_model=self.embedder.link,
+        )
+        # The embedding is a paid call: reserved against the budgets like any other.
+        hold = None
+        if calls.budgets is not None:
+            hold = calls.budgets.reserve(
+                job.tenant_id, job.batch_id, self.embedder.link, estimate_tokens(job.input), 0
+            )
+            if hold.refused is not None:
+                return Probe(partition, [], min_similarity, refused=hold.refused.message())
         with hooks.stage("cache.semantic.embed"):
-            vector = self._embed(job, owner, calls)
+            vector = self._embed(job, owner, calls, hold)
         if vector is None:
             return None
-        probe = Probe(
-            entries.Partition(
-                scope=scope_of(self.scope, job.tenant_id),
-                template=template.name,
-                template_version=template.version,
-                chain=",".join(chain),
-                params_hash=params_hash(job.params),
-                embedding_model=self.embedder.link,
-            ),
-            vector,
-            min_similarity,
-        )
+        probe = Probe(partition, vector, min_similarity)
         if job.params.get("no_cache"):
             return probe  # a fresh answer asked for: not looked up, still remembered
         try:
@@ -218,18 +233,23 @@ class SemanticCache:
         except Exception:
             log.exception("semantic cache write failed on job %s", job.id)
 
-    def _embed(self, job: store.ClaimedJob, owner: str, calls: ProviderCalls) -> list[float] | None:
+    def _embed(
+        self, job: store.ClaimedJob, owner: str, calls: ProviderCalls, hold: Hold | None
+    ) -> list[float] | None:
         link = self.embedder.link
         try:
             embedding = self.embedder.embed(job.input)
         except ProviderError as exc:
             tokens = exc.usage.input_tokens if exc.usage else 0
-            calls.record(job, owner, link, self._attempt(calls, exc.code, tokens, 0.0, exc))
+            attempt = self._attempt(calls, exc.code, tokens, 0.0, exc)
+            calls.record(job, owner, link, attempt, hold)
             log.warning("embedding failed on job %s (%s): semantic cache skipped", job.id, exc.code)
             SEMANTIC_CACHE_LOOKUPS.labels("error").inc()
             return None
         tokens = embedding.usage.input_tokens
-        calls.record(job, owner, link, self._attempt(calls, "ok", tokens, embedding.latency_ms))
+        calls.record(
+            job, owner, link, self._attempt(calls, "ok", tokens, embedding.latency_ms), hold
+        )
         return embedding.vector
 
     def _attempt(

@@ -317,3 +317,27 @@ def test_the_worker_pipeline_has_it_only_when_enabled(engine: Engine, fake: Any)
     second = _run(pipeline, engine, tenant, "When happy, why do cats purr?")
     step = _semantic_step(second)
     assert second["cache_hit"] and step is not None and step["source_job_id"] == str(first["id"])
+
+
+def test_the_embedding_call_is_held_to_the_budget(
+    engine: Engine, fake: Any, services: Services
+) -> None:
+    import redis
+
+    from llmq.cost.budgets import BudgetGuard
+
+    name = f"sem-budget-{uuid.uuid4().hex[:6]}"
+    principal = store.authenticate(engine, store.create_api_key(engine, name))
+    assert principal is not None
+    client = redis.Redis.from_url(services.redis_url, socket_timeout=5)
+    pipeline = _pipeline(engine, fake)
+    pipeline.calls.budgets = BudgetGuard(engine, client, load_price_table(), limits_cache_s=0)
+    # A budget already used up by a paid job: the embedding (the first paid call) is refused.
+    spent = _run(pipeline, engine, principal.tenant_id, "What is the speed of light?")
+    assert spent["status"] == "succeeded" and spent["cost_usd"] > 0
+    store.set_budget(engine, name, spent["cost_usd"] / 2, None)
+    before = _embedding_calls(fake), _chat_calls(fake)
+    job = _run(pipeline, engine, principal.tenant_id, "How far away is the Moon?")
+    assert (job["status"], job["error_code"]) == ("failed", "budget_exceeded")
+    assert job["route"] == [{"link": EMBEDDING, "skipped": "budget_exceeded"}]
+    assert (_embedding_calls(fake), _chat_calls(fake)) == before and job["attempts"] == []
