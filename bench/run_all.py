@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "batch_lane": ([], ["--jobs", "200", "--turnaround-s", "5"]),
     "saturation": ([], ["--quick"]),
     "slow_provider": ([], ["--quick"]),
+    "semantic_cache": ([], ["--quick"]),
 }
 
 

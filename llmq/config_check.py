@@ -18,6 +18,7 @@ from pydantic import SecretStr, ValidationError
 from llmq.errors import UserError
 from llmq.evals.spec import ShadowSpec
 from llmq.execution.routing import ShortInputRoute
+from llmq.providers.links import parse_link
 from llmq.settings import ConfigFileError, Settings, settings_from_file
 from llmq.templates import TemplateError, get_family, get_template
 
@@ -91,6 +92,16 @@ def reference_problems(settings: Settings) -> list[str]:
                 ShortInputRoute.parse(route)
         except ValueError as exc:  # TemplateError is a ValueError
             problems.append(f"template_short_input[{name!r}]: {exc}")
+    for name in settings.semantic_cache_templates:
+        try:
+            get_family(name, public=True)
+        except TemplateError as exc:
+            problems.append(f"semantic_cache_templates[{name!r}]: {exc}")
+    try:
+        if parse_link(settings.semantic_cache_embedding).provider != "openai":
+            problems.append("semantic_cache_embedding: only openai:<model> (or compatible)")
+    except ValueError as exc:
+        problems.append(f"semantic_cache_embedding: {exc}")
     return problems
 
 

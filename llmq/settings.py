@@ -260,6 +260,27 @@ class Settings(BaseSettings):
     # Cache: identical jobs in flight at once are computed once (llmq/execution/dedup.py).
     cache_dedup: bool = True
 
+    # Semantic cache (llmq/execution/semantic_cache.py, docs/cache.md): a reworded question gets
+    # an earlier answer. Off unless enabled; needs pgvector in the database.
+    semantic_cache: bool = False
+    semantic_cache_threshold: float = Field(default=0.95, gt=0, le=1)  # cosine similarity
+    semantic_cache_ttl_s: int = Field(default=86_400, ge=1)
+    semantic_cache_embedding: str = "openai:text-embedding-3-small"
+    # Default: OPENAI_BASE_URL / OPENAI_API_KEY (any OpenAI-compatible embeddings server).
+    semantic_cache_base_url: str | None = None
+    semantic_cache_api_key: SecretStr | None = None
+    # Per template name: a threshold, or false. Summarizing templates are off unless named here.
+    # Names and the embedding link are checked at start, by llmq.config_check.check_references.
+    semantic_cache_templates: dict[str, float | bool] = {}
+
+    @field_validator("semantic_cache_templates")
+    @classmethod
+    def _thresholds(cls, value: dict[str, float | bool]) -> dict[str, float | bool]:
+        for name, setting in value.items():
+            if not isinstance(setting, bool) and not 0 < setting <= 1:
+                raise ValueError(f"{name}: give a threshold in (0, 1], true or false")
+        return value
+
     # Observability (docs/observability.md): logs, metrics, tracing, worker heartbeats.
     log_format: str = "json"  # json | text
     log_level: str = "INFO"

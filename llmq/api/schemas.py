@@ -169,6 +169,18 @@ class Params(Strict):
         description="try this cheaper model first when the input is short (overrides the "
         "template's route)",
     )
+    semantic_cache: bool | float | None = Field(
+        default=None,
+        description="semantic cache for this job: false (off), true (on at the template's "
+        "threshold) or a cosine-similarity threshold in (0, 1]",
+    )
+
+    @field_validator("semantic_cache")
+    @classmethod
+    def _threshold(cls, value: bool | float | None) -> bool | float | None:
+        if value is not None and not isinstance(value, bool) and not 0 < value <= 1:
+            raise ValueError("a threshold must be in (0, 1]; or give false (off) or true")
+        return value
 
 
 def _check_chain(chain: list[Link] | None) -> list[Link] | None:

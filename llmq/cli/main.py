@@ -623,6 +623,16 @@ def _add_audit_commands() -> None:
 _add_audit_commands()
 
 
+# The semantic cache: `llmq semantic-cache status|clear` (llmq/cli/semantic_cache.py).
+def _add_semantic_cache_commands() -> None:
+    from llmq.cli.semantic_cache import semantic_app
+
+    app.add_typer(semantic_app, name="semantic-cache")
+
+
+_add_semantic_cache_commands()
+
+
 def main() -> None:
     """Every command's expected failures (a setting missing, the API or database unreachable,
     a refused request) end here: one line on stderr and exit 1, never a traceback."""

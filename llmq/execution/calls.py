@@ -106,6 +106,32 @@ class ProviderCalls:
         log.info("recorded %d parked provider calls of job %s", recorded, job.id)
         return dataclasses.replace(job, attempts_made=job.attempts_made + recorded)
 
+    def record(
+        self,
+        job: store.ClaimedJob,
+        owner: str,
+        link_text: str,
+        record: store.AttemptRecord,
+        hold: Hold | None = None,
+    ) -> store.RecordedAttempt | None:
+        """Write one paid call as the job's next attempt (parked in Redis while Postgres
+        refuses) and settle its budget hold; None when the lease was lost."""
+        recorded = None
+        try:
+            recorded = self.write(
+                functools.partial(self.jobs.record_attempt, job.id, owner, self._lease_s, record)
+            )
+        except store.UNAVAILABLE:
+            # Paid for, and Postgres still refuses: the next delivery records it (paid.py).
+            if self.paid is not None:
+                self.paid.park(job.id, record)
+            raise
+        finally:
+            hooks.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
+            if hold is not None and self.budgets is not None:
+                self.budgets.settle(hold, record.cost_usd)
+        return recorded
+
     def call(
         self,
         job: store.ClaimedJob,
@@ -152,20 +178,7 @@ class ProviderCalls:
             if completion is not None and completion.finish_reason not in ("refusal", "length")
             else None,
         )
-        recorded = None
-        try:
-            recorded = self.write(
-                functools.partial(self.jobs.record_attempt, job.id, owner, self._lease_s, record)
-            )
-        except store.UNAVAILABLE:
-            # Paid for, and Postgres still refuses: the next delivery records it (paid.py).
-            if self.paid is not None:
-                self.paid.park(job.id, record)
-            raise
-        finally:
-            hooks.attempt(job, link_text, record, recorded.attempt_no if recorded else None)
-            if hold is not None and self.budgets is not None:
-                self.budgets.settle(hold, cost)
+        recorded = self.record(job, owner, link_text, record, hold)
         if completion is None and recorded is not None and recorded.cancel_requested:
             raise JobCancelled  # a result in hand is still returned; a retry is not started
         if completion is not None and completion.finish_reason == "refusal":

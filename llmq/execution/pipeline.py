@@ -37,6 +37,7 @@ from llmq.execution.outcomes import (
     output_findings,
 )
 from llmq.execution.paid import PaidCalls
+from llmq.execution.semantic_cache import SemanticCache
 from llmq.execution.shadow import PRIMARY, Shadows
 from llmq.guardrails import ChainResult, Guardrail, run_chain
 from llmq.guardrails.job_guard import GuardedJob, guard_job
@@ -55,9 +56,9 @@ from llmq.templates import TEMPLATES, Rendered, Template, TemplateError, get_tem
 
 log = logging.getLogger(__name__)
 
-# Params that do not change the question: no_cache asks for a fresh answer, and the short-input
-# route is already in the key as the chain it chose.
-NOT_IN_KEY = frozenset({"no_cache", routing.PARAM})
+# Params that do not change the question: no_cache asks for a fresh answer, the short-input
+# route is already in the key as the chain it chose, semantic_cache is a lookup threshold.
+NOT_IN_KEY = frozenset({"no_cache", routing.PARAM, "semantic_cache"})
 
 # A link skipped because its circuit is open: when that is every link's reason, the job waits.
 CIRCUIT_OPEN = "circuit_open"
@@ -112,6 +113,7 @@ class Pipeline:
         inflight: dedup.InFlight | None = None,
         paid: PaidCalls | None = None,
         shadows: Shadows | None = None,
+        semantic: SemanticCache | None = None,
     ) -> None:
         self.jobs = jobs
         self.providers = providers
@@ -127,6 +129,7 @@ class Pipeline:
         self.inflight = inflight
         self.events = events
         self.shadows = shadows  # shadow runs and the evaluation log (llmq/execution/shadow.py)
+        self.semantic = semantic
         self.guardrails = GuardrailSelection(
             config.input_guardrails,
             config.output_guardrails,
@@ -288,9 +291,18 @@ class Pipeline:
                 wait = [dict(dedup.WAITING)]
                 return choice.noted(Deferred(turn.delay_s, wait, JobStatus.QUEUED, then))
         with dedup.leading(self.inflight, turn, key, str(job.id)) as answer:
-            answer.value = self._answer(
-                job, owner, rendered, findings, template, key, choice, prior
+            # Semantic cache (semantic_cache.py): after the exact cache, before the chain.
+            # Only a client's job: a shadow's answer is never served from a cache nor stored in one.
+            probe = (
+                self.semantic.probe(job, owner, template, choice.links, self.calls)
+                if self.semantic is not None and job.kind == PRIMARY
+                else None
             )
+            answer.value = (probe.outcome(findings) if probe is not None else None) or (
+                self._answer(job, owner, rendered, findings, template, key, choice, prior)
+            )
+            if probe is not None and self.semantic is not None:
+                self.semantic.remember(probe, job, answer.value)
         return choice.noted(answer.value)
 
     def _guard_input(self, job: store.ClaimedJob, template: Template) -> GuardedJob | store.Outcome:

@@ -115,6 +115,11 @@ CACHE_LOOKUPS = Counter(
     "Result-cache lookups, by result (hit, miss, error).",
     ["result"],
 )
+SEMANTIC_CACHE_LOOKUPS = Counter(
+    "llmq_semantic_cache_lookups_total",
+    "Semantic-cache lookups, by result (hit, miss, error).",
+    ["result"],
+)
 DEDUP = Counter(
     "llmq_cache_dedup_total",
     "In-flight de-duplication of identical jobs (llmq/execution/dedup.py), by event: waited "

@@ -64,6 +64,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from llmq.errors import LlmqError
+from llmq.testing import fake_embeddings
 from llmq.testing.fake_batches import BatchScript, FakeBatchState
 from llmq.testing.fake_batches import routes as batch_routes
 from llmq.testing.fake_limits import FakeLimiter, RateLimits
@@ -79,7 +80,7 @@ __all__ = [
     "serve",
 ]
 
-ApiName = Literal["openai", "anthropic"]
+ApiName = Literal["openai", "anthropic", "embeddings"]
 
 REFUSAL_TEXT = "I can't help with that."
 """The text of a scripted refusal."""
@@ -108,7 +109,7 @@ class FaultRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    api: Literal["openai", "anthropic", "*"] = "*"
+    api: Literal["openai", "anthropic", "embeddings", "*"] = "*"
     model: str = "*"
     """fnmatch pattern matched against the request's ``model``."""
     fault: Literal["status", "hang", "malformed", "refusal", "latency", "reply"]
@@ -787,6 +788,7 @@ def create_app(state: FakeProviderState | None = None) -> ASGIApp:
             Route("/v1/chat/completions", _openai_chat, methods=["POST"]),
             Route("/chat/completions", _openai_chat, methods=["POST"]),
             Route("/v1/messages", _anthropic_messages, methods=["POST"]),
+            *fake_embeddings.routes(),  # /v1/embeddings (llmq/testing/fake_embeddings.py)
             Route("/_fake/health", _health, methods=["GET"]),
             Route("/_fake/script", _get_script, methods=["GET"]),
             Route("/_fake/script", _put_script, methods=["PUT"]),

@@ -10,16 +10,18 @@ from sqlalchemy import Engine
 
 from llmq import store
 from llmq.cost.budgets import BudgetGuard
-from llmq.cost.pricing import load_price_table
+from llmq.cost.pricing import PriceTable, load_price_table
 from llmq.evals.spec import ShadowSpec
 from llmq.execution.cache import ResultCache
 from llmq.execution.dedup import InFlight, wake_jobs
 from llmq.execution.leases import LeaseKeeper
 from llmq.execution.paid import PaidCalls
 from llmq.execution.pipeline import Pipeline, PipelineConfig
+from llmq.execution.semantic_cache import SemanticCache
 from llmq.execution.shadow import Shadows
 from llmq.guardrails import load_plugins
 from llmq.longdocs.mapreduce import LongDocConfig, LongDocuments
+from llmq.providers.embeddings import Embedder
 from llmq.providers.registry import build_providers
 from llmq.resilience.adaptive import provider_accounts
 from llmq.resilience.circuit import CircuitBreaker, circuit_policy
@@ -29,6 +31,7 @@ from llmq.resilience.retry import RetryPolicy
 from llmq.settings import Settings, get_settings
 from llmq.store.engine import get_engine
 from llmq.store.job_store import PostgresJobStore
+from llmq.store.semantic_cache import DIMENSIONS
 from llmq.telemetry.events import EventPublisher
 
 from .dispatch import publish_jobs
@@ -110,6 +113,7 @@ def build_pipeline(settings: Settings, name: str | None = None) -> Pipeline:
         # Parked calls wait for the job's next delivery, at most its whole life.
         paid=PaidCalls(client, settings.job_deadline_s + settings.job_lease_s),
         shadows=shadows(settings, engine),
+        semantic=semantic_cache(settings, engine, prices) if settings.semantic_cache else None,
     )
 
 
@@ -121,6 +125,25 @@ def shadows(settings: Settings, engine: Engine) -> Shadows:
         functools.partial(store.undo_dispatch, engine),
         functools.partial(store.judge_context, engine),
     )
+
+
+def semantic_cache(settings: Settings, engine: Engine, prices: PriceTable) -> SemanticCache:
+    key = settings.semantic_cache_api_key or settings.openai_api_key
+    embedder = Embedder(
+        settings.semantic_cache_embedding,
+        key.get_secret_value() if key is not None else None,
+        settings.semantic_cache_base_url or settings.openai_base_url,
+        dimensions=DIMENSIONS,
+        connect_timeout_s=settings.provider_connect_timeout_s,
+        read_timeout_s=settings.provider_read_timeout_s,
+    )
+    return SemanticCache(
+        engine, embedder, prices,
+        scope=settings.cache_scope,
+        default_threshold=settings.semantic_cache_threshold,
+        ttl_s=settings.semantic_cache_ttl_s,
+        per_template=settings.semantic_cache_templates,
+    )  # fmt: skip
 
 
 def long_documents(settings: Settings, engine: Engine) -> LongDocuments:

@@ -33,6 +33,8 @@ def test_missing_and_invalid_keys_get_401(http: Any) -> None:
         ({"input": "x", "chain": ["nope:model"]}, "body.chain"),
         ({"input": "x", "chain": []}, "body.chain"),
         ({"input": "x", "params": {"max_tokens": 0}}, "body.params.max_tokens"),
+        ({"input": "x", "params": {"semantic_cache": 0}}, "body.params.semantic_cache"),
+        ({"input": "x", "params": {"semantic_cache": 1.5}}, "body.params.semantic_cache"),
         ({"input": 42}, "body.input"),
     ],
 )

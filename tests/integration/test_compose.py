@@ -35,6 +35,8 @@ def test_compose_file_describes_the_stack() -> None:
     assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
     assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
     assert "--basic-auth" in " ".join(services["flower"]["command"])
+    # The semantic cache needs pgvector in the same Postgres.
+    assert services["postgres"]["image"].startswith("pgvector/pgvector:pg")
 
 
 def _compose_command() -> list[str] | None:
