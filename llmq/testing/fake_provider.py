@@ -248,18 +248,9 @@ class FakeProviderState:
         model_name = model if isinstance(model, str) and model else "<none>"
         self.bodies_by_model.setdefault(model_name, deque(maxlen=REQUEST_BODY_CAP)).append(body)
         request_id = f"req_fake{uuid.uuid4().hex[:24]}"
-        try:
-            if not isinstance(body, dict):
-                raise _BadRequest("We could not parse the JSON body of your request.")
-            parsed = _parse_openai(body) if api == "openai" else _parse_anthropic(body)
-        except _BadRequest as exc:
-            if api == "openai":
-                payload = _openai_error(400, model_name, 0)
-                payload["error"].update(message=exc.message, param=exc.param)
-            else:
-                payload = _anthropic_error(400, request_id, 0)
-                payload["error"]["message"] = exc.message
-            return 400, payload
+        parsed = _parse_request(api, body, model_name, request_id)
+        if not isinstance(parsed, _Parsed):
+            return 400, parsed
         rule = self.choose_rule(api, parsed.model, parsed.last_user_text)
         if rule is not None and rule.fault == "status":
             if api == "openai":
@@ -456,6 +447,24 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _BadRequest(f"Invalid '{key}': expected an integer >= 1.", key)
     return value
+
+
+def _parse_request(
+    api: ApiName, body: Any, model_name: str, request_id: str
+) -> _Parsed | dict[str, Any]:
+    """The request as the fake understands it, or the provider's 400 error body."""
+    try:
+        if not isinstance(body, dict):
+            raise _BadRequest("We could not parse the JSON body of your request.")
+        return _parse_openai(body) if api == "openai" else _parse_anthropic(body)
+    except _BadRequest as exc:
+        if api == "openai":
+            payload = _openai_error(400, model_name, 0)
+            payload["error"].update(message=exc.message, param=exc.param)
+        else:
+            payload = _anthropic_error(400, request_id, 0)
+            payload["error"]["message"] = exc.message
+        return payload
 
 
 def _parse_openai(body: dict[str, Any]) -> _Parsed:
@@ -670,18 +679,9 @@ async def _handle(request: Request, api: ApiName) -> Response:
             return error(401, _openai_error(401, model_name, 0))
         return error(401, _anthropic_error(401, request_id, 0))
 
-    try:
-        if not isinstance(body, dict):
-            raise _BadRequest("We could not parse the JSON body of your request.")
-        parsed = _parse_openai(body) if api == "openai" else _parse_anthropic(body)
-    except _BadRequest as exc:
-        if api == "openai":
-            payload = _openai_error(400, model_name, 0)
-            payload["error"].update(message=exc.message, param=exc.param)
-        else:
-            payload = _anthropic_error(400, request_id, 0)
-            payload["error"]["message"] = exc.message
-        return error(400, payload)
+    parsed = _parse_request(api, body, model_name, request_id)
+    if not isinstance(parsed, _Parsed):
+        return error(400, parsed)
 
     # Rate limits first, as a provider's gateway does: a request over them is answered at once.
     verdict = state.limiter.check(parsed.model, parsed.prompt_tokens + (parsed.max_tokens or 0))

@@ -310,6 +310,48 @@ def test_cancelling_the_batch_cancels_upstream(
     assert int(fake.stats()["batches_cancelled"]["openai"]) == cancelled_before + 1
 
 
+def test_a_lane_job_is_shadowed_like_a_sync_job(
+    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, tenant: uuid.UUID
+) -> None:
+    """A batch's shadow spec applies on the lane too: each answered job gets its shadow job and
+    its evaluation row in the transaction that ends it."""
+    batch_id = store.insert_batch(
+        engine, tenant_id=tenant, template="summarize", template_version=1,
+        priority="default", chain=[LINK], meta={}, lane="provider_batch",
+        shadow={"chain": ["anthropic:claude-haiku-4-5"], "percent": 100},
+        items=[store.NewJob(input=_doc(i), custom_id=str(i)) for i in range(3)],
+    )  # fmt: skip
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(
+                text("SELECT id::text FROM jobs WHERE batch_id = :b ORDER BY seq"), {"b": batch_id}
+            ).scalars()
+        )
+
+    _until_ended(runner, engine, ids)
+
+    assert {j["status"] for j in _jobs(engine, ids)} == {"succeeded"}
+    with engine.connect() as conn:
+        shadows = conn.execute(
+            text(
+                "SELECT shadow_of::text, lane, priority FROM jobs "
+                "WHERE kind = 'shadow' AND shadow_of = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids},
+        ).all()
+        evaluated = conn.execute(
+            text(
+                "SELECT job_id::text FROM eval_log "
+                "WHERE role = 'primary' AND job_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": ids},
+        ).scalars()
+        assert sorted(evaluated) == sorted(ids)
+    assert sorted(row[0] for row in shadows) == sorted(ids)
+    # The shadow runs synchronously on the low queue, whatever its primary's lane.
+    assert {(row[1], row[2]) for row in shadows} == {("sync", "low")}
+
+
 def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
     engine: Engine, runner: LaneRunner, fake: FakeProviderServer, settings: Settings,
     pipeline: Pipeline,

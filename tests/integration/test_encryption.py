@@ -271,7 +271,7 @@ def test_keys_rotate_mid_batch_and_nothing_is_lost(
     assert count(old_prefix) == 0
     again = _llmq("keys", "rotate-data", env=rotated_env)  # resumable: nothing left to do
     assert again.returncode == 0, again.stderr
-    assert "jobs 0, attempts 0, compat_files 0" in again.stdout
+    assert "jobs 0, attempts 0, eval_log 0, compat_files 0" in again.stdout
 
     rotated.stop()
     new_only = Running({**enc_env, "LLMQ_ENCRYPTION_KEYS": new_key}, tmp_path, "new")

@@ -66,7 +66,16 @@ def test_50k_token_document_is_mapped_and_reduced_on_the_fake_provider(
     fake_provider.set_script(
         FakeScript(
             latency_ms=300,
-            rules=[FaultRule(model="gpt-4o-mini", fault="status", status=500, first_n=1)],
+            # Only this document's calls: a job another test left behind must not take the 500.
+            rules=[
+                FaultRule(
+                    model="gpt-4o-mini",
+                    fault="status",
+                    status=500,
+                    first_n=1,
+                    prompt_contains="The northern wind farm logged",
+                )
+            ],
         )
     )
     key = new_key()
@@ -158,7 +167,6 @@ def test_a_chunk_that_fails_for_good_fails_the_parent(
         headers=auth(key),
     )
     job = wait_job(http, key, accepted.json()["id"])
-    fake_provider.set_script(FakeScript())
     assert job["status"] == "failed"
     assert job["error_code"] == "chunk_failed"
     assert job["error_message"].startswith("part ")
@@ -170,6 +178,9 @@ def test_a_chunk_that_fails_for_good_fails_the_parent(
         60,
         "the other chunks to end",
     )
+    # Only now: a chunk still waiting for its turn at the link (its first calls are probed one
+    # at a time, llmq/resilience/ratelimit.py) must meet the same fault.
+    fake_provider.set_script(FakeScript())
     assert job["progress"]["chunks_failed"] >= 1
 
 

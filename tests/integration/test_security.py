@@ -102,7 +102,7 @@ def test_non_admin_keys_get_403_on_key_management(http: Any, new_key: Any) -> No
 # owner's resources fills it. A new route with a parameter not listed here fails the test until
 # it is added.
 PARAM_RESOURCES = {
-    "/v1/": {"job_id": "job", "batch_id": "batch"},
+    "/v1/": {"job_id": "job", "batch_id": "batch", "pair_id": "eval_pair"},
     "/openai/v1/": {"file_id": "openai_file", "batch_id": "openai_batch"},
     "/anthropic/v1/": {"batch_id": "anthropic_batch"},
 }
@@ -165,8 +165,24 @@ def _is_not_found(response: Any, prefix: str) -> bool:
     return bool(error["code"] == "not_found")
 
 
+def _owner_eval_pair(engine: Any, key: str, job_id: str) -> str:
+    """An evaluation pair of the owner (its primary's row; a shadow run writes the same)."""
+    principal = store.authenticate(engine, key)
+    assert principal is not None
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO eval_log (tenant_id, job_id, pair_id, role, template, "
+                "template_version, chain, variant, status, output) VALUES (:t, :j, :j, "
+                "'primary', 'summarize', 1, CAST('[]' AS jsonb), 'v1', 'succeeded', :o)"
+            ),
+            {"t": principal.tenant_id, "j": job_id, "o": PRIVATE},
+        )
+    return job_id
+
+
 def test_every_tenant_scoped_endpoint_hides_other_tenants_resources(
-    app: Any, http: Any, new_key: Any
+    app: Any, http: Any, new_key: Any, engine: Any
 ) -> None:
     routes = _tenant_scoped_routes(app)
     # The enumeration sees the endpoints we know of (and every one added later).
@@ -174,6 +190,7 @@ def test_every_tenant_scoped_endpoint_hides_other_tenants_resources(
             ("GET", "/openai/v1/files/{file_id}")} <= set(routes)  # fmt: skip
     owner, stranger = new_key(), new_key()
     ids = _owner_resources(http, owner)
+    ids["eval_pair"] = _owner_eval_pair(engine, owner, ids["job"])
     failures = []
     for method, path in routes:
         prefix = next((p for p in PARAM_RESOURCES if path.startswith(p)), None)
@@ -197,6 +214,7 @@ def test_every_tenant_scoped_endpoint_hides_other_tenants_resources(
     # The owner still sees them: the 404s are about tenancy, not broken routes.
     assert http.get(f"/v1/jobs/{ids['job']}", headers=auth(owner)).status_code == 200
     assert http.get(f"/v1/batches/{ids['batch']}", headers=auth(owner)).status_code == 200
+    assert http.get(f"/v1/evals/pairs/{ids['eval_pair']}", headers=auth(owner)).status_code == 200
     assert http.get(f"/openai/v1/files/{ids['openai_file']}", headers=auth(owner)).is_success
     assert http.get(
         f"/anthropic/v1/messages/batches/{ids['anthropic_batch']}", headers=auth(owner)

@@ -18,7 +18,7 @@ from ..deps import EngineDep, PrincipalDep
 from ..errors import ApiError
 from ..schemas import error_responses
 from .jobs import parse_id
-from .usage import _when
+from .usage import query_time
 
 router = APIRouter(prefix="/v1", tags=["evals"])
 MAX_ROWS = 100_000
@@ -108,7 +108,7 @@ def evals(
         get_family(template, public=True)
     except TemplateError as exc:
         raise ApiError(422, "invalid_template", str(exc)) from None
-    start = _when(since, "since") if since is not None else None
+    start = query_time(since, "since") if since is not None else None
     rows = store.eval_rows(engine, who.tenant_id, template, start, MAX_ROWS)
     built = report.build(records(rows))
     return EvalsOut(

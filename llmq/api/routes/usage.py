@@ -62,7 +62,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _when(value: datetime | float, name: str) -> datetime:
+def query_time(value: datetime | float, name: str) -> datetime:
     """An ISO 8601 time or Unix seconds (both are what people paste), in UTC."""
     try:
         if isinstance(value, datetime):
@@ -103,8 +103,8 @@ def usage(
     API key. Every figure is a sum over the same attempt rows, so the rows add up to the total
     and the total equals the jobs' and batches' own cost figures."""
     now = datetime.now(UTC)
-    end = _when(to, "to") if to is not None else now + timedelta(seconds=1)
-    start = _when(from_, "from") if from_ is not None else _default_from(end, now)
+    end = query_time(to, "to") if to is not None else now + timedelta(seconds=1)
+    start = query_time(from_, "from") if from_ is not None else _default_from(end, now)
     if start >= end:
         raise ApiError(422, "invalid_request", "'from' must be before 'to'")
     rows = store.usage_rollup(engine, who.tenant_id, start, end, group_by)
@@ -167,6 +167,6 @@ def usage_by_template(
     engine: EngineDep, who: PrincipalDep, since: datetime | float | None = None
 ) -> TemplateUsageOut:
     """`since`: an ISO 8601 time or Unix seconds."""
-    start = _when(since, "since") if since is not None else None
+    start = query_time(since, "since") if since is not None else None
     rows = store.usage_by_template(engine, who.tenant_id, start)
     return TemplateUsageOut(data=[TemplateUsage.model_validate(r) for r in rows])
