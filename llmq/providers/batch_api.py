@@ -14,8 +14,8 @@ sync providers classify them.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -336,35 +336,29 @@ def missing_result(custom_id: str, batch: UpstreamBatch) -> ItemResult:
 
 
 @contextmanager
-def _openai_errors() -> Iterator[None]:
+def _sdk_errors(sdk: Any, status_error: Callable[[Any], ProviderError]) -> Iterator[None]:
+    """The SDK's (openai or anthropic, same exception names) failures as ProviderErrors,
+    classified by the sync provider's own `status_error`."""
     try:
         yield
-    except openai.APITimeoutError as exc:
+    except sdk.APITimeoutError as exc:
         raise ProviderError("timeout", "request timed out", retryable=True) from exc
-    except openai.APIConnectionError as exc:
+    except sdk.APIConnectionError as exc:
         raise ProviderError("connection_error", str(exc), retryable=True) from exc
-    except openai.APIStatusError as exc:
-        raise openai_provider._status_error(exc) from exc
-    except (openai.APIResponseValidationError, ValueError) as exc:
+    except sdk.APIStatusError as exc:
+        raise status_error(exc) from exc
+    except (sdk.APIResponseValidationError, ValueError) as exc:
         raise ProviderError(
             "malformed_response", f"unexpected upstream answer: {exc}", retryable=True
         ) from exc
 
 
-@contextmanager
-def _anthropic_errors() -> Iterator[None]:
-    try:
-        yield
-    except anthropic.APITimeoutError as exc:
-        raise ProviderError("timeout", "request timed out", retryable=True) from exc
-    except anthropic.APIConnectionError as exc:
-        raise ProviderError("connection_error", str(exc), retryable=True) from exc
-    except anthropic.APIStatusError as exc:
-        raise anthropic_provider._status_error(exc) from exc
-    except (anthropic.APIResponseValidationError, ValueError) as exc:
-        raise ProviderError(
-            "malformed_response", f"unexpected upstream answer: {exc}", retryable=True
-        ) from exc
+def _openai_errors() -> AbstractContextManager[None]:
+    return _sdk_errors(openai, openai_provider._status_error)
+
+
+def _anthropic_errors() -> AbstractContextManager[None]:
+    return _sdk_errors(anthropic, anthropic_provider._status_error)
 
 
 def _not_terminal(batch: UpstreamBatch) -> ValueError:
