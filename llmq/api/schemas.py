@@ -398,6 +398,9 @@ class BatchOut(BaseModel):
     expires_at: datetime | None = None
     webhook: WebhookState | None = None
     max_cost_usd: Usd | None = None
+    lane: Literal["sync", "provider_batch"] = Field(
+        default="sync", description="the lane the batch was submitted on (see each job's lane)"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -113,6 +113,8 @@ class Batch(Base):
     max_cost_usd: Mapped[Decimal | None] = mapped_column(COST)
     # Shadow runs (0011_shadow_evals): this batch's own shadow spec (llmq/evals/spec.py).
     shadow: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Provider Batch lane (0013): the lane the batch was submitted on.
+    lane: Mapped[str] = mapped_column(String(16), server_default=text("'sync'"))
 
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at"),

@@ -67,7 +67,8 @@ def get_batch(engine: Engine, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> dict
             conn.execute(
                 text(
                     "SELECT id, template, priority, chain, metadata, item_count, created_at, "
-                    "cancelled_at, max_cost_usd FROM batches WHERE id = :id AND tenant_id = :t"
+                    "cancelled_at, max_cost_usd, lane "
+                    "FROM batches WHERE id = :id AND tenant_id = :t"
                 ),
                 {"id": batch_id, "t": tenant_id},
             )

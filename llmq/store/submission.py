@@ -122,11 +122,11 @@ def insert_batch(
             text(
                 "INSERT INTO batches (id, tenant_id, template, priority, chain, metadata, "
                 "item_count, completion_window_s, expires_at, webhook_url, max_cost_usd, "
-                "shadow) VALUES "
+                "shadow, lane) VALUES "
                 "(:id, :tenant_id, :template, :priority, CAST(:chain AS jsonb), "
                 "CAST(:meta AS jsonb), :n, CAST(:window AS integer), "
                 "now() + make_interval(secs => CAST(:window AS integer)), :webhook_url, "
-                ":max_cost, CAST(:shadow AS jsonb))"
+                ":max_cost, CAST(:shadow AS jsonb), :lane)"
             ),
             {
                 "id": batch_id,
@@ -140,6 +140,7 @@ def insert_batch(
                 "webhook_url": webhook_url,
                 "max_cost": max_cost_usd,
                 "shadow": None if shadow is None else json.dumps(shadow),
+                "lane": lane,
             },
         )
         shared = (str(tenant_id), str(batch_id), "queued", priority, template, chain,

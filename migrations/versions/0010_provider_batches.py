@@ -72,9 +72,15 @@ def upgrade() -> None:
         postgresql_where=sa.text("lane = 'provider_batch' AND status IN ('queued', 'running')"),
     )
     op.add_column("attempts", sa.Column("sync_cost_usd", sa.Numeric(20, 10), nullable=True))
+    # The lane the batch was submitted on (its jobs may fall back to sync one by one).
+    op.add_column(
+        "batches",
+        sa.Column("lane", sa.String(16), nullable=False, server_default=sa.text("'sync'")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("batches", "lane")
     op.drop_column("attempts", "sync_cost_usd")
     op.drop_index("ix_jobs_lane_waiting", table_name="jobs")
     op.drop_column("jobs", "provider_batch_id")

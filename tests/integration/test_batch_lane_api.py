@@ -47,6 +47,10 @@ def test_a_batch_chooses_its_lane_in_json_or_jsonl(http: Any, new_key: Any, engi
     lanes = [lane for b in (by_json, upload) for _, lane in _jobs(engine, b.json()["id"])]
     assert lanes == ["provider_batch", "provider_batch"]
     assert [lane for _, lane in _jobs(engine, default.json()["id"])] == ["sync"]
+    for accepted, lane in ((by_json, "provider_batch"), (upload, "provider_batch"),
+                           (default, "sync")):  # fmt: skip
+        shown_batch = http.get(f"/v1/batches/{accepted.json()['id']}", headers=auth(key))
+        assert shown_batch.json()["lane"] == lane
     job_id = _jobs(engine, by_json.json()["id"])[0][0]
     shown = http.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
     assert shown["lane"] == "provider_batch" and shown["status"] == "queued"
