@@ -19,6 +19,19 @@ from .base import (
 from .rate_headers import parse_rate_headers
 
 
+def sdk_client(
+    api_key: str, base_url: str | None, *, connect_timeout_s: float, read_timeout_s: float
+) -> anthropic.Anthropic:
+    """The SDK client of every llmq call to Anthropic: our retry policy owns every attempt, so
+    the SDK never retries behind our back; every call has a timeout."""
+    return anthropic.Anthropic(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=anthropic.Timeout(read_timeout_s, connect=connect_timeout_s),
+    )
+
+
 class AnthropicProvider:
     name = "anthropic"
 
@@ -32,12 +45,11 @@ class AnthropicProvider:
     ) -> None:
         self._client: anthropic.Anthropic | None = None
         if api_key:
-            # Our retry policy owns every attempt, so the SDK must not retry behind our back.
-            self._client = anthropic.Anthropic(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=0,
-                timeout=anthropic.Timeout(read_timeout_s, connect=connect_timeout_s),
+            self._client = sdk_client(
+                api_key,
+                base_url,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
             )
 
     def is_configured(self) -> bool:

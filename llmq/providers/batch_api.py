@@ -530,30 +530,23 @@ def _secret(value: Any) -> str | None:
 
 def batch_client_for(provider: str, settings: Settings) -> BatchClient:
     """The Batch API client of `provider`; BatchApiUnavailable if it has none or no key."""
-    timeouts = (settings.provider_read_timeout_s, settings.provider_connect_timeout_s)
+    timeouts = {
+        "connect_timeout_s": settings.provider_connect_timeout_s,
+        "read_timeout_s": settings.provider_read_timeout_s,
+    }
     if provider == "openai":
         key = _secret(settings.openai_api_key)
         if not key:
             raise BatchApiUnavailable("OPENAI_API_KEY is not set")
         return OpenAIBatchClient(
-            openai.OpenAI(
-                api_key=key,
-                base_url=settings.openai_base_url,
-                max_retries=0,
-                timeout=openai.Timeout(timeouts[0], connect=timeouts[1]),
-            )
+            openai_provider.sdk_client(key, settings.openai_base_url, **timeouts)
         )
     if provider == "anthropic":
         key = _secret(settings.anthropic_api_key)
         if not key:
             raise BatchApiUnavailable("ANTHROPIC_API_KEY is not set")
         return AnthropicBatchClient(
-            anthropic.Anthropic(
-                api_key=key,
-                base_url=settings.anthropic_base_url,
-                max_retries=0,
-                timeout=anthropic.Timeout(timeouts[0], connect=timeouts[1]),
-            )
+            anthropic_provider.sdk_client(key, settings.anthropic_base_url, **timeouts)
         )
     raise BatchApiUnavailable(
         f"provider {provider!r} has no Batch API; the provider batch lane supports "

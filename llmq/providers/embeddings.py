@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import openai
 
+from . import openai_provider
 from .base import RETRYABLE_STATUSES, ProviderError, Usage, code_for_status
 from .links import parse_link
 
@@ -46,12 +47,12 @@ class Embedder:
         self.dimensions = dimensions
         self._client: openai.OpenAI | None = None
         if api_key:
-            # Never retried by the SDK: a failed embedding only skips the semantic cache.
-            self._client = openai.OpenAI(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=0,
-                timeout=openai.Timeout(read_timeout_s, connect=connect_timeout_s),
+            # Never retried: a failed embedding only skips the semantic cache.
+            self._client = openai_provider.sdk_client(
+                api_key,
+                base_url,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
             )
 
     def is_configured(self) -> bool:

@@ -28,6 +28,19 @@ _RAW: openai.RequestOptions = {"headers": {"X-Stainless-Raw-Response": "true"}}
 _COMPLETION_TOKENS_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
+def sdk_client(
+    api_key: str, base_url: str | None, *, connect_timeout_s: float, read_timeout_s: float
+) -> openai.OpenAI:
+    """The SDK client of every llmq call to an OpenAI(-compatible) API: our retry policy owns
+    every attempt, so the SDK never retries behind our back; every call has a timeout."""
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,
+        timeout=openai.Timeout(read_timeout_s, connect=connect_timeout_s),
+    )
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -40,12 +53,13 @@ class OpenAIProvider:
         read_timeout_s: float,
     ) -> None:
         self._api_key = api_key
-        self._timeout = openai.Timeout(read_timeout_s, connect=connect_timeout_s)
         self._client: openai.OpenAI | None = None
         if api_key:
-            # Our retry policy owns every attempt, so the SDK must not retry behind our back.
-            self._client = openai.OpenAI(
-                api_key=api_key, base_url=base_url, max_retries=0, timeout=self._timeout
+            self._client = sdk_client(
+                api_key,
+                base_url,
+                connect_timeout_s=connect_timeout_s,
+                read_timeout_s=read_timeout_s,
             )
 
     def is_configured(self) -> bool:

@@ -180,9 +180,15 @@ class RateLimiter:
         """One call of `tokens` on `link`, admitted now or at a reserved moment at most
         `horizon_s` away; else not admitted, with the seconds until there is room."""
         limit = self._limits.get(link, Limit())
-        if not self._adaptive and not limit.requests and not limit.tokens:
+        adaptive = self._learns(link)
+        if not adaptive and not limit.requests and not limit.tokens:
             return Admission(True, 0.0)
-        return self._admit(link, limit, tokens, horizon_s, self._adaptive)
+        return self._admit(link, limit, tokens, horizon_s, adaptive)
+
+    def _learns(self, link: str) -> bool:
+        """Only a provider with an account (a key behind an HTTP API) announces limits; the
+        offline `local:` link has none, and costs no Redis round trip."""
+        return self._adaptive and link.split(":", 1)[0] in self._accounts
 
     def acquire_limit(self, link: str, limit: Limit, tokens: int) -> float:
         """Like `acquire`, with the limit given by the caller (e.g. per API key)."""
@@ -201,7 +207,7 @@ class RateLimiter:
             snapshot, rate_limited = error.rate, error.status == 429
         else:
             return
-        if self._learned is None or not self._store.available():
+        if self._learned is None or not self._learns(link) or not self._store.available():
             return
         try:
             self._learned.observe(self.view(link), snapshot, rate_limited, self._clock())
