@@ -112,6 +112,10 @@ class LaneRunner:
                     self._recover(row, report)
                 else:
                     self._poll(row, report)
+            except ProviderError as exc:  # the provider down or slow: ask again, backing off
+                log.warning("provider batch %s (%s): %s", row.id, row.upstream_id, exc.message)
+                if row.state != "intent":
+                    store.record_poll(self.engine, row.id, None, self._next_poll_s(row))
             except Exception:  # one upstream's trouble must not stall the others
                 log.exception("provider batch %s (%s)", row.id, row.upstream_id)
         for row in store.uploads_to_cancel(self.engine):
@@ -316,16 +320,18 @@ class LaneRunner:
 
     # --- 3. polling and collecting -----------------------------------------------------------
 
+    def _next_poll_s(self, row: store.ProviderBatchRow) -> float:
+        return lane_rules.poll_delay(
+            row.polls, self.settings.batch_lane_poll_s, self.settings.batch_lane_poll_max_s
+        )
+
     def _poll(self, row: store.ProviderBatchRow, report: TickReport) -> None:
         assert row.upstream_id is not None
         client = self.client_for(row.provider)
         upstream = client.retrieve(row.upstream_id)
         report.polled += 1
         if upstream.state in ("in_progress", "cancelling"):
-            delay = lane_rules.poll_delay(
-                row.polls, self.settings.batch_lane_poll_s, self.settings.batch_lane_poll_max_s
-            )
-            store.record_poll(self.engine, row.id, upstream.raw_status, delay)
+            store.record_poll(self.engine, row.id, upstream.raw_status, self._next_poll_s(row))
             return
         store.record_poll(self.engine, row.id, upstream.raw_status, 0.0)
         waiting = store.intent_job_ids(self.engine, row.id)

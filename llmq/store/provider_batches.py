@@ -200,12 +200,15 @@ def record_upload(engine: Engine, intent_id: uuid.UUID, upstream_id: str, poll_i
 
 
 def record_poll(
-    engine: Engine, batch_id: uuid.UUID, upstream_status: str, poll_in_s: float
+    engine: Engine, batch_id: uuid.UUID, upstream_status: str | None, poll_in_s: float
 ) -> None:
+    """A poll done (`upstream_status` None: the provider did not answer), the next one due in
+    `poll_in_s`."""
     with autocommit(engine) as conn:
         conn.execute(
             text(
-                "UPDATE provider_batches SET upstream_status = :st, polled_at = now(), "
+                "UPDATE provider_batches SET upstream_status = coalesce(:st, upstream_status), "
+                "polled_at = now(), "
                 "polls = polls + 1, next_poll_at = now() + make_interval(secs => :s) "
                 "WHERE id = :id"
             ),

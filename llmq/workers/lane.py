@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from llmq import store
 from llmq.execution.lane import LaneRunner
@@ -62,5 +64,9 @@ class LaneThread:
             try:
                 runner = runner or make_runner(self._engine, self._settings)
                 tick(self._engine, runner)
-            except Exception:  # Postgres, Redis or a provider down: keep trying, that is the job
-                log.exception("batch lane tick failed")
+            except (SQLAlchemyError, redis.RedisError, OSError) as exc:
+                # Postgres or Redis is down (or refusing connections): keep trying, as the
+                # reconciler does; a traceback per tick would say nothing more.
+                log.warning("batch lane tick failed: %s: %s", type(exc).__name__, exc)
+            except Exception:
+                log.exception("batch lane tick crashed")
