@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from llmq import store
 from llmq.execution.lane import LaneRunner
 from llmq.execution.pipeline import Pipeline
+from llmq.providers.base import ProviderError
 from llmq.providers.batch_api import batch_client_for
 from llmq.settings import Settings
 from llmq.store.engine import get_engine
@@ -350,6 +351,58 @@ def test_a_lane_job_is_shadowed_like_a_sync_job(
     assert sorted(row[0] for row in shadows) == sorted(ids)
     # The shadow runs synchronously on the low queue, whatever its primary's lane.
     assert {(row[1], row[2]) for row in shadows} == {("sync", "low")}
+
+
+def test_a_provider_that_does_not_answer_a_poll_is_asked_again_later_not_every_tick(
+    engine: Engine, runner: LaneRunner, fake: FakeProviderServer, tenant: uuid.UUID,
+    settings: Settings,
+) -> None:  # fmt: skip
+    fake.script_batches(turnaround_s=60)
+    ids = _batch(engine, tenant, 2, "provider_batch")
+    wait_for(
+        _ticking(runner, lambda: all(j["provider_batch_id"] for j in _jobs(engine, ids))),
+        timeout=20, what="the jobs uploaded",
+    )  # fmt: skip
+    upload = _jobs(engine, ids)[0]["provider_batch_id"]
+
+    def poll_state() -> tuple[int, Any, Any]:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT polls, upstream_status, next_poll_at - polled_at FROM provider_batches "
+                    "WHERE id = :id"
+                ),
+                {"id": upload},
+            ).one()
+        return int(row[0]), row[1], row[2]
+
+    wait_for(_ticking(runner, lambda: poll_state()[0] >= 1), timeout=20, what="a first poll")
+    polls, status, _ = poll_state()
+    real = runner.client_for
+
+    class Unreachable:
+        """The real client, except that the provider does not answer a poll."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real("openai"), name)
+
+        def retrieve(self, upstream_id: str) -> Any:
+            raise ProviderError("timeout", "request timed out", retryable=True)
+
+    with engine.begin() as conn:  # due now
+        conn.execute(
+            text("UPDATE provider_batches SET next_poll_at = now() WHERE id = :id"), {"id": upload}
+        )
+    runner.client_for = lambda provider: Unreachable()  # type: ignore[assignment,return-value]
+    runner.tick()
+    after, kept_status, backoff = poll_state()
+    assert after == polls + 1 and kept_status == status  # counted; the last answer kept
+    assert backoff.total_seconds() >= settings.batch_lane_poll_s  # not again on the next tick
+
+    runner.client_for = real
+    fake.advance_batches(60)
+    _until_ended(runner, engine, ids)
+    assert {j["status"] for j in _jobs(engine, ids)} == {"succeeded"}
 
 
 def test_budgets_are_reserved_at_the_batch_price_before_anything_is_uploaded(
